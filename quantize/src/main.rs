@@ -1,0 +1,1 @@
+fn main() { println!("usage: quantize <in> <out> <type>"); }

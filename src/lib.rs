@@ -1,0 +1,3 @@
+//! gemma.rs: a llama.cpp-style local runtime for Google's Gemma 4 models.
+
+pub mod info;

@@ -1,0 +1,72 @@
+//! `gemma info` end to end: the real test models are described, and every malformed GGUF of
+//! the corpus gives a one-line error and exit code 1, never a panic.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn gemma() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_gemma"))
+}
+
+fn model(name: &str) -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models").join(name);
+    assert!(path.exists(), "{} is missing: run scripts/fetch-test-models.sh", path.display());
+    path
+}
+
+#[test]
+fn malformed_files_give_one_line_errors_and_exit_code_1() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, bytes) in ggml::gguf::corpus::malformed() {
+        let path = dir.path().join(format!("{name}.gguf"));
+        std::fs::write(&path, bytes).unwrap();
+        let out = gemma().arg("info").arg(&path).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name}: exit status, stderr {stderr}");
+        assert!(out.stdout.is_empty(), "{name}: printed to stdout");
+        assert_eq!(stderr.lines().count(), 1, "{name}: {stderr}");
+        assert!(stderr.starts_with("error: ") && stderr.contains(&format!("{name}.gguf: ")), "{name}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{name}: {stderr}");
+    }
+}
+
+#[test]
+fn a_missing_file_is_a_clear_error() {
+    let out = gemma().args(["info", "/nonexistent/model.gguf"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim(), "error: /nonexistent/model.gguf: No such file or directory (os error 2)");
+}
+
+#[test]
+fn describes_the_gemma4_vocab_file_with_26b_a4b_hyperparameters() {
+    let out = gemma().arg("info").arg(model("ggml-vocab-gemma-4.gguf")).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    for expected in [
+        "layers         30: 25 sliding (window 1024) + 5 global at [5, 11, 17, 23, 29]",
+        "attention      sliding: 16 q heads / 8 kv heads x 256; global: 16 q heads / 2 kv heads x 512",
+        "experts        128, 8 used per token, width 704",
+        "tokenizer      gemma4",
+        "262144 tokens, 514906 merges",
+        "chat template  yes",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+}
+
+#[test]
+fn json_describes_gemma3_270m() {
+    let out = gemma().args(["info", "--json", "--tensors", "-c", "2048"]).arg(model("gemma-3-270m-q4_k_m.gguf")).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(info["architecture"], "gemma3");
+    assert_eq!(info["file_type"]["name"], "MOSTLY_Q4_K_M");
+    assert_eq!(info["hparams"]["block_count"], 18);
+    assert_eq!(info["tokenizer"]["n_tokens"], 262144);
+    assert_eq!(info["memory"]["context"], 2048);
+    let tensors = info["tensors"].as_array().unwrap();
+    assert_eq!(tensors.len(), info["n_tensors"].as_u64().unwrap() as usize);
+    let params: u64 = tensors.iter().map(|t| t["dims"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap()).product::<u64>()).sum();
+    assert_eq!(info["n_params"].as_u64().unwrap(), params);
+}
