@@ -17,6 +17,12 @@ from gguf import GGUFReader, GGUFValueType
 from gguf.constants import GGML_QUANT_SIZES
 
 HEAD = 8  # gemma info shows the first 8 elements of an array
+# gguf-py's value-type names -> ours
+TYPE_NAMES = {
+    "UINT8": "u8", "INT8": "i8", "UINT16": "u16", "INT16": "i16", "UINT32": "u32", "INT32": "i32",
+    "FLOAT32": "f32", "BOOL": "bool", "STRING": "string", "ARRAY": "array", "UINT64": "u64",
+    "INT64": "i64", "FLOAT64": "f64",
+}
 
 
 def gguf_py_value(field):
@@ -63,7 +69,7 @@ def check(path):
             continue
         ref = gguf_py_value(field)
         if field.types[0] == GGUFValueType.ARRAY:
-            elem = field.types[1].name.lower() if len(field.types) > 1 else None
+            elem = TYPE_NAMES[field.types[1].name] if len(field.types) > 1 else None
             if mine.get("len") != len(field.data) or (elem and mine.get("element_type") != elem):
                 problems.append(f"{key}: array {mine.get('element_type')}[{mine.get('len')}] vs {elem}[{len(field.data)}]")
             elif ref is not None and not same(mine["first"], ref[:HEAD]):

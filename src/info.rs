@@ -317,10 +317,15 @@ impl ModelInfo {
             },
         );
         if let Some(tensors) = &self.tensors {
-            let _ = writeln!(s, "\n{:>5}  {:<48} {:<8} {:<24} {:>12} {:>12}", "#", "name", "type", "dims", "offset", "bytes");
+            let _ = writeln!(
+                s,
+                "\n{:>5}  {:<48} {:<8} {:<24} {:>12} {:>12}",
+                "#", "name", "type", "dims", "offset", "bytes"
+            );
             for (i, t) in tensors.iter().enumerate() {
                 let dims = t.dims.iter().map(u64::to_string).collect::<Vec<_>>().join(" x ");
-                let _ = writeln!(s, "{i:>5}  {:<48} {:<8} {:<24} {:>12} {:>12}", t.name, t.ty, dims, t.offset, t.n_bytes);
+                let _ =
+                    writeln!(s, "{i:>5}  {:<48} {:<8} {:<24} {:>12} {:>12}", t.name, t.ty, dims, t.offset, t.n_bytes);
             }
         }
         s

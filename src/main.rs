@@ -50,11 +50,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Info { file, ctx_size, tensors, json } => {
             let gguf = GgufFile::open(&file)?;
             let info = ModelInfo::new(&gguf, ctx_size, tensors);
-            let text = if json {
-                serde_json::to_string_pretty(&info)? + "\n"
-            } else {
-                info.to_text()
-            };
+            let text = if json { serde_json::to_string_pretty(&info)? + "\n" } else { info.to_text() };
             let mut out = std::io::stdout().lock();
             match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
                 // A closed pipe (`gemma info f.gguf | head`) is not an error.

@@ -57,7 +57,11 @@ fn describes_the_gemma4_vocab_file_with_26b_a4b_hyperparameters() {
 
 #[test]
 fn json_describes_gemma3_270m() {
-    let out = gemma().args(["info", "--json", "--tensors", "-c", "2048"]).arg(model("gemma-3-270m-q4_k_m.gguf")).output().unwrap();
+    let out = gemma()
+        .args(["info", "--json", "--tensors", "-c", "2048"])
+        .arg(model("gemma-3-270m-q4_k_m.gguf"))
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(info["architecture"], "gemma3");
@@ -67,6 +71,9 @@ fn json_describes_gemma3_270m() {
     assert_eq!(info["memory"]["context"], 2048);
     let tensors = info["tensors"].as_array().unwrap();
     assert_eq!(tensors.len(), info["n_tensors"].as_u64().unwrap() as usize);
-    let params: u64 = tensors.iter().map(|t| t["dims"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap()).product::<u64>()).sum();
+    let params: u64 = tensors
+        .iter()
+        .map(|t| t["dims"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap()).product::<u64>())
+        .sum();
     assert_eq!(info["n_params"].as_u64().unwrap(), params);
 }

@@ -46,7 +46,8 @@ enum Dist {
     /// Normal with about 1 value in 50 multiplied by 100..1000.
     Outliers,
     Zeros,
-    /// Normal scaled to 1e-6 (scales land in f16 subnormals) and 1e-20 (scales underflow).
+    /// Normal scaled to 1e-6 (scales land in f16 subnormals), 1e-20 (scales underflow in
+    /// f16) and 1e-39 (f32 subnormal inputs: inverse scales overflow to infinity).
     Tiny(f32),
     /// Uniform in +-30000: large but with every block scale finite in f16.
     Extreme,
@@ -59,13 +60,14 @@ enum Dist {
     Integers,
 }
 
-const DISTS: [Dist; 11] = [
+const DISTS: [Dist; 12] = [
     Dist::Normal,
     Dist::Uniform,
     Dist::Outliers,
     Dist::Zeros,
     Dist::Tiny(1e-6),
     Dist::Tiny(1e-20),
+    Dist::Tiny(1e-39),
     Dist::Extreme,
     Dist::Constant,
     Dist::Spike,
@@ -154,7 +156,9 @@ fn ggml_quantize(ty: GgmlType, x: &[f32]) -> Vec<u8> {
 fn ggml_dequantize(ty: GgmlType, bytes: &[u8], n: usize) -> Option<Vec<f32>> {
     let f = match ty {
         GgmlType::Q8_K => dequantize_row_q8_K,
-        GgmlType::F32 => return Some(bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()),
+        GgmlType::F32 => {
+            return Some(bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect())
+        }
         _ => traits(ty).to_float?,
     };
     let mut y = vec![0f32; n];

@@ -1,1 +1,3 @@
-fn main() { println!("usage: quantize <in> <out> <type>"); }
+fn main() {
+    println!("usage: quantize <in> <out> <type>");
+}

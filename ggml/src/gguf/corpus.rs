@@ -199,10 +199,13 @@ pub fn malformed() -> Vec<(String, Vec<u8>)> {
     add("alignment-wrong-type", with(&|f| f.kvs[1] = RawKv::string("general.alignment", b"32")));
     add("unknown-tensor-type", with(&|f| f.tensors[1].type_id = 1000));
     add("removed-tensor-type", with(&|f| f.tensors[1].type_id = 4));
-    add("too-many-dims", with(&|f| {
-        f.tensors[0].n_dims = 5;
-        f.tensors[0].dims = vec![4, 3, 1, 1, 1];
-    }));
+    add(
+        "too-many-dims",
+        with(&|f| {
+            f.tensors[0].n_dims = 5;
+            f.tensors[0].dims = vec![4, 3, 1, 1, 1];
+        }),
+    );
     add("huge-n-dims", with(&|f| f.tensors[0].n_dims = u32::MAX));
     add("dim-over-int64", with(&|f| f.tensors[0].dims[1] = u64::MAX));
     add("element-count-overflow", with(&|f| f.tensors[0].dims = vec![1 << 32, 1 << 32]));

@@ -79,12 +79,8 @@ pub fn parse(bytes: &[u8]) -> Result<GgufHeader, GgufError> {
     let mut metadata = Vec::with_capacity(n_kv as usize);
     let mut keys = HashSet::with_capacity(n_kv as usize);
     for index in 0..n_kv {
-        let key = r
-            .string("key")
-            .map_err(|e| GgufError::InKeyName { index, err: Box::new(e) })?;
-        let value = r
-            .value_with_type(0)
-            .map_err(|e| GgufError::InKey { index, key: key.clone(), err: Box::new(e) })?;
+        let key = r.string("key").map_err(|e| GgufError::InKeyName { index, err: Box::new(e) })?;
+        let value = r.value_with_type(0).map_err(|e| GgufError::InKey { index, key: key.clone(), err: Box::new(e) })?;
         if !keys.insert(key.clone()) {
             return Err(GgufError::DuplicateKey(key));
         }
@@ -100,9 +96,7 @@ pub fn parse(bytes: &[u8]) -> Result<GgufHeader, GgufError> {
     let mut tensors = Vec::with_capacity(n_tensors as usize);
     let mut names = HashSet::with_capacity(n_tensors as usize);
     for index in 0..n_tensors {
-        let name = r
-            .string("tensor name")
-            .map_err(|e| GgufError::InTensorName { index, err: Box::new(e) })?;
+        let name = r.string("tensor name").map_err(|e| GgufError::InTensorName { index, err: Box::new(e) })?;
         let tensor = r.tensor_info(index, name)?;
         if !names.insert(tensor.name.clone()) {
             return Err(GgufError::DuplicateTensor(tensor.name));
@@ -261,7 +255,8 @@ impl<'a> Reader<'a> {
     }
 
     fn tensor_info(&mut self, index: u64, name: String) -> Result<TensorInfo, GgufError> {
-        let in_tensor = |e: GgufError, name: &str| GgufError::InTensor { index, name: name.to_string(), err: Box::new(e) };
+        let in_tensor =
+            |e: GgufError, name: &str| GgufError::InTensor { index, name: name.to_string(), err: Box::new(e) };
         let bad = |problem: String, name: &str| GgufError::BadTensor { index, name: name.to_string(), problem };
 
         let n_dims = self.u32("n_dims").map_err(|e| in_tensor(e, &name))?;

@@ -63,7 +63,10 @@ fn malformed_files_get_errors_that_say_what_is_wrong() {
     assert!(err("row-not-whole-blocks").contains("row of 33 elements is not a multiple of the q8_0 block size 32"));
     assert!(err("offset-unaligned").contains("data offset 66 is not a multiple of the alignment 32"));
     assert!(err("data-runs-past-end").contains("runs past the end of the data section"));
-    assert_eq!(err("overlapping-tensors"), "tensors \"token_embd.weight\" and \"blk.0.attn_q.weight\" overlap in the data section");
+    assert_eq!(
+        err("overlapping-tensors"),
+        "tensors \"token_embd.weight\" and \"blk.0.attn_q.weight\" overlap in the data section"
+    );
     assert!(err("alignment-not-power-of-two").contains("general.alignment must be a u32 power of two, found u32 48"));
     assert!(err("big-endian").contains("big-endian"));
 }
@@ -88,10 +91,7 @@ fn writer_round_trips_every_value_type_and_tensor_data() {
         ("a.bools".into(), Value::Array(Array::Bool(vec![true, false, true]))),
         ("a.floats".into(), Value::Array(Array::F32(vec![-1.0; 3]))),
         ("a.empty".into(), Value::Array(Array::U64(vec![]))),
-        (
-            "a.nested".into(),
-            Value::Array(Array::Array(vec![Array::String(vec!["x".into()]), Array::I16(vec![1, -1])])),
-        ),
+        ("a.nested".into(), Value::Array(Array::Array(vec![Array::String(vec!["x".into()]), Array::I16(vec![1, -1])]))),
     ];
     let mut tensors = vec![
         TensorInfo { name: "a".into(), ty: GgmlType::F16, dims: vec![3], offset: 0 },

@@ -73,7 +73,14 @@ impl GgufWriter {
         };
         let io = |err| GgufError::Io { path: path.clone(), err };
         let tmp = NamedTempFile::new_in(&dir).map_err(io)?;
-        let mut w = GgufWriter { out: BufWriter::with_capacity(1 << 20, tmp), path, pending, next: 0, alignment, data_written: 0 };
+        let mut w = GgufWriter {
+            out: BufWriter::with_capacity(1 << 20, tmp),
+            path,
+            pending,
+            next: 0,
+            alignment,
+            data_written: 0,
+        };
 
         let mut header = Vec::new();
         header.extend_from_slice(&MAGIC);

@@ -14,9 +14,7 @@ use super::float::f32_to_f16;
 pub const QK4_NL: usize = 32;
 
 /// The non-linear grid shared by IQ4_NL and IQ4_XS.
-pub const KVALUES_IQ4NL: [i8; 16] = [
-    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
-];
+pub const KVALUES_IQ4NL: [i8; 16] = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113];
 
 /// Scales tried on each side of the initial guess, as ggml's `quantize_iq4_nl` / `_xs` do.
 const NTRY: i32 = 7;
@@ -100,13 +98,8 @@ pub(crate) fn nearest_index(x: f32) -> u8 {
 /// group that is (nearly) all zeros.
 pub(crate) fn best_group_scale(x: &[f32]) -> f32 {
     // The first value of largest magnitude wins, sign included.
-    let (amax, max) = x.iter().fold((0.0f32, 0.0f32), |(amax, max), &v| {
-        if v.abs() > amax {
-            (v.abs(), v)
-        } else {
-            (amax, max)
-        }
-    });
+    let (amax, max) =
+        x.iter().fold((0.0f32, 0.0f32), |(amax, max), &v| if v.abs() > amax { (v.abs(), v) } else { (amax, max) });
     if amax < GROUP_MAX_EPS {
         return 0.0;
     }
@@ -141,10 +134,7 @@ mod tests {
     fn nibbles_index_the_grid() {
         let mut qs = [0x88u8; 16];
         qs[7] = 0xf0; // element 7: K[0] = -127, element 23: K[15] = 113
-        let b = BlockIQ4NL {
-            d: f16::from_f32(0.5),
-            qs,
-        };
+        let b = BlockIQ4NL { d: f16::from_f32(0.5), qs };
         let mut y = [0.0f32; 32];
         dequantize(&[b], &mut y);
         assert_eq!((y[7], y[23], y[0]), (-63.5, 56.5, 0.5));
@@ -164,9 +154,7 @@ mod tests {
     #[test]
     fn grid_values_round_trip() {
         // A block made of grid values times 0.25: the search must find that scale exactly.
-        let x: Vec<f32> = (0..32)
-            .map(|i| KVALUES_IQ4NL[i % 16] as f32 * 0.25)
-            .collect();
+        let x: Vec<f32> = (0..32).map(|i| KVALUES_IQ4NL[i % 16] as f32 * 0.25).collect();
         let mut b = [BlockIQ4NL::zeroed()];
         quantize(&x, &mut b);
         assert_eq!(b[0].d.to_f32(), 0.25);

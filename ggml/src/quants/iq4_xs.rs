@@ -41,11 +41,7 @@ impl BlockIQ4XS {
 pub fn dequantize(blocks: &[BlockIQ4XS], y: &mut [f32]) {
     for (b, y) in blocks.iter().zip(y.chunks_exact_mut(QK_K)) {
         let d = b.d.to_f32();
-        for (g, (y, qs)) in y
-            .chunks_exact_mut(32)
-            .zip(b.qs.chunks_exact(16))
-            .enumerate()
-        {
+        for (g, (y, qs)) in y.chunks_exact_mut(32).zip(b.qs.chunks_exact(16)).enumerate() {
             dequantize_group(d * (b.group_scale(g) - 32) as f32, qs, y);
         }
     }
@@ -70,11 +66,7 @@ pub fn quantize(x: &[f32], blocks: &mut [BlockIQ4XS]) {
         b.d = f32_to_f16(d);
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
         b.scales_h = 0;
-        for (g, (x, qs)) in x
-            .chunks_exact(32)
-            .zip(b.qs.chunks_exact_mut(16))
-            .enumerate()
-        {
+        for (g, (x, qs)) in x.chunks_exact(32).zip(b.qs.chunks_exact_mut(16)).enumerate() {
             let l = nearest_int(id * scales[g]).clamp(-32, 31);
             let dl = d * l as f32;
             let idl = if dl != 0.0 { 1.0 / dl } else { 0.0 };
@@ -107,10 +99,7 @@ mod tests {
         let mut y = [0.0f32; QK_K];
         dequantize(&[b], &mut y);
         assert_eq!((y[0], y[31]), (0.5, 0.5));
-        assert_eq!(
-            (y[32], y[48], y[33]),
-            (0.5 * -28.0 * 113.0, 0.5 * -28.0 * -127.0, -14.0)
-        );
+        assert_eq!((y[32], y[48], y[33]), (0.5 * -28.0 * 113.0, 0.5 * -28.0 * -127.0, -14.0));
         assert_eq!(y[255], 15.5);
         // groups 2..=6 have scale bits 0 -> -32
         assert_eq!(y[64], -16.0);
@@ -120,9 +109,7 @@ mod tests {
     fn grid_values_round_trip() {
         // Every group the grid times the same power of two: the group scales agree, the group
         // with the largest |K| sets d, and everything decodes exactly.
-        let x: Vec<f32> = (0..QK_K)
-            .map(|i| KVALUES_IQ4NL[i % 16] as f32 * 0.125)
-            .collect();
+        let x: Vec<f32> = (0..QK_K).map(|i| KVALUES_IQ4NL[i % 16] as f32 * 0.125).collect();
         let mut b = [BlockIQ4XS::zeroed()];
         quantize(&x, &mut b);
         let mut y = [0.0f32; QK_K];

@@ -26,11 +26,7 @@ pub struct BlockMXFP4 {
 /// Half the E8M0 scale, `2^(e - 128)`, built from its bits; `e` 0 and 1 give f32 subnormals.
 #[inline]
 pub fn e8m0_to_f32_half(e: u8) -> f32 {
-    let bits = if e < 2 {
-        0x0020_0000u32 << e
-    } else {
-        ((e - 1) as u32) << 23
-    };
+    let bits = if e < 2 { 0x0020_0000u32 << e } else { ((e - 1) as u32) << 23 };
     f32::from_bits(bits)
 }
 
@@ -50,15 +46,9 @@ pub fn dequantize(blocks: &[BlockMXFP4], y: &mut [f32]) {
 /// lowest index winning ties (so +0 beats -0).
 pub fn quantize(x: &[f32], blocks: &mut [BlockMXFP4]) {
     for (b, x) in blocks.iter_mut().zip(x.chunks_exact(QK_MXFP4)) {
-        let amax = x
-            .iter()
-            .fold(0.0f32, |m, v| if m < v.abs() { v.abs() } else { m });
+        let amax = x.iter().fold(0.0f32, |m, v| if m < v.abs() { v.abs() } else { m });
         // ggml narrows with an `(uint8_t)` cast, so an amax below 2^-125 wraps rather than clamps.
-        let e = if amax > 0.0 {
-            trunc_to_i32(amax.log2().floor() - 2.0 + 127.0) as u8
-        } else {
-            0
-        };
+        let e = if amax > 0.0 { trunc_to_i32(amax.log2().floor() - 2.0 + 127.0) as u8 } else { 0 };
         let d = e8m0_to_f32_half(e);
         b.e = e;
         let (lo, hi) = x.split_at(QK_MXFP4 / 2);
@@ -111,9 +101,6 @@ mod tests {
         let mut b = [BlockMXFP4::zeroed()];
         quantize(&x, &mut b);
         assert_eq!(b[0].e, 127);
-        assert_eq!(
-            (b[0].qs[3] & 0x0f, b[0].qs[4] >> 4, b[0].qs[4] & 0x0f),
-            (7, 9, 0)
-        );
+        assert_eq!((b[0].qs[3] & 0x0f, b[0].qs[4] >> 4, b[0].qs[4] & 0x0f), (7, 9, 0));
     }
 }

@@ -36,13 +36,8 @@ pub fn dequantize(blocks: &[BlockQ4_0], y: &mut [f32]) {
 pub fn quantize(x: &[f32], blocks: &mut [BlockQ4_0]) {
     for (b, x) in blocks.iter_mut().zip(x.chunks_exact(QK4_0)) {
         // The first value of largest magnitude wins, sign included.
-        let (_, max) = x.iter().fold((0.0f32, 0.0f32), |(amax, max), &v| {
-            if amax < v.abs() {
-                (v.abs(), v)
-            } else {
-                (amax, max)
-            }
-        });
+        let (_, max) =
+            x.iter().fold((0.0f32, 0.0f32), |(amax, max), &v| if amax < v.abs() { (v.abs(), v) } else { (amax, max) });
         let d = max / -8.0;
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
         b.d = f32_to_f16(d);
@@ -63,17 +58,11 @@ mod tests {
         let mut qs = [0x88u8; 16];
         qs[0] = 0xf0; // element 0: 0 - 8 = -8, element 16: 15 - 8 = 7
         qs[3] = 0x19; // element 3: 9 - 8 = 1, element 19: 1 - 8 = -7
-        let b = BlockQ4_0 {
-            d: f16::from_f32(0.5),
-            qs,
-        };
+        let b = BlockQ4_0 { d: f16::from_f32(0.5), qs };
         let mut y = [1.0f32; 32];
         dequantize(&[b], &mut y);
         assert_eq!((y[0], y[16], y[3], y[19]), (-4.0, 3.5, 0.5, -3.5));
-        assert!(y
-            .iter()
-            .enumerate()
-            .all(|(i, &v)| [0, 3, 16, 19].contains(&i) || v == 0.0));
+        assert!(y.iter().enumerate().all(|(i, &v)| [0, 3, 16, 19].contains(&i) || v == 0.0));
     }
 
     #[test]

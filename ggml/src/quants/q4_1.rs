@@ -55,9 +55,8 @@ pub fn quantize(x: &[f32], blocks: &mut [BlockQ4_1]) {
 /// The block's minimum and maximum, starting from `(f32::MAX, -f32::MAX)` and replacing only on
 /// a strict comparison, as ggml does (so NaNs are skipped and an all-NaN block keeps the seeds).
 pub(crate) fn min_max(x: &[f32]) -> (f32, f32) {
-    x.iter().fold((f32::MAX, -f32::MAX), |(min, max), &v| {
-        (if v < min { v } else { min }, if v > max { v } else { max })
-    })
+    x.iter()
+        .fold((f32::MAX, -f32::MAX), |(min, max), &v| (if v < min { v } else { min }, if v > max { v } else { max }))
 }
 
 #[cfg(test)]
@@ -68,11 +67,7 @@ mod tests {
     fn levels_count_up_from_the_minimum() {
         let mut qs = [0u8; 16];
         qs[2] = 0xa3; // element 2: level 3, element 18: level 10
-        let b = BlockQ4_1 {
-            d: f16::from_f32(0.25),
-            m: f16::from_f32(-1.0),
-            qs,
-        };
+        let b = BlockQ4_1 { d: f16::from_f32(0.25), m: f16::from_f32(-1.0), qs };
         let mut y = [0.0f32; 32];
         dequantize(&[b], &mut y);
         assert_eq!((y[2], y[18], y[0], y[31]), (-0.25, 1.5, -1.0, -1.0));

@@ -40,13 +40,8 @@ pub fn dequantize(blocks: &[BlockQ5_0], y: &mut [f32]) {
 /// level 0 and every level `trunc(x / d + 16.5)` capped at 31.
 pub fn quantize(x: &[f32], blocks: &mut [BlockQ5_0]) {
     for (b, x) in blocks.iter_mut().zip(x.chunks_exact(QK5_0)) {
-        let (_, max) = x.iter().fold((0.0f32, 0.0f32), |(amax, max), &v| {
-            if amax < v.abs() {
-                (v.abs(), v)
-            } else {
-                (amax, max)
-            }
-        });
+        let (_, max) =
+            x.iter().fold((0.0f32, 0.0f32), |(amax, max), &v| if amax < v.abs() { (v.abs(), v) } else { (amax, max) });
         let d = max / -16.0;
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
         b.d = f32_to_f16(d);
@@ -70,11 +65,7 @@ mod tests {
         let mut qs = [0u8; 16];
         qs[1] = 0x3f; // element 1: low bits 15, element 17: low bits 3
         let qh = (1u32 << 1 | 1 << 17).to_le_bytes(); // fifth bits of elements 1 and 17
-        let b = BlockQ5_0 {
-            d: f16::from_f32(2.0),
-            qh,
-            qs,
-        };
+        let b = BlockQ5_0 { d: f16::from_f32(2.0), qh, qs };
         let mut y = [0.0f32; 32];
         dequantize(&[b], &mut y);
         // element 1: 31 - 16 = 15; element 17: 19 - 16 = 3; others: 0 - 16

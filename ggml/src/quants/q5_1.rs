@@ -8,8 +8,8 @@ use bytemuck::{Pod, Zeroable};
 use half::f16;
 
 use super::float::f32_to_f16;
-use super::rounding::trunc_to_i32;
 use super::q4_1::min_max;
+use super::rounding::trunc_to_i32;
 
 pub const QK5_1: usize = 32;
 
@@ -70,12 +70,7 @@ mod tests {
         let mut qs = [0u8; 16];
         qs[15] = 0x21; // element 15: low bits 1, element 31: low bits 2
         let qh = (1u32 << 31).to_le_bytes(); // element 31 gets its fifth bit
-        let b = BlockQ5_1 {
-            d: f16::from_f32(0.5),
-            m: f16::from_f32(1.0),
-            qh,
-            qs,
-        };
+        let b = BlockQ5_1 { d: f16::from_f32(0.5), m: f16::from_f32(1.0), qh, qs };
         let mut y = [0.0f32; 32];
         dequantize(&[b], &mut y);
         assert_eq!((y[15], y[31], y[0]), (1.5, 10.0, 1.0));

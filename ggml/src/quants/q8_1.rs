@@ -36,9 +36,7 @@ pub fn dequantize(blocks: &[BlockQ8_1], y: &mut [f32]) {
 /// from the integer sum of the stored quants times the f32 scale.
 pub fn quantize(x: &[f32], blocks: &mut [BlockQ8_1]) {
     for (b, x) in blocks.iter_mut().zip(x.chunks_exact(QK8_1)) {
-        let amax = x
-            .iter()
-            .fold(0.0f32, |m, v| if m > v.abs() { m } else { v.abs() });
+        let amax = x.iter().fold(0.0f32, |m, v| if m > v.abs() { m } else { v.abs() });
         let d = amax / 127.0;
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
         b.d = f32_to_f16(d);
