@@ -218,5 +218,16 @@ pub fn malformed() -> Vec<(String, Vec<u8>)> {
     add("overlapping-tensors", with(&|f| f.tensors[1].offset = 32));
     add("same-offset-tensors", with(&|f| f.tensors[2].offset = 64));
     add("data-section-missing", with(&|f| f.data.clear()));
+    // Found by the fuzzer: only empty tensors, and the file ends inside the header padding.
+    add("padding-cut-with-empty-tensor", {
+        let mut file =
+            RawFile { n_kv: 0, kvs: vec![], n_tensors: 1, tensors: vec![base.tensors[0].clone()], ..base.clone() };
+        file.tensors[0].dims = vec![0];
+        file.tensors[0].n_dims = 1;
+        let (mut bytes, b) = file.encode();
+        assert!(b.data_start > b.after_each_tensor[0] + 1, "the cut must fall inside the padding");
+        bytes.truncate(b.after_each_tensor[0] + 1);
+        bytes
+    });
     cases
 }

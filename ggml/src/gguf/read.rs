@@ -105,6 +105,14 @@ pub fn parse(bytes: &[u8]) -> Result<GgufHeader, GgufError> {
     }
 
     let data_offset = (r.pos as u64).next_multiple_of(alignment);
+    if !tensors.is_empty() && data_offset > bytes.len() as u64 {
+        return Err(GgufError::Truncated {
+            what: "padding before the data section",
+            offset: r.pos as u64,
+            need: data_offset - r.pos as u64,
+            have: r.remaining(),
+        });
+    }
     let data_len = (bytes.len() as u64).saturating_sub(data_offset);
     check_tensor_placement(&tensors, alignment, data_len)?;
     Ok(GgufHeader::new(version, metadata, tensors, alignment, data_offset))

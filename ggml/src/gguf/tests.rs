@@ -69,6 +69,8 @@ fn malformed_files_get_errors_that_say_what_is_wrong() {
     );
     assert!(err("alignment-not-power-of-two").contains("general.alignment must be a u32 power of two, found u32 48"));
     assert!(err("big-endian").contains("big-endian"));
+    let e = err("padding-cut-with-empty-tensor");
+    assert!(e.contains("truncated: padding before the data section"), "{e}");
 }
 
 #[test]
