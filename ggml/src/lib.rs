@@ -7,6 +7,7 @@
 //! Nothing here knows about any particular model.
 
 pub mod gguf;
+pub mod kernels;
 pub mod quants;
 pub mod types;
 

@@ -113,7 +113,7 @@ block_formats! {
 
 fn check_lengths(ty: GgmlType, n: usize, bytes: usize) -> Result<(), QuantError> {
     let block = ty.block_size();
-    if n % block != 0 {
+    if !n.is_multiple_of(block) {
         return Err(QuantError::PartialBlock { ty, n, block });
     }
     let expected = n / block * ty.type_size();
@@ -121,6 +121,16 @@ fn check_lengths(ty: GgmlType, n: usize, bytes: usize) -> Result<(), QuantError>
         return Err(QuantError::ByteLength { ty, n, expected, got: bytes });
     }
     Ok(())
+}
+
+/// View `bytes` as whole blocks of type `ty` (block struct `T`).
+pub fn cast_blocks<T: Pod>(ty: GgmlType, bytes: &[u8]) -> Result<&[T], QuantError> {
+    let size = std::mem::size_of::<T>();
+    if !bytes.len().is_multiple_of(size) {
+        let n = bytes.len() / size * ty.block_size();
+        return Err(QuantError::ByteLength { ty, n, expected: bytes.len() / size * size, got: bytes.len() });
+    }
+    cast(ty, bytes)
 }
 
 fn cast<T: Pod>(ty: GgmlType, bytes: &[u8]) -> Result<&[T], QuantError> {

@@ -1,0 +1,104 @@
+//! Dot products of quantized weight rows with quantized activation rows, and the matrix-vector
+//! and matrix-matrix products built on them.
+//!
+//! Activations are quantized once per matmul to the weight type's *dot type* (ggml's
+//! `vec_dot_type`): Q8_K for the k-quants and IQ4_XS, Q8_0 for Q4_0/Q5_0/Q8_0/IQ4_NL/MXFP4,
+//! Q8_1 for Q4_1/Q5_1. Each weight family has a module holding a scalar reference and the
+//! SIMD versions; [`Isa::best`] picks the widest this CPU runs, once per process.
+
+pub mod cpu;
+pub mod q8_0;
+
+#[cfg(test)]
+pub(crate) mod testing;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod x86;
+
+pub use cpu::Isa;
+
+use crate::quants::{cast_blocks, QuantError};
+use crate::types::GgmlType;
+
+/// The activation type ggml pairs with weights of type `ty` in dot products.
+pub fn dot_type(ty: GgmlType) -> Option<GgmlType> {
+    use GgmlType::*;
+    Some(match ty {
+        Q4_0 | Q5_0 | Q8_0 | IQ4_NL | MXFP4 => Q8_0,
+        Q4_1 | Q5_1 => Q8_1,
+        Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | IQ4_XS => Q8_K,
+        F32 | F16 | BF16 => ty,
+        _ => return None,
+    })
+}
+
+/// Expands [`vec_dot`] over every weight type with kernels: each listed module provides
+/// `dot_scalar(&[W], &[A]) -> f32` and, on x86-64, `dot_avx2` and `dot_avx512` with the same
+/// signature (target-feature functions, unsafe to call unless the CPU has the features).
+macro_rules! dot_kernels {
+    ($( $ty:ident => $module:ident ($w:ty, $a:ty) ),* $(,)?) => {
+        /// Whether [`vec_dot`] has kernels for weights of type `ty`.
+        pub fn has_kernels(ty: GgmlType) -> bool {
+            matches!(ty, $( GgmlType::$ty )|*)
+        }
+
+        /// `w · a` for one row: `w` holds `n` elements of type `ty`, `a` the same `n` elements
+        /// of activations already quantized to `dot_type(ty)`, computed at level `isa`.
+        pub fn vec_dot(ty: GgmlType, isa: Isa, w: &[u8], a: &[u8]) -> Result<f32, QuantError> {
+            match ty {
+                $( GgmlType::$ty => {
+                    let w: &[$w] = cast_blocks(ty, w)?;
+                    let a_ty = dot_type(ty).expect("listed types have a dot type");
+                    let a: &[$a] = cast_blocks(a_ty, a)?;
+                    check_pair(ty, w.len(), a_ty, a.len())?;
+                    Ok(match isa {
+                        #[cfg(target_arch = "x86_64")]
+                        // SAFETY: `isa` comes from `Isa::available`/`Isa::best`, which only
+                        // offer levels this CPU supports.
+                        Isa::Avx2 => unsafe { $module::dot_avx2(w, a) },
+                        #[cfg(target_arch = "x86_64")]
+                        // SAFETY: as above.
+                        Isa::Avx512 => unsafe { $module::dot_avx512(w, a) },
+                        _ => $module::dot_scalar(w, a),
+                    })
+                } )*
+                _ => Err(QuantError::Unsupported(ty)),
+            }
+        }
+    };
+}
+
+dot_kernels! {
+    Q8_0 => q8_0 (crate::quants::q8_0::BlockQ8_0, crate::quants::q8_0::BlockQ8_0),
+}
+
+/// Weights and activations must cover the same number of elements.
+fn check_pair(ty: GgmlType, w_blocks: usize, a_ty: GgmlType, a_blocks: usize) -> Result<(), QuantError> {
+    let n = w_blocks * ty.block_size();
+    if a_blocks * a_ty.block_size() != n {
+        return Err(QuantError::ByteLength {
+            ty: a_ty,
+            n,
+            expected: n / a_ty.block_size() * a_ty.type_size(),
+            got: a_blocks * a_ty.type_size(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mismatched_lengths_are_errors() {
+        let buf = [0u64; 9]; // aligned for the block structs
+        let bytes: &[u8] = bytemuck::cast_slice(&buf);
+        let (w, a) = (&bytes[..68], &bytes[..34]);
+        let err = vec_dot(GgmlType::Q8_0, Isa::Scalar, w, a).unwrap_err();
+        assert_eq!(err, QuantError::ByteLength { ty: GgmlType::Q8_0, n: 64, expected: 68, got: 34 });
+        assert_eq!(
+            vec_dot(GgmlType::Q8_0, Isa::Scalar, &w[..35], a),
+            Err(QuantError::ByteLength { ty: GgmlType::Q8_0, n: 32, expected: 34, got: 35 })
+        );
+    }
+}
