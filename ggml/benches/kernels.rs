@@ -1,0 +1,114 @@
+//! Dot-product kernel throughput, ours next to ggml's, on Gemma 4 26B-A4B's matrix shapes.
+//!
+//! Both sides run in the same harness (same threads, same rows, same quantized activations):
+//! ours through `kernels::matmul`, ggml's by calling its CPU `vec_dot` for every (row, token)
+//! pair in the same rayon loop — so this compares the kernels, not the thread pools. Build
+//! ggml with this CPU's SIMD for a fair comparison: `scripts/bench-kernels.sh` does
+//! (`RUSTFLAGS=-Ctarget-cpu=native`, its own target dir).
+//!
+//! Prints, per shape and weight type, GB/s of weights streamed and GFLOP/s for matvec (1 token)
+//! and matmul (`GEMMA_BENCH_TOKENS`, default 64 tokens), and the ratio ours / ggml.
+
+use std::time::{Duration, Instant};
+
+use ggml::kernels::matmul::{matmul, QuantizedActs};
+use ggml::kernels::{has_kernels, Isa};
+use ggml::quants::quantize_row;
+use ggml::GgmlType;
+use llama_cpp_sys_2 as sys;
+use rayon::prelude::*;
+
+/// (name, input width n, output rows) of the 26B-A4B matrices.
+const SHAPES: [(&str, usize, usize); 7] = [
+    ("attn_q (sliding)", 2816, 4096),
+    ("attn_output (sliding)", 4096, 2816),
+    ("ffn_gate/up (dense)", 2816, 2112),
+    ("ffn_down (dense)", 2112, 2816),
+    ("ffn_gate_up_exps (1 expert)", 2816, 1408),
+    ("ffn_down_exps (1 expert)", 704, 2816),
+    ("output head (1/8 of it)", 2816, 32768),
+];
+
+const TYPES: [GgmlType; 4] = [GgmlType::Q4_K, GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::Q6_K];
+
+fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+/// Median wall time of `f` over enough runs to take about `budget`.
+fn time(budget: Duration, mut f: impl FnMut()) -> Duration {
+    f(); // warm up: page in, fill caches
+    let mut times = Vec::new();
+    let start = Instant::now();
+    while times.len() < 3 || (start.elapsed() < budget && times.len() < 200) {
+        let t = Instant::now();
+        f();
+        times.push(t.elapsed());
+    }
+    times.sort();
+    times[times.len() / 2]
+}
+
+fn ggml_matmul(ty: GgmlType, w: &[u8], rows: usize, acts: &QuantizedActs, out: &mut [f32]) {
+    // SAFETY: static type table lookup for a valid type id.
+    let f = unsafe { &*sys::ggml_get_type_traits_cpu(ty.id() as sys::ggml_type) }.vec_dot.unwrap();
+    let row_bytes = w.len() / rows;
+    let n = acts.n;
+    out.par_chunks_mut(acts.n_rows).enumerate().for_each(|(r, per_token)| {
+        let w_row = &w[r * row_bytes..(r + 1) * row_bytes];
+        for (t, y) in per_token.iter_mut().enumerate() {
+            // SAFETY: one row of n elements of each operand.
+            unsafe { f(n as i32, y, 0, w_row.as_ptr().cast(), 0, acts.row(t).as_ptr().cast(), 0, 1) };
+        }
+    });
+}
+
+fn main() {
+    // SAFETY: fills ggml's lookup tables.
+    unsafe { sys::ggml_cpu_init() };
+    let tokens: usize = std::env::var("GEMMA_BENCH_TOKENS").ok().and_then(|v| v.parse().ok()).unwrap_or(64);
+    let isa = Isa::best();
+    println!(
+        "kernels: ours at {isa:?}, ggml vec_dot; {} threads; matmul with {tokens} tokens",
+        rayon::current_num_threads()
+    );
+    println!(
+        "{:<28} {:<6} {:>10} {:>10} {:>7} {:>10} {:>10} {:>7}",
+        "shape", "type", "mv GB/s", "ggml", "ratio", "mm GFLOP/s", "ggml", "ratio"
+    );
+    for (name, n, rows) in SHAPES {
+        for ty in TYPES {
+            if !has_kernels(ty) || n % ty.block_size() != 0 {
+                continue;
+            }
+            let w_bytes = rows * ty.row_bytes(n as u64).unwrap() as usize;
+            let mut w = vec![0u8; w_bytes];
+            quantize_row(ty, &pseudo_random(rows * n, 1), &mut w).unwrap();
+            let mut line = format!("{name:<28} {:<6}", ty.name());
+            for n_tokens in [1, tokens] {
+                let acts = QuantizedActs::new(ty, &pseudo_random(n_tokens * n, 2), n).unwrap();
+                let mut out = vec![0f32; rows * n_tokens];
+                let budget = Duration::from_millis(600);
+                let ours = time(budget, || matmul(ty, isa, &w, rows, &acts, &mut out).unwrap());
+                let theirs = time(budget, || ggml_matmul(ty, &w, rows, &acts, &mut out));
+                let (a, b) = if n_tokens == 1 {
+                    let gbs = |d: Duration| w_bytes as f64 / d.as_secs_f64() / 1e9;
+                    (gbs(ours), gbs(theirs))
+                } else {
+                    let gflops = |d: Duration| 2.0 * (rows * n * n_tokens) as f64 / d.as_secs_f64() / 1e9;
+                    (gflops(ours), gflops(theirs))
+                };
+                line += &format!(" {a:>10.2} {b:>10.2} {:>6.2}x", a / b);
+            }
+            println!("{line}");
+        }
+    }
+}

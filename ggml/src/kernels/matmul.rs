@@ -1,0 +1,129 @@
+//! Matrix products over quantized weights: `out[t][r] = Σ_k W[r][k] · x[t][k]` for a weight
+//! matrix W of `rows` rows of `n` elements (any type with kernels) and `n_tokens` activation
+//! rows, quantized once to the weight type's dot type.
+//!
+//! Work is split across threads by blocks of output rows. Inside a block, each weight row is
+//! dotted with every token before moving on, so with several tokens (prompt processing) a
+//! weight row is read from memory once and reused from L1.
+
+use rayon::prelude::*;
+
+use super::{dot_type, vec_dot, Isa};
+use crate::quants::{quantize_row, QuantError};
+use crate::types::GgmlType;
+
+/// Activation rows quantized to a dot type, in a buffer aligned for every block struct.
+pub struct QuantizedActs {
+    pub ty: GgmlType,
+    /// Elements per row.
+    pub n: usize,
+    pub n_rows: usize,
+    row_bytes: usize,
+    buf: Vec<u64>,
+}
+
+impl QuantizedActs {
+    /// Quantize `x` (`n_rows` rows of `n` f32) for dot products with weights of type `w_ty`.
+    pub fn new(w_ty: GgmlType, x: &[f32], n: usize) -> Result<QuantizedActs, QuantError> {
+        let ty = dot_type(w_ty).ok_or(QuantError::Unsupported(w_ty))?;
+        let row_bytes =
+            ty.row_bytes(n as u64).ok_or(QuantError::PartialBlock { ty, n, block: ty.block_size() })? as usize;
+        assert!(n > 0 && x.len() % n == 0, "{} activations are not whole rows of {n}", x.len());
+        let n_rows = x.len() / n;
+        let mut acts = QuantizedActs { ty, n, n_rows, row_bytes, buf: vec![0u64; (row_bytes * n_rows).div_ceil(8)] };
+        let bytes = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut acts.buf)[..row_bytes * n_rows];
+        for (x, out) in x.chunks_exact(n).zip(bytes.chunks_exact_mut(row_bytes)) {
+            quantize_row(ty, x, out)?;
+        }
+        Ok(acts)
+    }
+
+    /// The quantized bytes of row `t`.
+    pub fn row(&self, t: usize) -> &[u8] {
+        &bytemuck::cast_slice::<u64, u8>(&self.buf)[t * self.row_bytes..(t + 1) * self.row_bytes]
+    }
+}
+
+/// Output rows per unit of parallel work: large enough to amortize scheduling, small enough to
+/// balance a few threads over the smallest Gemma 4 matrices (704 rows).
+const ROWS_PER_TASK: usize = 16;
+
+/// `out[t * rows + r] = W[r] · acts[t]` for weights `w` (`rows` rows of type `ty`).
+pub fn matmul(
+    ty: GgmlType,
+    isa: Isa,
+    w: &[u8],
+    rows: usize,
+    acts: &QuantizedActs,
+    out: &mut [f32],
+) -> Result<(), QuantError> {
+    let n = acts.n;
+    let w_row_bytes =
+        ty.row_bytes(n as u64).ok_or(QuantError::PartialBlock { ty, n, block: ty.block_size() })? as usize;
+    if w.len() != rows * w_row_bytes {
+        return Err(QuantError::ByteLength { ty, n: rows * n, expected: rows * w_row_bytes, got: w.len() });
+    }
+    assert_eq!(out.len(), rows * acts.n_rows, "output holds rows x tokens floats");
+    // Rows-major scratch per task, transposed into the token-major output afterwards.
+    let mut by_row = vec![0f32; rows * acts.n_rows];
+    by_row.par_chunks_mut(ROWS_PER_TASK * acts.n_rows.max(1)).enumerate().try_for_each(|(task, chunk)| {
+        let first = task * ROWS_PER_TASK;
+        for (i, per_token) in chunk.chunks_mut(acts.n_rows.max(1)).enumerate() {
+            let w_row = &w[(first + i) * w_row_bytes..(first + i + 1) * w_row_bytes];
+            for (t, y) in per_token.iter_mut().enumerate().take(acts.n_rows) {
+                *y = vec_dot(ty, isa, w_row, acts.row(t))?;
+            }
+        }
+        Ok(())
+    })?;
+    for r in 0..rows {
+        for t in 0..acts.n_rows {
+            out[t * rows + r] = by_row[r * acts.n_rows + t];
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quants::dequantize_row;
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n).map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 500.0 - 1.0).collect()
+    }
+
+    #[test]
+    fn matmul_is_every_row_dotted_with_every_token() {
+        let (rows, n, tokens) = (37, 256, 3);
+        let w_f32 = values(rows * n, 1);
+        let mut w = vec![0u8; rows * GgmlType::Q8_0.row_bytes(n as u64).unwrap() as usize];
+        quantize_row(GgmlType::Q8_0, &w_f32, &mut w).unwrap();
+        let x = values(tokens * n, 2);
+        let acts = QuantizedActs::new(GgmlType::Q8_0, &x, n).unwrap();
+        let mut out = vec![0f32; rows * tokens];
+        matmul(GgmlType::Q8_0, Isa::best(), &w, rows, &acts, &mut out).unwrap();
+
+        // Against a plain f32 product of the dequantized operands.
+        let mut w_deq = vec![0f32; rows * n];
+        dequantize_row(GgmlType::Q8_0, &w, &mut w_deq).unwrap();
+        let mut x_deq = vec![0f32; tokens * n];
+        for t in 0..tokens {
+            dequantize_row(GgmlType::Q8_0, acts.row(t), &mut x_deq[t * n..(t + 1) * n]).unwrap();
+        }
+        for t in 0..tokens {
+            for r in 0..rows {
+                let want: f32 = (0..n).map(|k| w_deq[r * n + k] * x_deq[t * n + k]).sum();
+                let got = out[t * rows + r];
+                assert!((got - want).abs() <= 1e-4 * want.abs().max(1.0), "token {t} row {r}: {got} vs {want}");
+            }
+        }
+    }
+
+    #[test]
+    fn wrong_weight_size_is_an_error() {
+        let acts = QuantizedActs::new(GgmlType::Q8_0, &[0.5; 64], 32).unwrap();
+        let err = matmul(GgmlType::Q8_0, Isa::Scalar, &[0u8; 33], 1, &acts, &mut [0.0; 2]).unwrap_err();
+        assert_eq!(err, QuantError::ByteLength { ty: GgmlType::Q8_0, n: 32, expected: 34, got: 33 });
+    }
+}
