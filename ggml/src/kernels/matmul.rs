@@ -28,7 +28,7 @@ impl QuantizedActs {
         let ty = dot_type(w_ty).ok_or(QuantError::Unsupported(w_ty))?;
         let row_bytes =
             ty.row_bytes(n as u64).ok_or(QuantError::PartialBlock { ty, n, block: ty.block_size() })? as usize;
-        assert!(n > 0 && x.len() % n == 0, "{} activations are not whole rows of {n}", x.len());
+        assert!(n > 0 && x.len().is_multiple_of(n), "{} activations are not whole rows of {n}", x.len());
         let n_rows = x.len() / n;
         let mut acts = QuantizedActs { ty, n, n_rows, row_bytes, buf: vec![0u64; (row_bytes * n_rows).div_ceil(8)] };
         let bytes = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut acts.buf)[..row_bytes * n_rows];
