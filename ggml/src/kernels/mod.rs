@@ -7,6 +7,7 @@
 //! SIMD versions; [`Isa::best`] picks the widest this CPU runs, once per process.
 
 pub mod cpu;
+pub mod matmul;
 pub mod q8_0;
 
 #[cfg(test)]
