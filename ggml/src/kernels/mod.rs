@@ -6,8 +6,23 @@
 //! Q8_1 for Q4_1/Q5_1. Each weight family has a module holding a scalar reference and the
 //! SIMD versions; [`Isa::best`] picks the widest this CPU runs, once per process.
 
+pub mod bf16;
 pub mod cpu;
+pub mod f16;
+pub mod f32;
+pub mod iq4_nl;
+pub mod iq4_xs;
 pub mod matmul;
+pub mod mxfp4;
+pub mod q2_k;
+pub mod q3_k;
+pub mod q4_0;
+pub mod q4_1;
+pub mod q4_k;
+pub mod q5_0;
+pub mod q5_1;
+pub mod q5_k;
+pub mod q6_k;
 pub mod q8_0;
 
 #[cfg(test)]
@@ -70,6 +85,21 @@ macro_rules! dot_kernels {
 
 dot_kernels! {
     Q8_0 => q8_0 (crate::quants::q8_0::BlockQ8_0, crate::quants::q8_0::BlockQ8_0),
+    Q4_K => q4_k (crate::quants::q4_k::BlockQ4K, crate::quants::q8_k::BlockQ8K),
+    Q5_K => q5_k (crate::quants::q5_k::BlockQ5K, crate::quants::q8_k::BlockQ8K),
+    Q6_K => q6_k (crate::quants::q6_k::BlockQ6K, crate::quants::q8_k::BlockQ8K),
+    Q2_K => q2_k (crate::quants::q2_k::BlockQ2K, crate::quants::q8_k::BlockQ8K),
+    Q3_K => q3_k (crate::quants::q3_k::BlockQ3K, crate::quants::q8_k::BlockQ8K),
+    IQ4_XS => iq4_xs (crate::quants::iq4_xs::BlockIQ4XS, crate::quants::q8_k::BlockQ8K),
+    Q5_0 => q5_0 (crate::quants::q5_0::BlockQ5_0, crate::quants::q8_0::BlockQ8_0),
+    Q4_0 => q4_0 (crate::quants::q4_0::BlockQ4_0, crate::quants::q8_0::BlockQ8_0),
+    Q4_1 => q4_1 (crate::quants::q4_1::BlockQ4_1, crate::quants::q8_1::BlockQ8_1),
+    Q5_1 => q5_1 (crate::quants::q5_1::BlockQ5_1, crate::quants::q8_1::BlockQ8_1),
+    IQ4_NL => iq4_nl (crate::quants::iq4_nl::BlockIQ4NL, crate::quants::q8_0::BlockQ8_0),
+    MXFP4 => mxfp4 (crate::quants::mxfp4::BlockMXFP4, crate::quants::q8_0::BlockQ8_0),
+    F32 => f32 (f32, f32),
+    F16 => f16 (half::f16, half::f16),
+    BF16 => bf16 (half::bf16, half::bf16),
 }
 
 /// Weights and activations must cover the same number of elements.

@@ -1,0 +1,126 @@
+//! MXFP4 weights · Q8_0 activations: per 32-element block an exact i32 dot product of the
+//! doubled E2M1 values (signed bytes, |v| <= 12) with the activation bytes, scaled by
+//! `d_a * 2^(e - 128)` (half the E8M0 scale, undoing the doubling) and summed in f32.
+
+use crate::quants::mxfp4::{e8m0_to_f32_half, BlockMXFP4, KVALUES_MXFP4};
+use crate::quants::q8_0::BlockQ8_0;
+
+/// The reference, as ggml's generic `ggml_vec_dot_mxfp4_q8_0`: the integer sum of each block,
+/// then `sum += (d_a * e8m0_half(e)) * isum` in block order.
+pub fn dot_scalar(w: &[BlockMXFP4], a: &[BlockQ8_0]) -> f32 {
+    let mut sum = 0.0f32;
+    for (w, a) in w.iter().zip(a) {
+        let (a_lo, a_hi) = a.qs.split_at(16);
+        let mut isum = 0i32;
+        for ((&q, &x), &y) in w.qs.iter().zip(a_lo).zip(a_hi) {
+            isum += KVALUES_MXFP4[(q & 0x0f) as usize] as i32 * x as i32
+                + KVALUES_MXFP4[(q >> 4) as usize] as i32 * y as i32;
+        }
+        sum += (a.d.to_f32() * e8m0_to_f32_half(w.e)) * isum as f32;
+    }
+    sum
+}
+
+#[cfg(target_arch = "x86_64")]
+pub use x86::{dot_avx2, dot_avx512};
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{e8m0_to_f32_half, BlockMXFP4, BlockQ8_0, KVALUES_MXFP4};
+    use crate::kernels::x86::{dot_u8i8_x4, f16_to_f32_x8, hsum_f32x8, nibbles_32, sign_split, table_16x2};
+
+    /// AVX2: a byte shuffle looks the 32 indices up in the value table, then `maddubs` on
+    /// `(|w|, a * sign(w))` and one FMA per block.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub fn dot_avx2(w: &[BlockMXFP4], a: &[BlockQ8_0]) -> f32 {
+        let values = table_16x2(&KVALUES_MXFP4);
+        let mut acc = _mm256_setzero_ps();
+        for (w, a) in w.iter().zip(a) {
+            let qw = _mm256_shuffle_epi8(values, nibbles_32(&w.qs));
+            // SAFETY: `qs` is exactly 32 bytes; loadu has no alignment requirement.
+            let qa = unsafe { _mm256_loadu_si256(a.qs.as_ptr().cast()) };
+            let (abs_w, signed_a) = sign_split(qw, qa);
+            let isum = dot_u8i8_x4(abs_w, signed_a);
+            let d = _mm256_mul_ps(f16_to_f32_x8(a.d), _mm256_set1_ps(e8m0_to_f32_half(w.e)));
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), d, acc);
+        }
+        hsum_f32x8(acc)
+    }
+
+    /// AVX-512 VNNI on 256-bit lanes: as AVX2 with `vpdpbusd` for the multiply and 4-way add.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA, F16C and AVX-512 F/BW/VL/VNNI.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub fn dot_avx512(w: &[BlockMXFP4], a: &[BlockQ8_0]) -> f32 {
+        let values = table_16x2(&KVALUES_MXFP4);
+        let mut acc = _mm256_setzero_ps();
+        for (w, a) in w.iter().zip(a) {
+            let qw = _mm256_shuffle_epi8(values, nibbles_32(&w.qs));
+            // SAFETY: `qs` is exactly 32 bytes; loadu has no alignment requirement.
+            let qa = unsafe { _mm256_loadu_si256(a.qs.as_ptr().cast()) };
+            let (abs_w, signed_a) = sign_split(qw, qa);
+            let isum = _mm256_dpbusd_epi32(_mm256_setzero_si256(), abs_w, signed_a);
+            let d = _mm256_mul_ps(f16_to_f32_x8(a.d), _mm256_set1_ps(e8m0_to_f32_half(w.e)));
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), d, acc);
+        }
+        hsum_f32x8(acc)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::testing::{assert_close, magnitude, random_blocks};
+    use crate::kernels::Isa;
+    use crate::GgmlType;
+
+    fn simd(isa: Isa, w: &[BlockMXFP4], a: &[BlockQ8_0]) -> Option<f32> {
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: callers pass levels from `Isa::available`, which this CPU has.
+            Isa::Avx2 => Some(unsafe { dot_avx2(w, a) }),
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            Isa::Avx512 => Some(unsafe { dot_avx512(w, a) }),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn simd_paths_match_the_scalar_reference() {
+        for n_blocks in [1, 2, 7, 88] {
+            let n = n_blocks * 32;
+            let w: Vec<BlockMXFP4> = random_blocks(GgmlType::MXFP4, n, 1);
+            let a: Vec<BlockQ8_0> = random_blocks(GgmlType::Q8_0, n, 2);
+            let want = dot_scalar(&w, &a);
+            let (wb, ab) = (bytemuck::cast_slice(&w), bytemuck::cast_slice(&a));
+            let mag = magnitude(GgmlType::MXFP4, wb, GgmlType::Q8_0, ab, n);
+            for isa in Isa::available() {
+                if let Some(got) = simd(isa, &w, &a) {
+                    assert_close(got, want, n_blocks, mag, &format!("mxfp4 {isa:?} {n_blocks} blocks"));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn integer_sums_are_exact() {
+        // With unit scales every path returns the plain sum of the per-block integer dots.
+        let mut w: Vec<BlockMXFP4> = random_blocks(GgmlType::MXFP4, 8 * 32, 3);
+        let mut a: Vec<BlockQ8_0> = random_blocks(GgmlType::Q8_0, 8 * 32, 4);
+        w.iter_mut().for_each(|b| b.e = 128);
+        a.iter_mut().for_each(|b| b.d = half::f16::ONE);
+        let want = dot_scalar(&w, &a);
+        for isa in Isa::available() {
+            if let Some(got) = simd(isa, &w, &a) {
+                assert_eq!(got, want, "mxfp4 {isa:?}");
+            }
+        }
+    }
+}
