@@ -13,6 +13,7 @@ pub mod f32;
 pub mod iq4_nl;
 pub mod iq4_xs;
 pub mod matmul;
+pub mod moe;
 pub mod mxfp4;
 pub mod q2_k;
 pub mod q3_k;
