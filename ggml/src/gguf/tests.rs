@@ -131,3 +131,13 @@ fn writer_refuses_wrong_sizes_and_leaves_no_file_behind() {
     assert_eq!(std::fs::read(&path).unwrap(), b"precious", "an unfinished write must not replace the file");
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "temporary file left behind");
 }
+
+#[test]
+fn version_2_files_read_like_version_3() {
+    let mut raw = RawFile::valid();
+    raw.version = 2;
+    let h = parse(&raw.bytes()).unwrap();
+    assert_eq!(h.version, 2);
+    assert_eq!(h.tensors.len(), 3);
+    assert_eq!(h.get_str("general.architecture").unwrap(), "gemma4");
+}
