@@ -43,18 +43,24 @@ fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-/// Median wall time of `f` over enough runs to take about `budget`.
-fn time(budget: Duration, mut f: impl FnMut()) -> Duration {
-    f(); // warm up: page in, fill caches
-    let mut times = Vec::new();
+/// Median wall times of `ours` and `theirs`, run alternately (so that load from other processes
+/// on this shared machine hits both alike) for about `budget`.
+fn compare(budget: Duration, mut ours: impl FnMut(), mut theirs: impl FnMut()) -> (Duration, Duration) {
+    ours(); // warm up: page in, fill caches
+    theirs();
+    let (mut a, mut b) = (Vec::new(), Vec::new());
     let start = Instant::now();
-    while times.len() < 3 || (start.elapsed() < budget && times.len() < 200) {
+    while a.len() < 5 || (start.elapsed() < budget && a.len() < 200) {
         let t = Instant::now();
-        f();
-        times.push(t.elapsed());
+        ours();
+        a.push(t.elapsed());
+        let t = Instant::now();
+        theirs();
+        b.push(t.elapsed());
     }
-    times.sort();
-    times[times.len() / 2]
+    a.sort();
+    b.sort();
+    (a[a.len() / 2], b[b.len() / 2])
 }
 
 fn ggml_matmul(ty: GgmlType, w: &[u8], rows: usize, acts: &QuantizedActs, out: &mut [f32]) {
@@ -96,9 +102,12 @@ fn main() {
             for n_tokens in [1, tokens] {
                 let acts = QuantizedActs::new(ty, &pseudo_random(n_tokens * n, 2), n).unwrap();
                 let mut out = vec![0f32; rows * n_tokens];
-                let budget = Duration::from_millis(600);
-                let ours = time(budget, || matmul(ty, isa, &w, rows, &acts, &mut out).unwrap());
-                let theirs = time(budget, || ggml_matmul(ty, &w, rows, &acts, &mut out));
+                let mut out2 = out.clone();
+                let (ours, theirs) = compare(
+                    Duration::from_millis(1200),
+                    || matmul(ty, isa, &w, rows, &acts, &mut out).unwrap(),
+                    || ggml_matmul(ty, &w, rows, &acts, &mut out2),
+                );
                 let (a, b) = if n_tokens == 1 {
                     let gbs = |d: Duration| w_bytes as f64 / d.as_secs_f64() / 1e9;
                     (gbs(ours), gbs(theirs))

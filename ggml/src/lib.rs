@@ -3,11 +3,14 @@
 //! - [`gguf`]: read (memory-mapped, validated) and write GGUF files.
 //! - [`types`]: ggml's tensor types and their block geometry.
 //! - [`quants`]: ggml's block formats, bit-exact dequantizers and reference quantizers.
+//! - [`kernels`]: dot products (scalar, AVX2, AVX-512), matmul and the MoE feed-forward.
+//! - [`ops`]: the f32 element-wise ops of the forward pass (RMSNorm, GELU, softmax, RoPE, ...).
 //!
 //! Nothing here knows about any particular model.
 
 pub mod gguf;
 pub mod kernels;
+pub mod ops;
 pub mod quants;
 pub mod types;
 

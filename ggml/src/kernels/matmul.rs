@@ -8,7 +8,7 @@
 
 use rayon::prelude::*;
 
-use super::{dot_type, vec_dot, Isa};
+use super::{dot_type, DotFn, Isa};
 use crate::quants::{quantize_row, QuantError};
 use crate::types::GgmlType;
 
@@ -38,6 +38,11 @@ impl QuantizedActs {
         Ok(acts)
     }
 
+    /// The quantized bytes of all rows.
+    pub fn bytes(&self) -> &[u8] {
+        &bytemuck::cast_slice::<u64, u8>(&self.buf)[..self.n_rows * self.row_bytes]
+    }
+
     /// The quantized bytes of row `t`.
     pub fn row(&self, t: usize) -> &[u8] {
         &bytemuck::cast_slice::<u64, u8>(&self.buf)[t * self.row_bytes..(t + 1) * self.row_bytes]
@@ -47,6 +52,29 @@ impl QuantizedActs {
 /// Output rows per unit of parallel work: large enough to amortize scheduling, small enough to
 /// balance a few threads over the smallest Gemma 4 matrices (704 rows).
 const ROWS_PER_TASK: usize = 16;
+
+/// `by_row[r * n_tokens + t] = dot(W[r], a[t])`, over threads by blocks of rows; each weight
+/// row is dotted with every token while it is in L1.
+pub(crate) fn dot_rows_with<W: Sync, A: Sync>(
+    dot: DotFn<W, A>,
+    w: &[W],
+    rows: usize,
+    a: &[A],
+    n_tokens: usize,
+    by_row: &mut [f32],
+) {
+    let (w_blocks, a_blocks) = (w.len() / rows.max(1), a.len() / n_tokens.max(1));
+    by_row.par_chunks_mut(ROWS_PER_TASK * n_tokens.max(1)).enumerate().for_each(|(task, chunk)| {
+        for (i, per_token) in chunk.chunks_mut(n_tokens.max(1)).enumerate() {
+            let r = task * ROWS_PER_TASK + i;
+            let w_row = &w[r * w_blocks..(r + 1) * w_blocks];
+            for (t, y) in per_token.iter_mut().enumerate().take(n_tokens) {
+                // SAFETY: `dot` came from `pick!`, which checked the CPU's features.
+                *y = unsafe { dot(w_row, &a[t * a_blocks..(t + 1) * a_blocks]) };
+            }
+        }
+    });
+}
 
 /// `out[t * rows + r] = W[r] · acts[t]` for weights `w` (`rows` rows of type `ty`).
 pub fn matmul(
@@ -64,18 +92,9 @@ pub fn matmul(
         return Err(QuantError::ByteLength { ty, n: rows * n, expected: rows * w_row_bytes, got: w.len() });
     }
     assert_eq!(out.len(), rows * acts.n_rows, "output holds rows x tokens floats");
-    // Rows-major scratch per task, transposed into the token-major output afterwards.
+    // Rows-major scratch, transposed into the token-major output afterwards.
     let mut by_row = vec![0f32; rows * acts.n_rows];
-    by_row.par_chunks_mut(ROWS_PER_TASK * acts.n_rows.max(1)).enumerate().try_for_each(|(task, chunk)| {
-        let first = task * ROWS_PER_TASK;
-        for (i, per_token) in chunk.chunks_mut(acts.n_rows.max(1)).enumerate() {
-            let w_row = &w[(first + i) * w_row_bytes..(first + i + 1) * w_row_bytes];
-            for (t, y) in per_token.iter_mut().enumerate().take(acts.n_rows) {
-                *y = vec_dot(ty, isa, w_row, acts.row(t))?;
-            }
-        }
-        Ok(())
-    })?;
+    super::dot_rows(ty, isa, w, rows, acts.bytes(), acts.n_rows, &mut by_row)?;
     for r in 0..rows {
         for t in 0..acts.n_rows {
             out[t * rows + r] = by_row[r * acts.n_rows + t];

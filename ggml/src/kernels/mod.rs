@@ -59,7 +59,8 @@ macro_rules! dot_kernels {
         }
 
         /// `w · a` for one row: `w` holds `n` elements of type `ty`, `a` the same `n` elements
-        /// of activations already quantized to `dot_type(ty)`, computed at level `isa`.
+        /// of activations already quantized to `dot_type(ty)`, computed at level `isa` (or the
+        /// scalar reference if this CPU lacks `isa`).
         pub fn vec_dot(ty: GgmlType, isa: Isa, w: &[u8], a: &[u8]) -> Result<f32, QuantError> {
             match ty {
                 $( GgmlType::$ty => {
@@ -67,22 +68,58 @@ macro_rules! dot_kernels {
                     let a_ty = dot_type(ty).expect("listed types have a dot type");
                     let a: &[$a] = cast_blocks(a_ty, a)?;
                     check_pair(ty, w.len(), a_ty, a.len())?;
-                    Ok(match isa {
-                        #[cfg(target_arch = "x86_64")]
-                        // SAFETY: `isa` comes from `Isa::available`/`Isa::best`, which only
-                        // offer levels this CPU supports.
-                        Isa::Avx2 => unsafe { $module::dot_avx2(w, a) },
-                        #[cfg(target_arch = "x86_64")]
-                        // SAFETY: as above.
-                        Isa::Avx512 => unsafe { $module::dot_avx512(w, a) },
-                        _ => $module::dot_scalar(w, a),
-                    })
+                    let dot: DotFn<$w, $a> = pick!($module, isa);
+                    // SAFETY: `pick!` only returns a SIMD kernel this CPU supports.
+                    Ok(unsafe { dot(w, a) })
+                } )*
+                _ => Err(QuantError::Unsupported(ty)),
+            }
+        }
+
+        /// `by_row[r * n_tokens + t] = W[r] · acts[t]` for `rows` weight rows and `n_tokens`
+        /// activation rows: the kernel is chosen and the operands are cast once, then rows
+        /// are split across threads.
+        pub(crate) fn dot_rows(
+            ty: GgmlType,
+            isa: Isa,
+            w: &[u8],
+            rows: usize,
+            acts: &[u8],
+            n_tokens: usize,
+            by_row: &mut [f32],
+        ) -> Result<(), QuantError> {
+            match ty {
+                $( GgmlType::$ty => {
+                    let w: &[$w] = cast_blocks(ty, w)?;
+                    let a_ty = dot_type(ty).expect("listed types have a dot type");
+                    let a: &[$a] = cast_blocks(a_ty, acts)?;
+                    check_pair(ty, w.len() / rows.max(1), a_ty, a.len() / n_tokens.max(1))?;
+                    matmul::dot_rows_with(pick!($module, isa), w, rows, a, n_tokens, by_row);
+                    Ok(())
                 } )*
                 _ => Err(QuantError::Unsupported(ty)),
             }
         }
     };
 }
+
+/// A dot kernel over typed blocks. Calling it is unsafe because SIMD kernels need CPU features;
+/// [`pick!`] only hands out kernels this CPU supports.
+pub(crate) type DotFn<W, A> = unsafe fn(&[W], &[A]) -> f32;
+
+/// The kernel of `$module` for `isa`, or its scalar reference when this CPU lacks `isa`.
+macro_rules! pick {
+    ($module:ident, $isa:expr) => {
+        match $isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 if cpu::detected().avx2 => $module::dot_avx2,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 if cpu::detected().avx512 => $module::dot_avx512,
+            _ => $module::dot_scalar,
+        }
+    };
+}
+use pick;
 
 dot_kernels! {
     Q8_0 => q8_0 (crate::quants::q8_0::BlockQ8_0, crate::quants::q8_0::BlockQ8_0),

@@ -13,6 +13,7 @@
 
 use super::matmul::{matmul, QuantizedActs};
 use super::Isa;
+use crate::ops::gelu::gelu_mul_with;
 use crate::quants::QuantError;
 use crate::types::GgmlType;
 
@@ -75,12 +76,6 @@ impl GateUp<'_> {
     }
 }
 
-/// GELU with the tanh approximation, as Gemma uses it.
-fn gelu_tanh(x: f32) -> f32 {
-    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-    0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x)).tanh())
-}
-
 /// `out[t] += Σ_k weight * expert_ffn(x[t])` over each token's `(expert, weight)` choices.
 /// `x` is `n_tokens × H` (the experts' input, already normed), `choices` is `n_tokens × k`,
 /// `out` is `n_tokens × H`.
@@ -141,8 +136,8 @@ pub fn moe_ffn(
                 matmul(u.ty, isa, u.expert(e), width, up_acts.as_ref().unwrap_or(&acts), &mut up)?;
             }
         }
-        let hidden: Vec<f32> = gate.iter().zip(&up).map(|(&g, &u)| gelu_tanh(g) * u).collect();
-        let hidden_acts = QuantizedActs::new(down.ty, &hidden, width)?;
+        gelu_mul_with(isa, &mut gate, &up);
+        let hidden_acts = QuantizedActs::new(down.ty, &gate, width)?;
         let mut y = vec![0f32; m * h];
         matmul(down.ty, isa, down.expert(e), h, &hidden_acts, &mut y)?;
         for (i, &(t, w)) in pairs.iter().enumerate() {
@@ -157,6 +152,7 @@ pub fn moe_ffn(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::gelu::gelu_f32;
     use crate::quants::{dequantize_row, quantize_row};
 
     fn values(n: usize, seed: u32) -> Vec<f32> {
@@ -188,7 +184,7 @@ mod tests {
             for &(e, w) in &choices[t * k..(t + 1) * k] {
                 let gu_e = &gu[e * 2 * width * h..(e + 1) * 2 * width * h];
                 let proj = |r: usize| -> f32 { (0..h).map(|i| gu_e[r * h + i] * xt[i]).sum() };
-                let a: Vec<f32> = (0..width).map(|r| gelu_tanh(proj(r)) * proj(width + r)).collect();
+                let a: Vec<f32> = (0..width).map(|r| gelu_f32(proj(r)) * proj(width + r)).collect();
                 let down_e = &down[e * h * width..(e + 1) * h * width];
                 for r in 0..h {
                     let y: f32 = (0..width).map(|i| down_e[r * width + i] * a[i]).sum();

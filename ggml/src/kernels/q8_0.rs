@@ -22,7 +22,7 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::BlockQ8_0;
-    use crate::kernels::x86::{hsum_f32x8, sign_split};
+    use crate::kernels::x86::{f16_product_x8, hsum_f32x8, sign_split};
 
     /// AVX2: `maddubs(|w|, a * sign(w))` gives 16 pairwise i16 sums (at most 2 * 128 * 127, no
     /// saturation), `madd` by ones widens them to 8 i32, then one FMA per block.
@@ -40,7 +40,7 @@ mod x86 {
             let (abs_w, signed_a) = sign_split(qw, qa);
             let pairs = _mm256_maddubs_epi16(abs_w, signed_a);
             let isum = _mm256_madd_epi16(pairs, ones);
-            let d = _mm256_set1_ps(w.d.to_f32() * a.d.to_f32());
+            let d = f16_product_x8(w.d, a.d);
             acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), d, acc);
         }
         hsum_f32x8(acc)
@@ -60,7 +60,7 @@ mod x86 {
                 unsafe { (_mm256_loadu_si256(w.qs.as_ptr().cast()), _mm256_loadu_si256(a.qs.as_ptr().cast())) };
             let (abs_w, signed_a) = sign_split(qw, qa);
             let isum = _mm256_dpbusd_epi32(_mm256_setzero_si256(), abs_w, signed_a);
-            let d = _mm256_set1_ps(w.d.to_f32() * a.d.to_f32());
+            let d = f16_product_x8(w.d, a.d);
             acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), d, acc);
         }
         hsum_f32x8(acc)
