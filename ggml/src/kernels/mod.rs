@@ -119,7 +119,6 @@ macro_rules! pick {
         }
     };
 }
-use pick;
 
 dot_kernels! {
     Q8_0 => q8_0 (crate::quants::q8_0::BlockQ8_0, crate::quants::q8_0::BlockQ8_0),
