@@ -5,9 +5,11 @@
 //! - [`quants`]: ggml's block formats, bit-exact dequantizers and reference quantizers.
 //! - [`kernels`]: dot products (scalar, AVX2, AVX-512), matmul and the MoE feed-forward.
 //! - [`ops`]: the f32 element-wise ops of the forward pass (RMSNorm, GELU, softmax, RoPE, ...).
+//! - [`attention`]: streaming (online-softmax) attention over an f16 KV cache.
 //!
 //! Nothing here knows about any particular model.
 
+pub mod attention;
 pub mod gguf;
 pub mod kernels;
 pub mod ops;

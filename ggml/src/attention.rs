@@ -1,0 +1,673 @@
+//! Attention over an f16 KV cache: for every query token `t` and head `h`,
+//! `out[t][h] = softmax(scale · q[t][h] · Kᵀ + mask) · V` over the keys of KV head
+//! `h / (n_head / n_kv_head)` (GQA: contiguous groups of query heads share a KV head).
+//!
+//! The mask is causal (`k_pos <= q_pos`) and, for sliding layers, also
+//! `q_pos - k_pos < window`: a window of 1024 sees the current token and the 1023 before it.
+//! It is computed from the position stored with each cache slot, never from the slot index,
+//! so a ring-buffer cache (slots out of position order) needs nothing special. Gemma 4 uses
+//! `scale = 1.0` (q_norm/k_norm set the scale; no 1/sqrt(d)).
+//!
+//! Two implementations, tested against each other:
+//! - [`attention_reference`]: two passes per (token, head) in f64 — every score, their maximum,
+//!   the exponentials and their sum, then the weighted sum of V rows. Slow and obviously right.
+//! - [`attention`]: one streaming pass (online softmax, as in flash attention): per (token,
+//!   head) a running maximum, a running sum of `e^(s - max)` and an f32 output accumulator that
+//!   is rescaled whenever the maximum grows, so no `[n_tokens, n_keys]` score matrix exists.
+//!   Scalar, AVX2 (+FMA, F16C) and AVX-512 paths. A unit of parallel work is one (token, KV
+//!   head) pair with all its query heads, so each K/V row is read once per GQA group; in decode
+//!   the keys are also split into chunks, merged at the end (as flash-decoding does).
+//!
+//! ## Cache layout: `[n_kv_head][capacity][head_dim]` (head-major)
+//!
+//! Each unit of work reads every key and value row of one KV head, in slot order. With the
+//! head-major layout that is one contiguous stream of `capacity · head_dim` f16 per tensor —
+//! what the hardware prefetcher handles best in decode, where attention is bound by reading
+//! the cache — and a key chunk is one contiguous range. The slot-major alternative
+//! `[capacity][n_kv_head][head_dim]` would put a head's consecutive rows 2-4 KiB apart
+//! (2 × 512 × 2 bytes on full layers, 8 × 256 × 2 on sliding ones), touching a new page every
+//! one or two rows. Its advantage, appending a token with one contiguous write, is worth
+//! little: an append writes `n_kv_head` rows once per token, while decode reads them all on
+//! every step.
+
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+use rayon::prelude::*;
+
+use crate::kernels::Isa;
+
+/// The shape of one attention layer's computation.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttnShape {
+    /// Query heads.
+    pub n_head: usize,
+    /// Key/value heads; must divide `n_head`.
+    pub n_kv_head: usize,
+    /// Elements per head (256 or 512 for Gemma 4); a multiple of 16.
+    pub head_dim: usize,
+    /// Multiplies every score before the softmax (1.0 for Gemma 4).
+    pub scale: f32,
+    /// Sliding window: a query at position `p` sees keys at `p - window + 1 ..= p`. `None`:
+    /// causal only.
+    pub window: Option<usize>,
+}
+
+impl AttnShape {
+    /// Causal attention with scale 1.0 (Gemma 4's); set `window` for a sliding layer.
+    pub fn new(n_head: usize, n_kv_head: usize, head_dim: usize) -> AttnShape {
+        AttnShape { n_head, n_kv_head, head_dim, scale: 1.0, window: None }
+    }
+
+    /// Query heads per KV head.
+    pub fn group(&self) -> usize {
+        self.n_head / self.n_kv_head
+    }
+
+    /// Whether a query at position `q_pos` attends to a key at position `k_pos`.
+    #[inline(always)]
+    pub fn visible(&self, q_pos: usize, k_pos: usize) -> bool {
+        k_pos <= q_pos && self.window.is_none_or(|w| q_pos - k_pos < w)
+    }
+
+    /// Panics unless the buffers fit the shape; returns the cache capacity (slots per head).
+    fn check(&self, q: &[f32], q_pos: &[usize], kv: &KvSlots, out: &[f32]) -> usize {
+        let d = self.head_dim;
+        assert!(
+            self.n_kv_head > 0 && self.n_head.is_multiple_of(self.n_kv_head),
+            "{self:?}: n_kv_head must divide n_head"
+        );
+        assert!(d > 0 && d.is_multiple_of(16), "{self:?}: head_dim must be a positive multiple of 16");
+        let q_len = q_pos.len() * self.n_head * d;
+        assert_eq!(q.len(), q_len, "q must hold [{}][{}][{d}]", q_pos.len(), self.n_head);
+        assert_eq!(out.len(), q_len, "out must hold [{}][{}][{d}]", q_pos.len(), self.n_head);
+        let row = self.n_kv_head * d;
+        assert!(
+            kv.k.len() == kv.v.len() && kv.k.len().is_multiple_of(row),
+            "K and V must both hold [{}][capacity][{d}]",
+            self.n_kv_head
+        );
+        let capacity = kv.k.len() / row;
+        assert!(kv.pos.len() <= capacity, "{} used slots in a cache of {capacity}", kv.pos.len());
+        capacity
+    }
+}
+
+/// A layer's KV cache as the kernel sees it: K and V laid out `[n_kv_head][capacity][head_dim]`
+/// (capacity = `k.len() / (n_kv_head · head_dim)`), and the token position held by each used
+/// slot. Slots `0..pos.len()` are used, in any position order; the rest are never read.
+#[derive(Clone, Copy, Debug)]
+pub struct KvSlots<'a> {
+    pub k: &'a [f16],
+    pub v: &'a [f16],
+    pub pos: &'a [usize],
+}
+
+/// One (token, head) pair of the reference: its query row and its KV head's rows
+/// (`capacity · d` each).
+struct Pair<'a> {
+    q: &'a [f32],
+    q_pos: usize,
+    k: &'a [f16],
+    v: &'a [f16],
+    pos: &'a [usize],
+}
+
+/// Runs `f` on every (token, head) pair of the reference, in parallel: pair `i` is token
+/// `i / n_head`, head `i % n_head`, and owns `out[i * d..(i + 1) * d]`.
+fn for_each_pair(
+    shape: &AttnShape,
+    q: &[f32],
+    q_pos: &[usize],
+    kv: &KvSlots,
+    out: &mut [f32],
+    f: impl Fn(&Pair, &mut [f32]) + Sync,
+) {
+    let capacity = shape.check(q, q_pos, kv, out);
+    let d = shape.head_dim;
+    let head_len = capacity * d;
+    out.par_chunks_mut(d).enumerate().for_each(|(i, out)| {
+        let (t, h) = (i / shape.n_head, i % shape.n_head);
+        let kv_head = h / shape.group();
+        let rows = kv_head * head_len..(kv_head + 1) * head_len;
+        let pair =
+            Pair { q: &q[i * d..(i + 1) * d], q_pos: q_pos[t], k: &kv.k[rows.clone()], v: &kv.v[rows], pos: kv.pos };
+        f(&pair, out);
+    });
+}
+
+/// The reference: `out` (`[n_tokens][n_head][head_dim]`) for queries `q` (same shape) at
+/// positions `q_pos`. Scores, softmax and the weighted sum are in f64, rounded to f32 at the
+/// end, so the tests measure the fast path's rounding alone. A query that sees no key gets 0.
+pub fn attention_reference(shape: &AttnShape, q: &[f32], q_pos: &[usize], kv: KvSlots, out: &mut [f32]) {
+    let d = shape.head_dim;
+    for_each_pair(shape, q, q_pos, &kv, out, |pair, out| {
+        let mut row = vec![0.0f64; d];
+        // (slot, score) for every visible key.
+        let scores: Vec<(usize, f64)> = (pair.pos.iter().enumerate())
+            .filter(|&(_, &k_pos)| shape.visible(pair.q_pos, k_pos))
+            .map(|(slot, _)| {
+                pair.k[slot * d..(slot + 1) * d].convert_to_f64_slice(&mut row);
+                let mut dot = 0.0f64;
+                for (&q, &k) in pair.q.iter().zip(&row) {
+                    dot += q as f64 * k;
+                }
+                (slot, dot * shape.scale as f64)
+            })
+            .collect();
+        let max = scores.iter().map(|&(_, s)| s).fold(f64::NEG_INFINITY, f64::max);
+        let weights: Vec<(usize, f64)> = scores.iter().map(|&(slot, s)| (slot, (s - max).exp())).collect();
+        let sum: f64 = weights.iter().map(|&(_, w)| w).sum();
+        let mut weighted = vec![0.0f64; d];
+        for &(slot, w) in &weights {
+            pair.v[slot * d..(slot + 1) * d].convert_to_f64_slice(&mut row);
+            for (acc, &v) in weighted.iter_mut().zip(&row) {
+                *acc += w * v;
+            }
+        }
+        for (out, weighted) in out.iter_mut().zip(weighted) {
+            *out = if sum > 0.0 { (weighted / sum) as f32 } else { 0.0 };
+        }
+    });
+}
+
+/// Attention at instruction-set level `isa` (callers pass [`Isa::best`]; a level this CPU
+/// lacks falls back to the portable path): `out` (`[n_tokens][n_head][head_dim]`, f32) for
+/// queries `q` (same shape) at positions `q_pos`, over the cache `kv`. A query that sees no
+/// key gets 0.
+///
+/// The unit of work is a (token, KV head) pair and its whole group of query heads: each K and
+/// V row is read from memory once and reused from L1 by every head of the group (2 on Gemma 4
+/// sliding layers, 8 on full ones). In decode, where that gives too few units for the threads,
+/// the keys are also split into chunks whose partial results are merged at the end.
+pub fn attention(isa: Isa, shape: &AttnShape, q: &[f32], q_pos: &[usize], kv: KvSlots, out: &mut [f32]) {
+    let n_chunks = key_chunks(q_pos.len() * shape.n_kv_head, kv.pos.len());
+    attention_split(isa, shape, q, q_pos, kv, out, n_chunks);
+}
+
+/// Shortest key chunk worth a unit of work of its own.
+const MIN_CHUNK_KEYS: usize = 256;
+
+/// Key chunks per (token, KV head): enough units to give every thread about four, without
+/// chunks under [`MIN_CHUNK_KEYS`] keys; 1 (no split) when the pairs alone suffice.
+fn key_chunks(n_pairs: usize, n_keys: usize) -> usize {
+    let want = 4 * rayon::current_num_threads();
+    want.div_ceil(n_pairs.max(1)).min(n_keys / MIN_CHUNK_KEYS).max(1)
+}
+
+/// The online-softmax state of one query head: the largest score so far and the sum of
+/// `e^(score - max)` over the keys seen.
+#[derive(Clone, Copy, Debug)]
+struct Running {
+    max: f32,
+    sum: f32,
+}
+
+impl Running {
+    const EMPTY: Running = Running { max: f32::NEG_INFINITY, sum: 0.0 };
+}
+
+/// One unit of work: the `group` query rows of one (token, KV head) pair (`group · d`), that
+/// KV head's rows (`capacity · d` each) and the slots of the key chunk to go through.
+struct Unit<'a> {
+    q: &'a [f32],
+    q_pos: usize,
+    k: &'a [f16],
+    v: &'a [f16],
+    pos: &'a [usize],
+    slots: std::ops::Range<usize>,
+}
+
+/// [`attention`] with the keys split into `n_chunks` chunks of consecutive slots.
+#[allow(clippy::too_many_arguments)]
+fn attention_split(
+    isa: Isa,
+    shape: &AttnShape,
+    q: &[f32],
+    q_pos: &[usize],
+    kv: KvSlots,
+    out: &mut [f32],
+    n_chunks: usize,
+) {
+    let capacity = shape.check(q, q_pos, &kv, out);
+    let (d, group, n_kv_head) = (shape.head_dim, shape.group(), shape.n_kv_head);
+    let n_keys = kv.pos.len();
+    let chunk_len = n_keys.div_ceil(n_chunks).max(1);
+    // Unit `u` is token `u / n_kv_head`, KV head `u % n_kv_head`; its query heads are
+    // consecutive, so its queries and outputs are `[u * group * d, (u + 1) * group * d)`.
+    let unit_len = group * d;
+    let head_len = capacity * d;
+    let run = |u: usize, chunk: usize, acc: &mut [f32], state: &mut [Running]| {
+        let (t, kv_head) = (u / n_kv_head, u % n_kv_head);
+        let rows = kv_head * head_len..(kv_head + 1) * head_len;
+        let unit = Unit {
+            q: &q[u * unit_len..(u + 1) * unit_len],
+            q_pos: q_pos[t],
+            k: &kv.k[rows.clone()],
+            v: &kv.v[rows],
+            pos: kv.pos,
+            slots: (chunk * chunk_len).min(n_keys)..((chunk + 1) * chunk_len).min(n_keys),
+        };
+        acc.fill(0.0);
+        state.fill(Running::EMPTY);
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the guard checked that this CPU has AVX2, FMA and F16C.
+            Isa::Avx2 if crate::kernels::cpu::detected().avx2 => unsafe { x86::attend_avx2(shape, &unit, acc, state) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the guard checked that this CPU has AVX2, FMA, F16C and AVX-512 F/BW/VL/VNNI.
+            Isa::Avx512 if crate::kernels::cpu::detected().avx512 => unsafe {
+                x86::attend_avx512(shape, &unit, acc, state)
+            },
+            _ => attend_scalar(shape, &unit, acc, state),
+        }
+    };
+
+    if n_chunks == 1 {
+        // Accumulate straight into `out`, then divide by the sums.
+        out.par_chunks_mut(unit_len).enumerate().for_each(|(u, out)| {
+            let mut state = vec![Running::EMPTY; group];
+            run(u, 0, out, &mut state);
+            for (out, state) in out.chunks_exact_mut(d).zip(&state) {
+                let inv = if state.sum > 0.0 { 1.0 / state.sum } else { 0.0 };
+                out.iter_mut().for_each(|o| *o *= inv);
+            }
+        });
+        return;
+    }
+
+    // Partial results `[unit][chunk][group]`: an unnormalized accumulator of d and a state each.
+    let n_units = q_pos.len() * n_kv_head;
+    let mut acc = vec![0.0f32; n_units * n_chunks * unit_len];
+    let mut states = vec![Running::EMPTY; n_units * n_chunks * group];
+    (acc.par_chunks_mut(unit_len).zip(states.par_chunks_mut(group)))
+        .enumerate()
+        .for_each(|(i, (acc, state))| run(i / n_chunks, i % n_chunks, acc, state));
+    // Merge per (token, head): rescale each chunk to the overall maximum, as the streaming
+    // loop does when its maximum grows. Output row `i` is unit `i / group`, head `i % group`.
+    out.par_chunks_mut(d).enumerate().for_each(|(i, out)| {
+        let (u, j) = (i / group, i % group);
+        let part = |chunk: usize| (u * n_chunks + chunk) * group + j;
+        let max = (0..n_chunks).map(|c| states[part(c)].max).fold(f32::NEG_INFINITY, f32::max);
+        out.fill(0.0);
+        if max == f32::NEG_INFINITY {
+            return; // No visible key in any chunk.
+        }
+        let mut sum = 0.0f32;
+        for c in 0..n_chunks {
+            let (state, acc) = (states[part(c)], &acc[part(c) * d..(part(c) + 1) * d]);
+            let w = (state.max - max).exp();
+            sum += state.sum * w;
+            out.iter_mut().zip(acc).for_each(|(o, &a)| *o += a * w);
+        }
+        let inv = 1.0 / sum;
+        out.iter_mut().for_each(|o| *o *= inv);
+    });
+}
+
+/// The online softmax for one unit, over the visible keys of its chunk in slot order: for
+/// each query head, `acc = Σ e^(s_j - max) v_j` and `state.sum = Σ e^(s_j - max)` with
+/// `state.max` the largest score so far (the caller divides). When a key raises a head's
+/// maximum, that head's accumulator and sum are first multiplied by `e^(old max - new max)`
+/// (0 at its first key, where the old maximum is -inf). The heads take turns on each key, so
+/// its K and V rows come from memory once per group.
+///
+/// `dot(q, k)` is the dot product of a query row with a key row; `mix(acc, c, v, p)` sets
+/// `acc = acc · c + v · p`. Inlined into each ISA's function, so the closures get its features.
+#[inline(always)]
+fn stream(
+    shape: &AttnShape,
+    unit: &Unit,
+    acc: &mut [f32],
+    state: &mut [Running],
+    mut dot: impl FnMut(&[f32], &[f16]) -> f32,
+    mut mix: impl FnMut(&mut [f32], f32, &[f16], f32),
+) {
+    let d = shape.head_dim;
+    for slot in unit.slots.clone() {
+        if !shape.visible(unit.q_pos, unit.pos[slot]) {
+            continue;
+        }
+        let (k, v) = (&unit.k[slot * d..(slot + 1) * d], &unit.v[slot * d..(slot + 1) * d]);
+        for ((q, acc), state) in unit.q.chunks_exact(d).zip(acc.chunks_exact_mut(d)).zip(state.iter_mut()) {
+            let s = dot(q, k) * shape.scale;
+            if s > state.max {
+                let c = (state.max - s).exp();
+                state.sum = state.sum * c + 1.0;
+                mix(acc, c, v, 1.0);
+                state.max = s;
+            } else {
+                let p = (s - state.max).exp();
+                state.sum += p;
+                mix(acc, 1.0, v, p);
+            }
+        }
+    }
+}
+
+/// Portable streaming path (also the one non-x86 machines run). Rows are widened a whole row at
+/// a time (`half`'s slice conversion checks the CPU once per call, not once per element).
+fn attend_scalar(shape: &AttnShape, unit: &Unit, acc: &mut [f32], state: &mut [Running]) {
+    let (mut k_row, mut v_row) = (vec![0.0f32; shape.head_dim], vec![0.0f32; shape.head_dim]);
+    stream(
+        shape,
+        unit,
+        acc,
+        state,
+        |q, k| {
+            k.convert_to_f32_slice(&mut k_row);
+            let mut dot = 0.0f32;
+            for (&q, &k) in q.iter().zip(&k_row) {
+                dot += q * k;
+            }
+            dot
+        },
+        |acc, c, v, p| {
+            v.convert_to_f32_slice(&mut v_row);
+            for (a, &v) in acc.iter_mut().zip(&v_row) {
+                *a = *a * c + v * p;
+            }
+        },
+    );
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{f16, stream, AttnShape, Running, Unit};
+    use crate::kernels::x86::hsum_f32x8;
+
+    /// The streaming pass with AVX2 row operations.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub fn attend_avx2(shape: &AttnShape, unit: &Unit, acc: &mut [f32], state: &mut [Running]) {
+        stream(shape, unit, acc, state, |q, k| dot_avx2(q, k), |out, c, v, p| mix_avx2(out, c, v, p));
+    }
+
+    /// The streaming pass with AVX-512 row operations.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA, F16C and AVX-512 F/BW/VL/VNNI.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub fn attend_avx512(shape: &AttnShape, unit: &Unit, acc: &mut [f32], state: &mut [Running]) {
+        stream(shape, unit, acc, state, |q, k| dot_avx512(q, k), |out, c, v, p| mix_avx512(out, c, v, p));
+    }
+
+    /// `q · k` for rows whose length is a multiple of 8: four independent FMA chains over 32
+    /// elements a step, then 8 at a time.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn dot_avx2(q: &[f32], k: &[f16]) -> f32 {
+        debug_assert!(q.len() == k.len() && q.len().is_multiple_of(8));
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let (mut q32, mut k32) = (q.chunks_exact(32), k.chunks_exact(32));
+        for (q, k) in (&mut q32).zip(&mut k32) {
+            for (j, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: both chunks hold 32 elements, so 8 from offset 8j (j < 4) are in
+                // bounds; loadu has no alignment requirement.
+                let (q, k) =
+                    unsafe { (_mm256_loadu_ps(q.as_ptr().add(8 * j)), _mm_loadu_si128(k.as_ptr().add(8 * j).cast())) };
+                *acc = _mm256_fmadd_ps(q, _mm256_cvtph_ps(k), *acc);
+            }
+        }
+        for (q, k) in q32.remainder().chunks_exact(8).zip(k32.remainder().chunks_exact(8)) {
+            // SAFETY: both chunks hold 8 elements (32 and 16 bytes).
+            let (q, k) = unsafe { (_mm256_loadu_ps(q.as_ptr()), _mm_loadu_si128(k.as_ptr().cast())) };
+            acc[0] = _mm256_fmadd_ps(q, _mm256_cvtph_ps(k), acc[0]);
+        }
+        hsum_f32x8(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])))
+    }
+
+    /// `out = out · c + v · p` for rows whose length is a multiple of 8.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn mix_avx2(out: &mut [f32], c: f32, v: &[f16], p: f32) {
+        debug_assert!(out.len() == v.len() && out.len().is_multiple_of(8));
+        let (c, p) = (_mm256_set1_ps(c), _mm256_set1_ps(p));
+        for (o, v) in out.chunks_exact_mut(8).zip(v.chunks_exact(8)) {
+            // SAFETY: both chunks hold 8 elements (32 and 16 bytes).
+            unsafe {
+                let v = _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr().cast()));
+                let kept = _mm256_mul_ps(_mm256_loadu_ps(o.as_ptr()), c);
+                _mm256_storeu_ps(o.as_mut_ptr(), _mm256_fmadd_ps(v, p, kept));
+            }
+        }
+    }
+
+    /// `q · k` for rows whose length is a multiple of 16: four independent 16-lane FMA chains
+    /// over 64 elements a step, then 16 at a time.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    fn dot_avx512(q: &[f32], k: &[f16]) -> f32 {
+        debug_assert!(q.len() == k.len() && q.len().is_multiple_of(16));
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let (mut q64, mut k64) = (q.chunks_exact(64), k.chunks_exact(64));
+        for (q, k) in (&mut q64).zip(&mut k64) {
+            for (j, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: both chunks hold 64 elements, so 16 from offset 16j (j < 4) are in
+                // bounds; loadu has no alignment requirement.
+                let (q, k) = unsafe {
+                    (_mm512_loadu_ps(q.as_ptr().add(16 * j)), _mm256_loadu_si256(k.as_ptr().add(16 * j).cast()))
+                };
+                *acc = _mm512_fmadd_ps(q, _mm512_cvtph_ps(k), *acc);
+            }
+        }
+        for (j, (q, k)) in q64.remainder().chunks_exact(16).zip(k64.remainder().chunks_exact(16)).enumerate() {
+            // SAFETY: both chunks hold 16 elements (64 and 32 bytes).
+            let (q, k) = unsafe { (_mm512_loadu_ps(q.as_ptr()), _mm256_loadu_si256(k.as_ptr().cast())) };
+            acc[j] = _mm512_fmadd_ps(q, _mm512_cvtph_ps(k), acc[j]);
+        }
+        _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])))
+    }
+
+    /// `out = out · c + v · p` for rows whose length is a multiple of 16.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    fn mix_avx512(out: &mut [f32], c: f32, v: &[f16], p: f32) {
+        debug_assert!(out.len() == v.len() && out.len().is_multiple_of(16));
+        let (c, p) = (_mm512_set1_ps(c), _mm512_set1_ps(p));
+        for (o, v) in out.chunks_exact_mut(16).zip(v.chunks_exact(16)) {
+            // SAFETY: both chunks hold 16 elements (64 and 32 bytes).
+            unsafe {
+                let v = _mm512_cvtph_ps(_mm256_loadu_si256(v.as_ptr().cast()));
+                let kept = _mm512_mul_ps(_mm512_loadu_ps(o.as_ptr()), c);
+                _mm512_storeu_ps(o.as_mut_ptr(), _mm512_fmadd_ps(v, p, kept));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+
+    /// One attention call's inputs. Built by [`Case::random`].
+    struct Case {
+        shape: AttnShape,
+        q: Vec<f32>,
+        q_pos: Vec<usize>,
+        k: Vec<f16>,
+        v: Vec<f16>,
+        pos: Vec<usize>,
+    }
+
+    impl Case {
+        /// Random queries and a cache of `n_keys` used slots (plus two unused ones, poisoned
+        /// with NaN so that reading them shows) holding positions `first..first + n_keys`
+        /// rotated by `rotate` slots, as a ring buffer leaves them.
+        fn random(shape: AttnShape, n_tokens: usize, n_keys: usize, rotate: usize, seed: u64) -> Case {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let d = shape.head_dim;
+            let capacity = n_keys + 2;
+            // Scores q·k with a standard deviation of about 2 (uniform q in ±6/√d, k in ±1; the
+            // largest of 3000 near 8): peaked enough that the running maximum moves several
+            // times. The error grows with |score| (an f32 score is off by ~eps·|s|, which shifts
+            // a weight by the same relative amount): at a deviation of 3 it reaches 8e-6.
+            let q_range = 6.0 / (d as f32).sqrt();
+            let q = (0..n_tokens * shape.n_head * d).map(|_| rng.gen_range(-q_range..q_range)).collect();
+            let cache = |rng: &mut StdRng| -> Vec<f16> {
+                let mut x = vec![f16::NAN; shape.n_kv_head * capacity * d];
+                for head in x.chunks_exact_mut(capacity * d) {
+                    let used: Vec<f32> = (0..n_keys * d).map(|_| rng.gen_range(-1.0..1.0)).collect();
+                    head[..n_keys * d].convert_from_f32_slice(&used);
+                }
+                x
+            };
+            let (k, v) = (cache(&mut rng), cache(&mut rng));
+            let first = 7;
+            let pos = (0..n_keys).map(|slot| first + (slot + rotate) % n_keys).collect();
+            // Queries spread over the cached positions, the last at the newest key, so that the
+            // causal mask cuts each at a different place.
+            let q_pos = (0..n_tokens).map(|t| first + ((t + 1) * n_keys / n_tokens).saturating_sub(1)).collect();
+            Case { shape, q, q_pos, k, v, pos }
+        }
+
+        fn kv(&self) -> KvSlots<'_> {
+            KvSlots { k: &self.k, v: &self.v, pos: &self.pos }
+        }
+
+        fn reference(&self) -> Vec<f32> {
+            let mut out = vec![f32::NAN; self.q.len()];
+            attention_reference(&self.shape, &self.q, &self.q_pos, self.kv(), &mut out);
+            out
+        }
+
+        fn streaming(&self, isa: Isa) -> Vec<f32> {
+            let mut out = vec![f32::NAN; self.q.len()];
+            attention(isa, &self.shape, &self.q, &self.q_pos, self.kv(), &mut out);
+            out
+        }
+    }
+
+    /// Every streaming path against the f64 reference, on random data (ring-ordered slots, GQA
+    /// groups of 2 and 8, 1 and 5 query tokens, 1 to 3000 keys, causal only and with windows
+    /// of 1024 and 3). The output is a convex combination of V rows, and the f32 rounding of
+    /// the scores, exponentials and running sums perturbs each weight by a relative ~1e-6 at
+    /// these sizes (worst seen: 2.3e-6): require `max |got - want| <= 1e-5 · max |v|`.
+    fn streaming_matches_reference(head_dim: usize) {
+        for (n_kv_head, group) in [(2, 2), (1, 8)] {
+            for n_tokens in [1, 5] {
+                for n_keys in [1, 2, 37, 3000] {
+                    // One key count also checks that the scale is applied.
+                    let scale = if n_keys == 37 { 0.5 } else { 1.0 };
+                    let shape = AttnShape { n_head: n_kv_head * group, n_kv_head, head_dim, scale, window: None };
+                    let seed = (head_dim * 1000 + group * 100 + n_tokens * 10000 + n_keys) as u64;
+                    let mut case = Case::random(shape, n_tokens, n_keys, n_keys / 3, seed);
+                    // f32::max skips the NaN of the unused slots.
+                    let max_v = case.v.iter().map(|v| v.to_f32().abs()).fold(0.0, f32::max);
+                    let bound = 1e-5 * max_v;
+                    for window in [None, Some(1024), Some(3)] {
+                        case.shape.window = window;
+                        let shape = case.shape;
+                        let want = case.reference();
+                        for isa in Isa::available() {
+                            let got = case.streaming(isa);
+                            let err = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0.0f32, f32::max);
+                            assert!(
+                                err <= bound,
+                                "{isa:?} {shape:?} tokens={n_tokens} keys={n_keys}: max error {err} > {bound}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn streaming_matches_reference_d256() {
+        streaming_matches_reference(256);
+    }
+
+    #[test]
+    fn streaming_matches_reference_d512() {
+        streaming_matches_reference(512);
+    }
+
+    /// The key split and the merge of its partial results, for 1 chunk up to more chunks than
+    /// keys (some empty, and with a window of 1 most of them see no key), against the
+    /// reference with the same bound as above.
+    #[test]
+    fn key_splits_match_the_reference() {
+        let shape = AttnShape { n_head: 4, n_kv_head: 2, head_dim: 64, scale: 1.0, window: None };
+        for n_keys in [37, 300] {
+            let mut case = Case::random(shape, 2, n_keys, n_keys / 3, 5);
+            let bound = 1e-5 * case.v.iter().map(|v| v.to_f32().abs()).fold(0.0, f32::max);
+            for window in [None, Some(100), Some(1)] {
+                case.shape.window = window;
+                let want = case.reference();
+                for isa in Isa::available() {
+                    for n_chunks in [1, 2, 3, 7, 50] {
+                        let mut got = vec![f32::NAN; case.q.len()];
+                        attention_split(isa, &case.shape, &case.q, &case.q_pos, case.kv(), &mut got, n_chunks);
+                        let err = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0.0f32, f32::max);
+                        assert!(err <= bound, "{isa:?} keys={n_keys} {window:?} chunks={n_chunks}: error {err}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every path (the reference included) on a hand-built case, compared exactly.
+    fn check_exact(case: &Case, want: &[f32], what: &str) {
+        assert_eq!(case.reference(), want, "reference: {what}");
+        for isa in Isa::available() {
+            assert_eq!(case.streaming(isa), want, "{isa:?}: {what}");
+        }
+    }
+
+    fn shape(window: Option<usize>) -> AttnShape {
+        AttnShape { n_head: 2, n_kv_head: 1, head_dim: 32, scale: 1.0, window }
+    }
+
+    #[test]
+    fn a_single_key_gives_its_value() {
+        let case = Case::random(shape(None), 1, 1, 0, 1);
+        // Weight e^0 / e^0 = 1 exactly, for both query heads.
+        let want: Vec<f32> = case.v[..32].iter().chain(&case.v[..32]).map(|v| v.to_f32()).collect();
+        check_exact(&case, &want, "one key");
+    }
+
+    #[test]
+    fn a_window_of_one_sees_only_the_current_token() {
+        // 10 keys in ring order; the query at the newest position, window 1.
+        let case = Case::random(shape(Some(1)), 1, 10, 4, 2);
+        let slot = case.pos.iter().position(|&p| p == case.q_pos[0]).unwrap();
+        let own: Vec<f32> = case.v[slot * 32..(slot + 1) * 32].iter().map(|v| v.to_f32()).collect();
+        check_exact(&case, &[own.clone(), own].concat(), "window 1");
+    }
+
+    #[test]
+    fn equal_scores_average_the_values() {
+        let mut case = Case::random(shape(None), 1, 2, 0, 3);
+        let (k0, rest) = case.k.split_at_mut(32);
+        rest[..32].copy_from_slice(k0);
+        let (v0, v1) = (&case.v[..32], &case.v[32..64]);
+        // (v0 + v1) / 2: the sum of two f16 values is exact in f32, and so is the halving.
+        let avg: Vec<f32> = v0.iter().zip(v1).map(|(a, b)| (a.to_f32() + b.to_f32()) * 0.5).collect();
+        check_exact(&case, &[avg.clone(), avg].concat(), "two equal keys");
+    }
+
+    #[test]
+    fn the_window_edge_and_the_future_are_masked() {
+        // Query at position 2000. Keys at 2000 - 1024 (outside a 1024 window), 2000 - 1023
+        // (the oldest inside it) and 2001 (the future), all with score 0 (K = 0).
+        let d = 32;
+        let mut case = Case::random(shape(Some(1024)), 1, 3, 0, 4);
+        case.k.iter_mut().for_each(|k| *k = f16::ZERO);
+        case.pos = vec![976, 977, 2001];
+        case.q_pos = vec![2000];
+        let row = |slot: usize| -> Vec<f32> { case.v[slot * d..(slot + 1) * d].iter().map(|v| v.to_f32()).collect() };
+        let inside = row(1);
+        check_exact(&case, &[inside.clone(), inside].concat(), "window 1024");
+        // Causal only: the two past keys, equally weighted.
+        case.shape.window = None;
+        let avg: Vec<f32> = row(0).iter().zip(row(1)).map(|(a, b)| (a + b) * 0.5).collect();
+        check_exact(&case, &[avg.clone(), avg].concat(), "causal");
+    }
+}
