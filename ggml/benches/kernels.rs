@@ -6,6 +6,8 @@
 //! ggml with this CPU's SIMD for a fair comparison: `scripts/bench-kernels.sh` does
 //! (`RUSTFLAGS=-Ctarget-cpu=native`, its own target dir).
 //!
+//! `GEMMA_BENCH_TYPES=q8_0,q5_0` limits the run to those weight types.
+//!
 //! Prints, per shape and weight type, GB/s of weights streamed and GFLOP/s for matvec (1 token)
 //! and matmul (`GEMMA_BENCH_TOKENS`, default 64 tokens), and the ratio ours / ggml.
 
@@ -90,8 +92,14 @@ fn main() {
         "{:<28} {:<6} {:>10} {:>10} {:>7} {:>10} {:>10} {:>7}",
         "shape", "type", "mv GB/s", "ggml", "ratio", "mm GFLOP/s", "ggml", "ratio"
     );
+    // GEMMA_BENCH_TYPES=q8_0,q5_0 limits the run to some types.
+    let only: Option<Vec<String>> =
+        std::env::var("GEMMA_BENCH_TYPES").ok().map(|v| v.split(',').map(String::from).collect());
     for (name, n, rows) in SHAPES {
         for ty in TYPES {
+            if only.as_ref().is_some_and(|o| !o.iter().any(|t| t.eq_ignore_ascii_case(ty.name()))) {
+                continue;
+            }
             if !has_kernels(ty) || n % ty.block_size() != 0 {
                 continue;
             }
