@@ -9,6 +9,6 @@ cd "$root"
 
 scripts/setup.sh
 cargo fmt --all -- --check
-cargo clippy --workspace --all-targets --features ggml/oracle -- -D warnings
-cargo test --workspace --features ggml/oracle
+cargo clippy --workspace --all-targets --features oracle -- -D warnings
+cargo test --workspace --features oracle
 .venv/bin/python scripts/compare-info-with-gguf-dump.py models/*.gguf

@@ -1,3 +1,4 @@
 //! gemma.rs: a llama.cpp-style local runtime for Google's Gemma 4 models.
 
 pub mod info;
+pub mod tokenizer;
