@@ -8,6 +8,7 @@
 
 use rayon::prelude::*;
 
+use super::tile::{TileFn, Tiles, ROWS, TOKENS};
 use super::{dot_type, DotFn, Isa};
 use crate::quants::{quantize_row, QuantError};
 use crate::types::GgmlType;
@@ -53,27 +54,65 @@ impl QuantizedActs {
 /// balance a few threads over the smallest Gemma 4 matrices (704 rows).
 const ROWS_PER_TASK: usize = 16;
 
-/// `by_row[r * n_tokens + t] = dot(W[r], a[t])`, over threads by blocks of rows; each weight
-/// row is dotted with every token while it is in L1.
+/// `by_row[r * n_tokens + t] = dot(W[r], a[t])`, over threads by blocks of rows. With `tiles`
+/// and at least [`TOKENS`] tokens, whole groups of [`ROWS`] rows go through the tile kernels:
+/// [`TOKENS`] tokens at a time (each weight block decoded once for several tokens), then any
+/// leftover tokens one at a time. The rest, and everything without tile kernels, goes pair by
+/// pair with each weight row dotted with every token while it is in L1. (Matvecs stay pair by
+/// pair: one-token tiles measured no better there, and worse on the DRAM-bound output head.)
 pub(crate) fn dot_rows_with<W: Sync, A: Sync>(
     dot: DotFn<W, A>,
+    tiles: Option<Tiles<W, A>>,
     w: &[W],
     rows: usize,
     a: &[A],
     n_tokens: usize,
     by_row: &mut [f32],
 ) {
-    let (w_blocks, a_blocks) = (w.len() / rows.max(1), a.len() / n_tokens.max(1));
-    by_row.par_chunks_mut(ROWS_PER_TASK * n_tokens.max(1)).enumerate().for_each(|(task, chunk)| {
-        for (i, per_token) in chunk.chunks_mut(n_tokens.max(1)).enumerate() {
-            let r = task * ROWS_PER_TASK + i;
-            let w_row = &w[r * w_blocks..(r + 1) * w_blocks];
+    let stride = n_tokens.max(1);
+    let (w_blocks, a_blocks) = (w.len() / rows.max(1), a.len() / stride);
+    let w_row = |r: usize| &w[r * w_blocks..(r + 1) * w_blocks];
+    let a_row = |t: usize| &a[t * a_blocks..(t + 1) * a_blocks];
+    by_row.par_chunks_mut(ROWS_PER_TASK * stride).enumerate().for_each(|(task, chunk)| {
+        let first = task * ROWS_PER_TASK;
+        let mut tiled_rows = 0;
+        if let Some(tiles) = tiles.as_ref().filter(|_| n_tokens >= TOKENS) {
+            tiled_rows = chunk.len() / stride / ROWS * ROWS;
+            for r0 in (0..tiled_rows).step_by(ROWS) {
+                let w_tile: [&[W]; ROWS] = std::array::from_fn(|i| w_row(first + r0 + i));
+                let out = &mut chunk[r0 * n_tokens..(r0 + ROWS) * n_tokens];
+                let many = n_tokens / TOKENS * TOKENS;
+                fill_tiles(tiles.many, &w_tile, &a_row, (0..many).step_by(TOKENS), n_tokens, out);
+                fill_tiles(tiles.one, &w_tile, &a_row, many..n_tokens, n_tokens, out);
+            }
+        }
+        for (r, per_token) in chunk.chunks_mut(stride).enumerate().skip(tiled_rows) {
             for (t, y) in per_token.iter_mut().enumerate().take(n_tokens) {
                 // SAFETY: `dot` came from `pick!`, which checked the CPU's features.
-                *y = unsafe { dot(w_row, &a[t * a_blocks..(t + 1) * a_blocks]) };
+                *y = unsafe { dot(w_row(first + r), a_row(t)) };
             }
         }
     });
+}
+
+/// `out[i * n_tokens + t] = w_tile[i] · a_row(t)` for the tiles of `T` tokens starting at
+/// each of `starts`.
+fn fill_tiles<'a, W, A: 'a, const T: usize>(
+    tile: TileFn<W, A, T>,
+    w_tile: &[&[W]; ROWS],
+    a_row: &impl Fn(usize) -> &'a [A],
+    starts: impl Iterator<Item = usize>,
+    n_tokens: usize,
+    out: &mut [f32],
+) {
+    for t0 in starts {
+        let a_tile: [&[A]; T] = std::array::from_fn(|j| a_row(t0 + j));
+        // SAFETY: `tile` came from `pick_tile!`, which checked the CPU's features.
+        let dots = unsafe { tile(w_tile, &a_tile) };
+        for (i, per_token) in dots.iter().enumerate() {
+            out[i * n_tokens + t0..][..T].copy_from_slice(per_token);
+        }
+    }
 }
 
 /// `out[t * rows + r] = W[r] · acts[t]` for weights `w` (`rows` rows of type `ty`).
@@ -92,6 +131,10 @@ pub fn matmul(
         return Err(QuantError::ByteLength { ty, n: rows * n, expected: rows * w_row_bytes, got: w.len() });
     }
     assert_eq!(out.len(), rows * acts.n_rows, "output holds rows x tokens floats");
+    if acts.n_rows == 1 {
+        // One token: row-major and token-major are the same layout.
+        return super::dot_rows(ty, isa, w, rows, acts.bytes(), 1, out);
+    }
     // Rows-major scratch, transposed into the token-major output afterwards.
     let mut by_row = vec![0f32; rows * acts.n_rows];
     super::dot_rows(ty, isa, w, rows, acts.bytes(), acts.n_rows, &mut by_row)?;
@@ -135,6 +178,23 @@ mod tests {
                 let want: f32 = (0..n).map(|k| w_deq[r * n + k] * x_deq[t * n + k]).sum();
                 let got = out[t * rows + r];
                 assert!((got - want).abs() <= 1e-4 * want.abs().max(1.0), "token {t} row {r}: {got} vs {want}");
+            }
+        }
+    }
+
+    #[test]
+    fn tiled_matmul_matches_the_scalar_path() {
+        // 37 rows and 11 tokens: whole tiles plus leftover rows and tokens in every task.
+        let (rows, n, tokens) = (37, 96, 11);
+        for ty in [GgmlType::Q8_0, GgmlType::Q5_0] {
+            let mut w = vec![0u8; rows * ty.row_bytes(n as u64).unwrap() as usize];
+            quantize_row(ty, &values(rows * n, 3), &mut w).unwrap();
+            let acts = QuantizedActs::new(ty, &values(tokens * n, 4), n).unwrap();
+            let (mut got, mut want) = (vec![0f32; rows * tokens], vec![0f32; rows * tokens]);
+            matmul(ty, Isa::best(), &w, rows, &acts, &mut got).unwrap();
+            matmul(ty, Isa::Scalar, &w, rows, &acts, &mut want).unwrap();
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!((g - w).abs() <= 1e-5 * w.abs().max(1.0), "{ty:?} [{i}]: {g} vs {w}");
             }
         }
     }

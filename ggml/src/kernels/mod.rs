@@ -25,6 +25,7 @@ pub mod q5_1;
 pub mod q5_k;
 pub mod q6_k;
 pub mod q8_0;
+pub mod tile;
 
 #[cfg(test)]
 pub(crate) mod testing;
@@ -51,8 +52,9 @@ pub fn dot_type(ty: GgmlType) -> Option<GgmlType> {
 /// Expands [`vec_dot`] over every weight type with kernels: each listed module provides
 /// `dot_scalar(&[W], &[A]) -> f32` and, on x86-64, `dot_avx2` and `dot_avx512` with the same
 /// signature (target-feature functions, unsafe to call unless the CPU has the features).
+/// Modules marked `[tiled]` also provide `tile_avx512::<T>`, a [`tile::TileFn`] for `T` tokens.
 macro_rules! dot_kernels {
-    ($( $ty:ident => $module:ident ($w:ty, $a:ty) ),* $(,)?) => {
+    ($( $ty:ident => $module:ident ($w:ty, $a:ty) $([$tiled:ident])? ),* $(,)?) => {
         /// Whether [`vec_dot`] has kernels for weights of type `ty`.
         pub fn has_kernels(ty: GgmlType) -> bool {
             matches!(ty, $( GgmlType::$ty )|*)
@@ -94,7 +96,8 @@ macro_rules! dot_kernels {
                     let a_ty = dot_type(ty).expect("listed types have a dot type");
                     let a: &[$a] = cast_blocks(a_ty, acts)?;
                     check_pair(ty, w.len() / rows.max(1), a_ty, a.len() / n_tokens.max(1))?;
-                    matmul::dot_rows_with(pick!($module, isa), w, rows, a, n_tokens, by_row);
+                    let tiles: Option<tile::Tiles<$w, $a>> = pick_tile!($module, isa $(, $tiled)?);
+                    matmul::dot_rows_with(pick!($module, isa), tiles, w, rows, a, n_tokens, by_row);
                     Ok(())
                 } )*
                 _ => Err(QuantError::Unsupported(ty)),
@@ -120,15 +123,31 @@ macro_rules! pick {
     };
 }
 
+/// The tile kernels of `$module` for `isa`, if it has them and this CPU runs them.
+macro_rules! pick_tile {
+    ($module:ident, $isa:expr) => {
+        None
+    };
+    ($module:ident, $isa:expr, tiled) => {
+        match $isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 if cpu::detected().avx512 => {
+                Some(tile::Tiles { many: $module::tile_avx512::<{ tile::TOKENS }>, one: $module::tile_avx512::<1> })
+            }
+            _ => None,
+        }
+    };
+}
+
 dot_kernels! {
-    Q8_0 => q8_0 (crate::quants::q8_0::BlockQ8_0, crate::quants::q8_0::BlockQ8_0),
+    Q8_0 => q8_0 (crate::quants::q8_0::BlockQ8_0, crate::quants::q8_0::BlockQ8_0) [tiled],
     Q4_K => q4_k (crate::quants::q4_k::BlockQ4K, crate::quants::q8_k::BlockQ8K),
     Q5_K => q5_k (crate::quants::q5_k::BlockQ5K, crate::quants::q8_k::BlockQ8K),
     Q6_K => q6_k (crate::quants::q6_k::BlockQ6K, crate::quants::q8_k::BlockQ8K),
     Q2_K => q2_k (crate::quants::q2_k::BlockQ2K, crate::quants::q8_k::BlockQ8K),
     Q3_K => q3_k (crate::quants::q3_k::BlockQ3K, crate::quants::q8_k::BlockQ8K),
     IQ4_XS => iq4_xs (crate::quants::iq4_xs::BlockIQ4XS, crate::quants::q8_k::BlockQ8K),
-    Q5_0 => q5_0 (crate::quants::q5_0::BlockQ5_0, crate::quants::q8_0::BlockQ8_0),
+    Q5_0 => q5_0 (crate::quants::q5_0::BlockQ5_0, crate::quants::q8_0::BlockQ8_0) [tiled],
     Q4_0 => q4_0 (crate::quants::q4_0::BlockQ4_0, crate::quants::q8_0::BlockQ8_0),
     Q4_1 => q4_1 (crate::quants::q4_1::BlockQ4_1, crate::quants::q8_1::BlockQ8_1),
     Q5_1 => q5_1 (crate::quants::q5_1::BlockQ5_1, crate::quants::q8_1::BlockQ8_1),

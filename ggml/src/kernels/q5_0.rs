@@ -24,14 +24,17 @@ pub fn dot_scalar(w: &[BlockQ5_0], a: &[BlockQ8_0]) -> f32 {
 }
 
 #[cfg(target_arch = "x86_64")]
-pub use x86::{dot_avx2, dot_avx512};
+pub use x86::{dot_avx2, dot_avx512, tile_avx512};
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
 
     use super::{BlockQ5_0, BlockQ8_0};
-    use crate::kernels::x86::{bits_to_bytes_32, dot_u8i8_x4, f16_product_x8, hsum_f32x8, nibbles_32, sign_split};
+    use crate::kernels::tile::{tile_q8_avx512, SignedBytes, ROWS};
+    use crate::kernels::x86::{
+        bits_to_bytes_32, dot_u8i8_x4, f16_lookup, f16_product_x8, hsum_f32x8, nibbles_32, sign_split,
+    };
 
     /// AVX2: the nibbles with `0xf0` or-ed in where the fifth bit is clear are the signed
     /// levels `q - 16` as bytes; then `maddubs` on `(|w|, a * sign(w))` (|w| <= 16) and one FMA
@@ -76,6 +79,33 @@ mod x86 {
             acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), f16_product_x8(w.d, a.d), acc);
         }
         hsum_f32x8(acc)
+    }
+
+    impl SignedBytes for BlockQ5_0 {
+        /// The levels `q - 16`: the nibbles, less 16 where the fifth bit is clear.
+        ///
+        /// # Safety
+        /// The CPU must support AVX2 and AVX-512 F/BW/VL.
+        #[inline]
+        #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl")]
+        unsafe fn levels(&self) -> __m256i {
+            let nib = nibbles_32(&self.qs);
+            _mm256_mask_sub_epi8(nib, !u32::from_le_bytes(self.qh), nib, _mm256_set1_epi8(16))
+        }
+
+        #[inline]
+        fn scale(&self) -> f32 {
+            f16_lookup(self.d)
+        }
+    }
+
+    /// [`ROWS`] weight rows × `T` tokens at once (see [`tile_q8_avx512`]).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and AVX-512 F/BW/VL/VNNI.
+    #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub fn tile_avx512<const T: usize>(w: &[&[BlockQ5_0]; ROWS], a: &[&[BlockQ8_0]; T]) -> [[f32; T]; ROWS] {
+        tile_q8_avx512(w, a)
     }
 }
 

@@ -15,14 +15,15 @@ pub fn dot_scalar(w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 {
 }
 
 #[cfg(target_arch = "x86_64")]
-pub use x86::{dot_avx2, dot_avx512};
+pub use x86::{dot_avx2, dot_avx512, tile_avx512};
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
 
     use super::BlockQ8_0;
-    use crate::kernels::x86::{f16_product_x8, hsum_f32x8, sign_split};
+    use crate::kernels::tile::{tile_q8_avx512, SignedBytes, ROWS};
+    use crate::kernels::x86::{f16_lookup, f16_product_x8, hsum_f32x8, sign_split};
 
     /// AVX2: `maddubs(|w|, a * sign(w))` gives 16 pairwise i16 sums (at most 2 * 128 * 127, no
     /// saturation), `madd` by ones widens them to 8 i32, then one FMA per block.
@@ -64,6 +65,31 @@ mod x86 {
             acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), d, acc);
         }
         hsum_f32x8(acc)
+    }
+
+    impl SignedBytes for BlockQ8_0 {
+        /// # Safety
+        /// The CPU must support AVX2.
+        #[inline]
+        #[target_feature(enable = "avx2")]
+        unsafe fn levels(&self) -> __m256i {
+            // SAFETY: `qs` is exactly 32 bytes; loadu has no alignment requirement.
+            unsafe { _mm256_loadu_si256(self.qs.as_ptr().cast()) }
+        }
+
+        #[inline]
+        fn scale(&self) -> f32 {
+            f16_lookup(self.d)
+        }
+    }
+
+    /// [`ROWS`] weight rows × `T` tokens at once (see [`tile_q8_avx512`]).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and AVX-512 F/BW/VL/VNNI.
+    #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub fn tile_avx512<const T: usize>(w: &[&[BlockQ8_0]; ROWS], a: &[&[BlockQ8_0]; T]) -> [[f32; T]; ROWS] {
+        tile_q8_avx512(w, a)
     }
 }
 
