@@ -1,4 +1,6 @@
 //! gemma.rs: a llama.cpp-style local runtime for Google's Gemma 4 models.
 
 pub mod info;
+pub mod kv_cache;
+pub mod sample;
 pub mod tokenizer;

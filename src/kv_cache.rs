@@ -1,0 +1,759 @@
+//! The KV cache: per layer, the f16 keys and values of the positions attention can still see,
+//! laid out as [`ggml::attention::attention`] reads them (`[n_kv_head][capacity][head_dim]`, the
+//! token position of each used slot beside them; the kernel masks by position, so slots may be
+//! in any order).
+//!
+//! Global (full-attention) layers keep every position of the context. Sliding layers keep a
+//! ring: once full, each new token overwrites the slot of the oldest position.
+//!
+//! ## How big a ring is
+//!
+//! A batch of `B` tokens at positions `p .. p + B` is appended before its attention runs, and
+//! its first token still sees keys back to `p - W + 1` (window `W`, GEMMA4.md 1.3 and pitfall
+//! 16: the window includes the current token). So `W - 1 + B` keys must be held at once: with
+//! `W = 1024` and `B = 512`, positions `p - 1023 ..= p + 511`, 1,535 slots. A ring of 1,024
+//! would let the batch's last 511 tokens overwrite the keys its first tokens need. A sliding
+//! ring therefore holds `W - 1 + B` slots for the largest batch appended so far (`W` if only
+//! ever one token at a time), never more than the context.
+//!
+//! ## Memory
+//!
+//! - Lazy, geometric growth: a layer allocates nothing until its first update, then grows to
+//!   what the update needs, at least doubling (from [`MIN_SLOTS`]) and never past what the
+//!   layer can ever hold (the context, or a sliding ring's size). A short chat with a 256K
+//!   context holds a few hundred slots per layer, not 256K. Fixed-size chunks would not do: the
+//!   kernel wants each head's rows contiguous, so growing re-lays every head, and chunked growth
+//!   would copy `O(n²)` in total; doubling copies less than the final size in total. Growing
+//!   is in place: `resize`, then each head's rows move to their new stride, last head first.
+//! - [`KvCache::bytes`] is what the cache holds at full context for one-token decode: f16 K
+//!   and V for `min(context, window)` positions on each layer that has a cache of its own, the
+//!   number GEMMA4.md 1.1 gives and `gemma info` prints. [`KvCache::allocated_bytes`] is what
+//!   is allocated now: less before the context fills, plus `B - 1` slots per sliding layer
+//!   after a batch of `B` (for 26B-A4B and `B = 512`: 25 · 511 · 4,096 · 2 bytes, 100 MiB).
+//!
+//! ## Rewinding
+//!
+//! [`KvCache::truncate`] drops the newest positions so that a chat session can regenerate. A
+//! global layer can rewind anywhere; a ring only as far as it still holds the keys the next
+//! token will see (`B` positions past a full ring of `W - 1 + B`). Past that the whole cache is
+//! cleared and `truncate` says so by returning 0: the caller re-runs the prompt.
+
+use std::mem::size_of;
+
+use ggml::attention::KvSlots;
+use ggml::quants::float::f32_to_f16;
+use half::f16;
+
+/// Slots a layer allocates at its first update (unless the context is shorter): 1 MiB of f16
+/// K and V on a Gemma 4 global layer (2 KV heads × 512), 2 MiB on a 26B-A4B sliding one.
+pub const MIN_SLOTS: usize = 256;
+
+/// The attention shape of one layer, as far as its cache cares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LayerSpec {
+    /// Key/value heads (per layer on Gemma 4: 8 sliding and 2 global on 26B-A4B).
+    pub n_kv_head: usize,
+    /// Elements per head (256 sliding, 512 global).
+    pub head_dim: usize,
+    /// Sliding window in positions, the current one included; `None` for a global layer.
+    pub window: Option<usize>,
+    /// E2B/E4B KV sharing (GEMMA4.md 5.2): the earlier layer whose cache this one reads; it
+    /// then holds none and computes no K/V of its own.
+    pub shares_cache_of: Option<usize>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum KvCacheError {
+    #[error("the context length must be positive")]
+    ZeroContext,
+    #[error("layer {layer}: {problem}")]
+    BadShape { layer: usize, problem: &'static str },
+    #[error("layer {layer} shares the cache of layer {owner}, which {problem}")]
+    BadSharing { layer: usize, owner: usize, problem: &'static str },
+}
+
+/// The caches of all layers of a model.
+#[derive(Debug)]
+pub struct KvCache {
+    layers: Vec<Layer>,
+}
+
+#[derive(Debug)]
+enum Layer {
+    Own(LayerCache),
+    /// Reads the cache of this (earlier) layer.
+    SharesCacheOf(usize),
+}
+
+impl KvCache {
+    /// One cache per layer for up to `context` positions; a layer that shares another's cache
+    /// must name an earlier layer with a cache of its own and the same shape and window.
+    pub fn new(specs: &[LayerSpec], context: usize) -> Result<KvCache, KvCacheError> {
+        if context == 0 {
+            return Err(KvCacheError::ZeroContext);
+        }
+        let mut layers = Vec::with_capacity(specs.len());
+        for (layer, spec) in specs.iter().enumerate() {
+            if spec.n_kv_head == 0 || spec.head_dim == 0 {
+                return Err(KvCacheError::BadShape { layer, problem: "n_kv_head and head_dim must be positive" });
+            }
+            if spec.window == Some(0) {
+                return Err(KvCacheError::BadShape { layer, problem: "a window of 0 sees nothing" });
+            }
+            let Some(owner) = spec.shares_cache_of else {
+                layers.push(Layer::Own(LayerCache::new(spec.n_kv_head, spec.head_dim, spec.window, context)));
+                continue;
+            };
+            let bad = |problem| Err(KvCacheError::BadSharing { layer, owner, problem });
+            if owner >= layer {
+                return bad("is not an earlier layer");
+            }
+            if specs[owner].shares_cache_of.is_some() {
+                return bad("has no cache of its own");
+            }
+            if (LayerSpec { shares_cache_of: None, ..*spec }) != specs[owner] {
+                return bad("has a different head count, head size or window");
+            }
+            layers.push(Layer::SharesCacheOf(owner));
+        }
+        Ok(KvCache { layers })
+    }
+
+    pub fn n_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// The cache layer `layer` attends over: its own, or the one it shares.
+    pub fn layer(&self, layer: usize) -> &LayerCache {
+        match &self.layers[layer] {
+            Layer::Own(cache) => cache,
+            &Layer::SharesCacheOf(owner) => match &self.layers[owner] {
+                Layer::Own(cache) => cache,
+                Layer::SharesCacheOf(_) => unreachable!("KvCache::new checks that a shared cache is a layer's own"),
+            },
+        }
+    }
+
+    /// Layer `layer`'s own cache, to update; `None` for a layer that shares another's.
+    pub fn layer_mut(&mut self, layer: usize) -> Option<&mut LayerCache> {
+        match &mut self.layers[layer] {
+            Layer::Own(cache) => Some(cache),
+            Layer::SharesCacheOf(_) => None,
+        }
+    }
+
+    fn own(&self) -> impl Iterator<Item = &LayerCache> {
+        self.layers.iter().filter_map(|layer| match layer {
+            Layer::Own(cache) => Some(cache),
+            Layer::SharesCacheOf(_) => None,
+        })
+    }
+
+    /// Positions cached: the next token's position (that of the first layer with a cache).
+    pub fn n_positions(&self) -> usize {
+        self.own().next().map_or(0, LayerCache::n_positions)
+    }
+
+    /// Keeps positions `0..n` on every layer, or, where a sliding ring no longer holds the keys
+    /// position `n` would see, clears every layer. Returns the positions kept (`n`, 0, or the
+    /// current count if that is below `n`): the caller feeds tokens again from there.
+    pub fn truncate(&mut self, n: usize) -> usize {
+        let kept = self.own().map(|cache| cache.kept_by_truncate(n)).min().unwrap_or(0);
+        for layer in &mut self.layers {
+            if let Layer::Own(cache) = layer {
+                cache.truncate(kept);
+            }
+        }
+        kept
+    }
+
+    /// Forgets every position; keeps the memory for the next conversation.
+    pub fn clear(&mut self) {
+        for layer in &mut self.layers {
+            if let Layer::Own(cache) = layer {
+                cache.clear();
+            }
+        }
+    }
+
+    /// f16 K and V at full context, one-token decode (see the module docs).
+    pub fn bytes(&self) -> usize {
+        self.own().map(LayerCache::bytes).sum()
+    }
+
+    /// What the caches have allocated now.
+    pub fn allocated_bytes(&self) -> usize {
+        self.own().map(LayerCache::allocated_bytes).sum()
+    }
+}
+
+/// One layer's keys and values: a list up to the context (global layers) or a ring (sliding
+/// layers), growing as the module docs describe.
+#[derive(Clone, Debug)]
+pub struct LayerCache {
+    n_kv_head: usize,
+    head_dim: usize,
+    window: Option<usize>,
+    context: usize,
+    /// Slots per head: `k.len() == v.len() == n_kv_head · capacity · head_dim`.
+    capacity: usize,
+    /// `[n_kv_head][capacity][head_dim]`.
+    k: Vec<f16>,
+    /// `[n_kv_head][capacity][head_dim]`.
+    v: Vec<f16>,
+    /// The position held by each used slot; slots `0..pos.len()` are used.
+    pos: Vec<usize>,
+    /// When every slot is used, the slot of the oldest position: the next one overwritten.
+    /// Otherwise 0, and the used slots hold consecutive positions in order.
+    oldest: usize,
+    /// Positions appended so far; the next update starts here.
+    n_positions: usize,
+}
+
+impl LayerCache {
+    /// An empty cache (nothing allocated) for up to `context` positions.
+    pub fn new(n_kv_head: usize, head_dim: usize, window: Option<usize>, context: usize) -> LayerCache {
+        assert!(n_kv_head > 0 && head_dim > 0 && window != Some(0) && context > 0, "empty cache shape");
+        LayerCache {
+            n_kv_head,
+            head_dim,
+            window,
+            context,
+            capacity: 0,
+            k: Vec::new(),
+            v: Vec::new(),
+            pos: Vec::new(),
+            oldest: 0,
+            n_positions: 0,
+        }
+    }
+
+    /// Appends the keys and values of `n_tokens` consecutive tokens at positions
+    /// `pos .. pos + n_tokens` (one token for decode, a batch for prefill), `k` and `v`
+    /// `[n_tokens][n_kv_head][head_dim]` f32, stored as f16 rounded as ggml rounds. Call it
+    /// before attention: afterwards the cache holds every key each of these tokens sees.
+    ///
+    /// Panics unless `pos` is [`n_positions`](Self::n_positions) (positions are token
+    /// indices, appended in order), the buffers hold whole tokens, and the tokens fit the
+    /// context.
+    pub fn update(&mut self, pos: usize, k: &[f32], v: &[f32]) {
+        let (d, row) = (self.head_dim, self.n_kv_head * self.head_dim);
+        assert_eq!(pos, self.n_positions, "positions are appended in order: the cache holds 0..{}", self.n_positions);
+        assert!(
+            k.len() == v.len() && !k.is_empty() && k.len().is_multiple_of(row),
+            "k and v must both hold [n_tokens][{}][{d}]",
+            self.n_kv_head
+        );
+        let n_tokens = k.len() / row;
+        assert!(
+            pos + n_tokens <= self.context,
+            "positions {pos}..{} past the context of {}",
+            pos + n_tokens,
+            self.context
+        );
+        self.make_room(n_tokens);
+        for (t, (k, v)) in k.chunks_exact(row).zip(v.chunks_exact(row)).enumerate() {
+            let slot = if self.pos.len() < self.capacity {
+                self.pos.push(pos + t);
+                self.pos.len() - 1
+            } else {
+                let slot = self.oldest;
+                self.pos[slot] = pos + t;
+                self.oldest = (slot + 1) % self.capacity;
+                slot
+            };
+            for h in 0..self.n_kv_head {
+                let (src, dst) =
+                    (h * d..(h + 1) * d, (h * self.capacity + slot) * d..(h * self.capacity + slot + 1) * d);
+                store_f16(&mut self.k[dst.clone()], &k[src.clone()]);
+                store_f16(&mut self.v[dst], &v[src]);
+            }
+        }
+        self.n_positions += n_tokens;
+    }
+
+    /// The cache as the attention kernel takes it.
+    pub fn slots(&self) -> KvSlots<'_> {
+        KvSlots { k: &self.k, v: &self.v, pos: &self.pos }
+    }
+
+    /// Positions appended so far: the next token's position.
+    pub fn n_positions(&self) -> usize {
+        self.n_positions
+    }
+
+    /// Slots per head allocated now.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    pub fn window(&self) -> Option<usize> {
+        self.window
+    }
+
+    /// Keeps positions `0..n` (nothing changes if `n >= n_positions`), or, if this is a ring
+    /// that no longer holds every key position `n` would see, clears the cache. Returns the
+    /// positions kept.
+    pub fn truncate(&mut self, n: usize) -> usize {
+        let kept = self.kept_by_truncate(n);
+        if kept == 0 {
+            self.clear();
+        } else if kept < self.n_positions {
+            self.linearize();
+            let oldest = self.n_positions - self.pos.len();
+            self.pos.truncate(kept - oldest);
+            self.n_positions = kept;
+        }
+        kept
+    }
+
+    /// What [`truncate`](Self::truncate)`(n)` would keep.
+    fn kept_by_truncate(&self, n: usize) -> usize {
+        let oldest = self.n_positions - self.pos.len();
+        if n >= self.n_positions {
+            self.n_positions
+        } else if oldest <= self.first_seen(n) {
+            n
+        } else {
+            0
+        }
+    }
+
+    /// Forgets every position; keeps the memory.
+    pub fn clear(&mut self) {
+        self.pos.clear();
+        self.oldest = 0;
+        self.n_positions = 0;
+    }
+
+    /// f16 K and V for `min(context, window)` positions: the full-context decode footprint.
+    pub fn bytes(&self) -> usize {
+        let positions = self.window.map_or(self.context, |w| w.min(self.context));
+        positions * self.n_kv_head * self.head_dim * 2 * size_of::<f16>()
+    }
+
+    /// K, V and positions as allocated now.
+    pub fn allocated_bytes(&self) -> usize {
+        (self.k.capacity() + self.v.capacity()) * size_of::<f16>() + self.pos.capacity() * size_of::<usize>()
+    }
+
+    /// The oldest position a query at `pos` sees.
+    fn first_seen(&self, pos: usize) -> usize {
+        self.window.map_or(0, |w| (pos + 1).saturating_sub(w))
+    }
+
+    /// Grows the cache, if needed, to hold `n_tokens` new tokens and every key the first of
+    /// them sees (the module docs say why that is the bound and how growth goes).
+    fn make_room(&mut self, n_tokens: usize) {
+        let first = self.n_positions;
+        let needed = first + n_tokens - self.first_seen(first);
+        if needed <= self.capacity {
+            return;
+        }
+        let most = self.window.map_or(self.context, |w| (w - 1 + n_tokens).min(self.context));
+        let capacity = needed.max(2 * self.capacity).max(MIN_SLOTS).min(most);
+        self.linearize();
+        let (old, used, d, len) =
+            (self.capacity, self.pos.len(), self.head_dim, self.n_kv_head * capacity * self.head_dim);
+        for x in [&mut self.k, &mut self.v] {
+            x.reserve_exact(len - x.len());
+            x.resize(len, f16::ZERO);
+            // Head `h` moves from `h · old · d` to `h · capacity · d`: up, so moving the last
+            // head first never overwrites rows not yet moved.
+            for h in (1..self.n_kv_head).rev() {
+                x.copy_within(h * old * d..(h * old + used) * d, h * capacity * d);
+            }
+        }
+        self.pos.reserve_exact(capacity - used);
+        self.capacity = capacity;
+    }
+
+    /// Rotates a full ring so that slots hold positions in order, the oldest in slot 0.
+    fn linearize(&mut self) {
+        if self.oldest == 0 {
+            return;
+        }
+        let (rows, shift) = (self.capacity * self.head_dim, self.oldest * self.head_dim);
+        for x in [&mut self.k, &mut self.v] {
+            x.chunks_exact_mut(rows).for_each(|head| head.rotate_left(shift));
+        }
+        self.pos.rotate_left(self.oldest);
+        self.oldest = 0;
+    }
+}
+
+/// `dst = f16(src)` with ggml's rounding (nearest even; NaN to the canonical quiet NaN).
+fn store_f16(dst: &mut [f16], src: &[f32]) {
+    for (dst, &src) in dst.iter_mut().zip(src) {
+        *dst = f32_to_f16(src);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ggml::attention::{attention, attention_reference, AttnShape};
+    use ggml::kernels::Isa;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+
+    /// Random K and V rows (`[n_kv_head][head_dim]` each, in ±1) for every position of a run,
+    /// so that a cache and the plain list it is checked against get the same values.
+    struct Tokens {
+        row: usize,
+        k: Vec<f32>,
+        v: Vec<f32>,
+    }
+
+    impl Tokens {
+        fn random(n: usize, n_kv_head: usize, head_dim: usize, seed: u64) -> Tokens {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let row = n_kv_head * head_dim;
+            let mut values = || (0..n * row).map(|_| rng.gen_range(-1.0..1.0)).collect();
+            Tokens { row, k: values(), v: values() }
+        }
+
+        /// `[n_tokens][n_kv_head][head_dim]` for positions `range`.
+        fn k(&self, range: std::ops::Range<usize>) -> &[f32] {
+            &self.k[range.start * self.row..range.end * self.row]
+        }
+
+        fn v(&self, range: std::ops::Range<usize>) -> &[f32] {
+            &self.v[range.start * self.row..range.end * self.row]
+        }
+
+        /// Appends positions `range` to `cache` in one update.
+        fn append(&self, cache: &mut LayerCache, range: std::ops::Range<usize>) {
+            cache.update(range.start, self.k(range.clone()), self.v(range));
+        }
+    }
+
+    /// A plain list of positions `range` in order, in the kernel's layout: what the cache must
+    /// be equivalent to.
+    struct Plain {
+        k: Vec<f16>,
+        v: Vec<f16>,
+        pos: Vec<usize>,
+    }
+
+    impl Plain {
+        fn new(tokens: &Tokens, n_kv_head: usize, range: std::ops::Range<usize>) -> Plain {
+            let d = tokens.row / n_kv_head;
+            // `[n_kv_head][range.len()][d]` from the tokens' `[position][n_kv_head][d]`.
+            let rows = |x: &[f32]| -> Vec<f16> {
+                (0..n_kv_head)
+                    .flat_map(|h| {
+                        range.clone().flat_map(move |p| &x[p * tokens.row + h * d..p * tokens.row + (h + 1) * d])
+                    })
+                    .map(|&x| f32_to_f16(x))
+                    .collect()
+            };
+            Plain { k: rows(&tokens.k), v: rows(&tokens.v), pos: range.clone().collect() }
+        }
+
+        fn slots(&self) -> KvSlots<'_> {
+            KvSlots { k: &self.k, v: &self.v, pos: &self.pos }
+        }
+    }
+
+    /// `(position, K rows, V rows)` of every used slot, by position: the cache's content
+    /// whatever the slot order.
+    fn content(cache: &LayerCache) -> Vec<(usize, Vec<f16>, Vec<f16>)> {
+        let (d, cap) = (cache.head_dim, cache.capacity);
+        let rows = |x: &[f16], slot: usize| -> Vec<f16> {
+            (0..cache.n_kv_head).flat_map(|h| x[(h * cap + slot) * d..(h * cap + slot + 1) * d].to_vec()).collect()
+        };
+        let mut content: Vec<_> =
+            cache.pos.iter().enumerate().map(|(slot, &p)| (p, rows(&cache.k, slot), rows(&cache.v, slot))).collect();
+        content.sort_by_key(|&(p, _, _)| p);
+        content
+    }
+
+    /// What [`content`] must give for a cache of positions `range` of `tokens`.
+    fn expected(tokens: &Tokens, range: std::ops::Range<usize>) -> Vec<(usize, Vec<f16>, Vec<f16>)> {
+        let f16s = |x: &[f32]| -> Vec<f16> { x.iter().map(|&x| f32_to_f16(x)).collect() };
+        range.map(|p| (p, f16s(tokens.k(p..p + 1)), f16s(tokens.v(p..p + 1)))).collect()
+    }
+
+    /// Attention of random queries at `q_pos` over `kv`: the f64 reference, then every
+    /// streaming path.
+    fn attend(shape: &AttnShape, q: &[f32], q_pos: &[usize], kv: KvSlots) -> Vec<Vec<f32>> {
+        let mut outs = vec![vec![f32::NAN; q.len()]];
+        attention_reference(shape, q, q_pos, kv, &mut outs[0]);
+        for isa in Isa::available() {
+            let mut out = vec![f32::NAN; q.len()];
+            attention(isa, shape, q, q_pos, kv, &mut out);
+            outs.push(out);
+        }
+        outs
+    }
+
+    /// Attention over `cache` equals attention over `plain` for queries at `q_pos`: every path
+    /// over the cache within `1e-5` (the kernel tests' bound for |v| <= 1; the two lists sum
+    /// in different orders) of the reference over the plain list.
+    fn assert_same_attention(shape: &AttnShape, cache: &LayerCache, plain: &Plain, q_pos: &[usize], seed: u64) {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let range = 3.0 / (shape.head_dim as f32).sqrt();
+        let q: Vec<f32> =
+            (0..q_pos.len() * shape.n_head * shape.head_dim).map(|_| rng.gen_range(-range..range)).collect();
+        let want = &attend(shape, &q, q_pos, plain.slots())[0];
+        for (i, got) in attend(shape, &q, q_pos, cache.slots()).iter().enumerate() {
+            let err = got.iter().zip(want).map(|(g, w)| (g - w).abs()).fold(0.0f32, f32::max);
+            assert!(err <= 1e-5, "path {i}, queries at {:?}..: error {err}", q_pos.first());
+        }
+    }
+
+    #[test]
+    fn the_ring_overwrites_the_oldest_slot() {
+        let (n_kv_head, d) = (2, 16);
+        let tokens = Tokens::random(7, n_kv_head, d, 1);
+        let mut cache = LayerCache::new(n_kv_head, d, Some(4), 100);
+        for p in 0..4 {
+            tokens.append(&mut cache, p..p + 1);
+        }
+        assert_eq!((cache.capacity(), cache.slots().pos), (4, &[0, 1, 2, 3][..]));
+        tokens.append(&mut cache, 4..5);
+        assert_eq!(cache.slots().pos, [4, 1, 2, 3]);
+        tokens.append(&mut cache, 5..6);
+        tokens.append(&mut cache, 6..7);
+        assert_eq!(cache.slots().pos, [4, 5, 6, 3]);
+        assert_eq!(cache.n_positions(), 7);
+        // Every slot holds its position's rows, both heads.
+        assert_eq!(content(&cache), expected(&tokens, 3..7));
+        // The kernel's view: capacity 4 per head.
+        assert_eq!(cache.slots().k.len(), n_kv_head * 4 * d);
+    }
+
+    /// 3,000 one-token updates on a window-16 layer; every 97 steps (and at the end) attention
+    /// at the newest position over the ring equals attention over a list of the last 16.
+    #[test]
+    fn a_ring_attends_like_a_list_of_the_window() {
+        let shape = AttnShape { n_head: 4, n_kv_head: 2, head_dim: 32, scale: 1.0, window: Some(16) };
+        let tokens = Tokens::random(3000, shape.n_kv_head, shape.head_dim, 2);
+        let mut cache = LayerCache::new(shape.n_kv_head, shape.head_dim, shape.window, 4096);
+        for p in 0..3000 {
+            tokens.append(&mut cache, p..p + 1);
+            if p % 97 == 0 || p == 2999 {
+                let plain = Plain::new(&tokens, shape.n_kv_head, p.saturating_sub(15)..p + 1);
+                assert_same_attention(&shape, &cache, &plain, &[p], p as u64);
+            }
+        }
+        assert_eq!(cache.capacity(), 16);
+        assert_eq!(content(&cache).iter().map(|c| c.0).collect::<Vec<_>>(), (2984..3000).collect::<Vec<_>>());
+    }
+
+    /// Window 1024, batches of 512 appended before their attention: after each batch, all
+    /// its queries over the ring equal the same over a list of every position so far (the
+    /// mask applies the window), so the ring kept every key the batch's first token sees.
+    /// The first batch is 100 tokens so that later ones wrap the ring mid-batch; single-token
+    /// decode follows.
+    #[test]
+    fn a_batch_keeps_the_keys_its_first_token_sees() {
+        let shape = AttnShape { n_head: 2, n_kv_head: 1, head_dim: 16, scale: 1.0, window: Some(1024) };
+        let n = 100 + 6 * 512 + 3;
+        let tokens = Tokens::random(n, shape.n_kv_head, shape.head_dim, 3);
+        let mut cache = LayerCache::new(shape.n_kv_head, shape.head_dim, shape.window, 8192);
+        // Batch boundaries: 0, 100, 612, .., 3172, then one token at a time to n.
+        let bounds: Vec<usize> = [0].into_iter().chain((0..=6).map(|i| 100 + 512 * i)).chain(n - 2..=n).collect();
+        for batch in bounds.windows(2).map(|b| b[0]..b[1]) {
+            tokens.append(&mut cache, batch.clone());
+            // The first query sees back to batch.start - 1023; that key is still here.
+            let first_seen = (batch.start + 1).saturating_sub(1024);
+            assert!(cache.slots().pos.contains(&first_seen), "batch {batch:?} lost position {first_seen}");
+            let plain = Plain::new(&tokens, shape.n_kv_head, 0..batch.end);
+            let q_pos: Vec<usize> = batch.clone().collect();
+            assert_same_attention(&shape, &cache, &plain, &q_pos, batch.start as u64);
+        }
+        // W - 1 + B slots: the ring stopped growing at 1,535 (and decode did not shrink it).
+        assert_eq!(cache.capacity(), 1023 + 512);
+        // A ring of 1,024 would not do: the first token of the last 512-batch sees 1023 keys
+        // before it, and the batch adds 511 after it.
+        assert_eq!(cache.slots().pos.len(), 1535);
+    }
+
+    /// Truncating and appending the same tokens again gives the same content as never having
+    /// gone past: on a global layer at once, on a ring once the rewound span is refilled (until
+    /// then it may lack keys older than any query sees, and has all the others).
+    #[test]
+    fn truncate_then_reappend_matches_never_going_past() {
+        let (n_kv_head, d) = (2, 16);
+        let tokens = Tokens::random(700, n_kv_head, d, 4);
+        for window in [None, Some(64)] {
+            let build = |upto: usize| {
+                let mut cache = LayerCache::new(n_kv_head, d, window, 1000);
+                for start in (0..upto).step_by(40) {
+                    tokens.append(&mut cache, start..(start + 40).min(upto));
+                }
+                cache
+            };
+            // Batches of 40: a ring of 64 - 1 + 40 = 103 slots, which can rewind 40.
+            let mut cache = build(650);
+            assert_eq!(cache.truncate(700), 650);
+            assert_eq!(cache.truncate(620), 620);
+            assert_eq!(cache.n_positions(), 620);
+            let straight = build(620);
+            let seen = |c: &LayerCache| -> Vec<_> {
+                let first = c.first_seen(c.n_positions());
+                content(c).into_iter().filter(|x| x.0 >= first).collect()
+            };
+            assert_eq!(seen(&cache), seen(&straight), "{window:?} after truncate");
+            if window.is_none() {
+                assert_eq!(content(&cache), content(&straight));
+            }
+            for p in 620..700 {
+                tokens.append(&mut cache, p..p + 1);
+            }
+            let mut straight = straight;
+            for p in 620..700 {
+                tokens.append(&mut straight, p..p + 1);
+            }
+            assert_eq!(content(&cache), content(&straight), "{window:?} after re-appending");
+        }
+    }
+
+    #[test]
+    fn a_ring_rewound_past_its_keys_clears() {
+        let tokens = Tokens::random(300, 1, 16, 5);
+        let mut cache = LayerCache::new(1, 16, Some(64), 1000);
+        tokens.append(&mut cache, 0..150);
+        tokens.append(&mut cache, 150..300);
+        // Ring of 64 - 1 + 150 = 213: holds 87..300. Position 150 sees 87.. (kept); 149 sees 86.
+        assert_eq!(cache.capacity(), 213);
+        assert_eq!(cache.kept_by_truncate(150), 150);
+        assert_eq!(cache.truncate(149), 0);
+        assert_eq!((cache.n_positions(), cache.slots().pos.len()), (0, 0));
+        tokens.append(&mut cache, 0..10);
+        assert_eq!(cache.slots().pos, (0..10).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn stores_f16_rounded_as_ggml_does() {
+        let d = 16;
+        let specials = [0.1, -2.5e-8, 6.0e-5, 65504.0, 65520.0, 1e9, -0.0, f32::NAN, -f32::NAN, f32::INFINITY];
+        let mut rng = StdRng::seed_from_u64(6);
+        let mut k: Vec<f32> = (0..2 * d).map(|_| rng.gen_range(-100.0..100.0)).collect();
+        k[..specials.len()].copy_from_slice(&specials);
+        let v: Vec<f32> = k.iter().map(|x| x * 3.3).collect();
+        let mut cache = LayerCache::new(2, d, None, 10);
+        cache.update(0, &k, &v);
+        let bits = |x: &[f32]| -> Vec<u16> { x.iter().map(|&x| f32_to_f16(x).to_bits()).collect() };
+        let stored =
+            |x: &[f16]| -> Vec<u16> { [&x[..d], &x[10 * d..11 * d]].concat().iter().map(|x| x.to_bits()).collect() };
+        assert_eq!(cache.capacity(), 10);
+        assert_eq!(stored(cache.slots().k), bits(&k));
+        assert_eq!(stored(cache.slots().v), bits(&v));
+    }
+
+    /// Growth keeps every head's rows (2 heads, so the second moves), and allocation is lazy.
+    #[test]
+    fn growth_is_lazy_and_keeps_the_rows() {
+        let tokens = Tokens::random(1000, 2, 16, 7);
+        let mut cache = LayerCache::new(2, 16, None, 262_144);
+        assert_eq!((cache.capacity(), cache.allocated_bytes()), (0, 0));
+        let mut straight = Vec::new();
+        for (start, end) in [(0, 1), (1, 300), (300, 301), (301, 1000)] {
+            tokens.append(&mut cache, start..end);
+            straight.push(cache.capacity());
+        }
+        assert_eq!(straight, [256, 512, 512, 1024]);
+        assert_eq!(content(&cache), expected(&tokens, 0..1000));
+        assert_eq!(cache.allocated_bytes(), 2 * 2 * 1024 * 16 * 2 + 1024 * 8);
+    }
+
+    fn gemma4_26b_a4b() -> Vec<LayerSpec> {
+        let sliding = LayerSpec { n_kv_head: 8, head_dim: 256, window: Some(1024), shares_cache_of: None };
+        let global = LayerSpec { n_kv_head: 2, head_dim: 512, window: None, shares_cache_of: None };
+        (0..30).map(|i| if (i + 1) % 6 == 0 { global } else { sliding }).collect()
+    }
+
+    /// GEMMA4.md 1.1: 25 sliding layers keep 1,024 positions of 8 × 256 K and as many V; 5
+    /// global layers keep the whole context of 2 × 512 K and V; f16 is 2 bytes.
+    #[test]
+    fn bytes_of_gemma4_26b_a4b() {
+        let cache = KvCache::new(&gemma4_26b_a4b(), 262_144).unwrap();
+        let sliding = 25 * 1024 * (8 * 256 * 2) * 2; // 209,715,200 = 200 MiB
+        let global = 5 * 262_144 * (2 * 512 * 2) * 2; // 5,368,709,120 = 5 GiB
+        assert_eq!(cache.bytes(), sliding + global);
+        assert_eq!(cache.bytes(), 5_578_424_320);
+        assert_eq!(cache.allocated_bytes(), 0);
+        // Up to the window every layer keeps every position: 112,640 values per token, 220 KiB.
+        let short = KvCache::new(&gemma4_26b_a4b(), 1024).unwrap();
+        assert_eq!(short.bytes(), 1024 * (25 * 4096 + 5 * 2048) * 2);
+        assert_eq!(short.bytes() / 1024, 220 * 1024);
+    }
+
+    /// E2B (GEMMA4.md 5.2 and 6): 35 layers, full every 5th, layers 15.. share the caches of
+    /// 13 (sliding) and 14 (full).
+    fn gemma4_e2b() -> Vec<LayerSpec> {
+        (0..35)
+            .map(|i| {
+                let full = (i + 1) % 5 == 0;
+                let (head_dim, window, shared) = if full { (512, None, 14) } else { (256, Some(512), 13) };
+                LayerSpec { n_kv_head: 1, head_dim, window, shares_cache_of: (i >= 15).then_some(shared) }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn shared_layers_read_their_owners_cache() {
+        let mut cache = KvCache::new(&gemma4_e2b(), 131_072).unwrap();
+        // Layers 0..15 own caches: 3 full (4, 9, 14) and 12 sliding.
+        assert_eq!(cache.bytes(), 12 * 512 * 256 * 2 * 2 + 3 * 131_072 * 512 * 2 * 2);
+        assert!(cache.layer_mut(15).is_none() && cache.layer_mut(14).is_some());
+        let tokens = Tokens::random(3, 1, 256, 8);
+        for l in 0..cache.n_layers() {
+            if let Some(layer) = cache.layer_mut(l) {
+                if layer.window().is_some() {
+                    tokens.append(layer, 0..3);
+                }
+            }
+        }
+        assert_eq!(cache.layer(33).slots().pos, [0, 1, 2]);
+        assert!(std::ptr::eq(cache.layer(33), cache.layer(13)));
+        assert!(std::ptr::eq(cache.layer(34), cache.layer(14)));
+        assert_eq!(cache.layer(34).n_positions(), 0);
+    }
+
+    #[test]
+    fn bad_specs_are_errors() {
+        let mut specs = gemma4_e2b();
+        specs[16].shares_cache_of = Some(15);
+        assert_eq!(
+            KvCache::new(&specs, 100).unwrap_err(),
+            KvCacheError::BadSharing { layer: 16, owner: 15, problem: "has no cache of its own" }
+        );
+        specs[16].shares_cache_of = Some(14);
+        assert!(
+            matches!(KvCache::new(&specs, 100), Err(KvCacheError::BadSharing { problem, .. }) if problem.contains("different"))
+        );
+        specs[16].shares_cache_of = Some(20);
+        assert!(matches!(KvCache::new(&specs, 100), Err(KvCacheError::BadSharing { owner: 20, .. })));
+        assert_eq!(KvCache::new(&gemma4_e2b(), 0).unwrap_err(), KvCacheError::ZeroContext);
+    }
+
+    /// The whole-model truncate keeps what every layer can keep, and clears all if one cannot.
+    #[test]
+    fn the_model_rewinds_together() {
+        let sliding = LayerSpec { n_kv_head: 1, head_dim: 16, window: Some(8), shares_cache_of: None };
+        let specs = [sliding, LayerSpec { window: None, ..sliding }];
+        let mut cache = KvCache::new(&specs, 100).unwrap();
+        let tokens = Tokens::random(20, 1, 16, 9);
+        for p in 0..20 {
+            for l in 0..2 {
+                tokens.append(cache.layer_mut(l).unwrap(), p..p + 1);
+            }
+        }
+        // The ring (8 slots) holds 12..20; position 19 sees 12.., so 19 can be kept.
+        assert_eq!(cache.truncate(25), 20);
+        assert_eq!(cache.truncate(19), 19);
+        assert_eq!((cache.layer(0).n_positions(), cache.layer(1).n_positions()), (19, 19));
+        // Position 15 would see 8.., gone from the ring: both layers start over.
+        assert_eq!(cache.truncate(15), 0);
+        assert_eq!((cache.layer(0).n_positions(), cache.layer(1).slots().pos.len()), (0, 0));
+        assert!(cache.allocated_bytes() > 0);
+        tokens.append(cache.layer_mut(1).unwrap(), 0..5);
+        cache.clear();
+        assert_eq!(cache.n_positions(), 0);
+    }
+}
