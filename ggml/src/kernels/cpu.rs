@@ -96,3 +96,29 @@ fn detect() -> Features {
 fn detect() -> Features {
     Features::default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_widest_detected_level_is_the_default() {
+        // A default build (no target-cpu flags) must still pick AVX-512 on a CPU that has it;
+        // GEMMA_ISA, when set to a level this CPU has, overrides.
+        let forced = std::env::var("GEMMA_ISA").ok();
+        let want = if let Some(isa) = Isa::available().into_iter().find(|i| Some(i.name()) == forced.as_deref()) {
+            isa
+        } else if detected().avx512 {
+            Isa::Avx512
+        } else if detected().avx2 {
+            Isa::Avx2
+        } else if detected().neon {
+            Isa::Neon
+        } else {
+            Isa::Scalar
+        };
+        assert_eq!(Isa::best(), want);
+        assert_eq!(Isa::available().first(), Some(&Isa::Scalar));
+        assert!(Isa::available().contains(&want));
+    }
+}
