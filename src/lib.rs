@@ -2,5 +2,6 @@
 
 pub mod info;
 pub mod kv_cache;
+pub mod model;
 pub mod sample;
 pub mod tokenizer;
