@@ -202,19 +202,31 @@ fn gemma3_270m_matches_llama_cpp() {
 
     // Greedy continuation, each side feeding back its own choice.
     let last = |logits: &[f32]| argmax(&logits[logits.len() - n_vocab..]) as u32;
-    let greedy = |first: u32, step: &mut dyn FnMut(u32, usize) -> Vec<f32>| -> Vec<u32> {
-        let mut tokens = vec![first];
+    // Returns the tokens and, for each token after the first, the logits it was picked from.
+    let greedy = |first: u32, step: &mut dyn FnMut(u32, usize) -> Vec<f32>| -> (Vec<u32>, Vec<Vec<f32>>) {
+        let (mut tokens, mut seen) = (vec![first], Vec::new());
         while tokens.len() < GREEDY {
-            let next = last(&step(tokens[tokens.len() - 1], n + tokens.len() - 1));
-            tokens.push(next);
+            let logits = step(tokens[tokens.len() - 1], n + tokens.len() - 1);
+            tokens.push(last(&logits));
+            seen.push(logits);
         }
-        tokens
+        (tokens, seen)
     };
-    let our_tokens = greedy(last(&our_logits), &mut |t, p| ours.forward(&[t], p, &mut cache));
-    let their_tokens = greedy(last(&their_logits), &mut |t, p| theirs.decode(&[t], p));
-    let no_fa_tokens = greedy(last(&no_fa_logits), &mut |t, p| no_fa.decode(&[t], p));
+    let (our_tokens, our_steps) = greedy(last(&our_logits), &mut |t, p| ours.forward(&[t], p, &mut cache));
+    let (their_tokens, their_steps) = greedy(last(&their_logits), &mut |t, p| theirs.decode(&[t], p));
+    let (no_fa_tokens, _) = greedy(last(&no_fa_logits), &mut |t, p| no_fa.decode(&[t], p));
     let diverge = |a: &[u32]| a.iter().zip(&their_tokens).position(|(a, b)| a != b);
     let first_divergence = diverge(&our_tokens);
+    // Where the choices first differ, both sides saw the same prefix: how close was the call?
+    if let Some(i) = first_divergence.filter(|&i| i > 0) {
+        let (a, b) = (our_tokens[i] as usize, their_tokens[i] as usize);
+        let margin = |logits: &[f32]| logits[b] - logits[a];
+        println!(
+            "greedy step {i}: llama.cpp prefers {b} over our {a} by {:.4} in its logits; ours prefers {a} by {:.4}",
+            margin(&their_steps[i - 1]),
+            -margin(&our_steps[i - 1])
+        );
+    }
     for (who, tokens) in [("ours", &our_tokens), ("llama.cpp", &their_tokens), ("llama.cpp, no FA", &no_fa_tokens)] {
         println!("greedy {who:>16}: {tokens:?} {:?}", tokenizer.decode_all(tokens, false));
     }
