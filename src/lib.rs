@@ -3,5 +3,6 @@
 pub mod info;
 pub mod kv_cache;
 pub mod model;
+pub mod run;
 pub mod sample;
 pub mod tokenizer;
