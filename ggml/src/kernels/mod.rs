@@ -115,13 +115,15 @@ macro_rules! pick {
     ($module:ident, $isa:expr) => {
         match $isa {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 if cpu::detected().avx2 => $module::dot_avx2,
+            $crate::kernels::Isa::Avx2 if $crate::kernels::cpu::detected().avx2 => $module::dot_avx2,
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 if cpu::detected().avx512 => $module::dot_avx512,
+            $crate::kernels::Isa::Avx512 if $crate::kernels::cpu::detected().avx512 => $module::dot_avx512,
             _ => $module::dot_scalar,
         }
     };
 }
+#[cfg(test)]
+pub(crate) use pick;
 
 /// The tile kernels of `$module` for `isa`, if it has them and this CPU runs them.
 macro_rules! pick_tile {

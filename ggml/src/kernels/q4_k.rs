@@ -163,7 +163,7 @@ mod x86 {
 mod tests {
     use super::*;
     use crate::kernels::testing::{assert_close, magnitude, random_blocks};
-    use crate::kernels::Isa;
+    use crate::kernels::{pick, DotFn, Isa};
     use crate::quants::kquants::{pack_scale_min_k4, scale_min_k4};
     use crate::types::QK_K;
     use crate::GgmlType;
@@ -190,15 +190,12 @@ mod tests {
             let (wb, ab) = (bytemuck::cast_slice(&w), bytemuck::cast_slice(&a));
             let mag = magnitude(GgmlType::Q4_K, wb, GgmlType::Q8_K, ab, n_blocks * QK_K);
             for isa in Isa::available() {
-                let got = match isa {
-                    #[cfg(target_arch = "x86_64")]
-                    // SAFETY: `available` only lists levels this CPU has.
-                    Isa::Avx2 => unsafe { dot_avx2(&w, &a) },
-                    #[cfg(target_arch = "x86_64")]
-                    // SAFETY: as above.
-                    Isa::Avx512 => unsafe { dot_avx512(&w, &a) },
-                    _ => continue,
-                };
+                if isa == Isa::Scalar {
+                    continue;
+                }
+                let dot: DotFn<_, _> = pick!(super, isa);
+                // SAFETY: `pick!` only hands out kernels this CPU supports.
+                let got = unsafe { dot(&w, &a) };
                 assert_close(got, want, n_blocks, mag, &format!("q4_k {isa:?} {n_blocks} blocks"));
             }
         }

@@ -82,19 +82,14 @@ mod x86 {
 mod tests {
     use super::*;
     use crate::kernels::testing::{assert_close, magnitude, random_blocks};
-    use crate::kernels::Isa;
+    use crate::kernels::{pick, DotFn, Isa};
     use crate::GgmlType;
 
+    /// The SIMD kernel for `isa` applied to `w · a`, or `None` for the scalar reference itself.
     fn simd(isa: Isa, w: &[BlockQ5_1], a: &[BlockQ8_1]) -> Option<f32> {
-        match isa {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: callers pass levels from `Isa::available`, which this CPU has.
-            Isa::Avx2 => Some(unsafe { dot_avx2(w, a) }),
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: as above.
-            Isa::Avx512 => Some(unsafe { dot_avx512(w, a) }),
-            _ => None,
-        }
+        let dot: DotFn<BlockQ5_1, BlockQ8_1> = pick!(super, isa);
+        // SAFETY: `pick!` only hands out kernels this CPU supports.
+        (isa != Isa::Scalar).then(|| unsafe { dot(w, a) })
     }
 
     #[test]
