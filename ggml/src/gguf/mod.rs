@@ -197,6 +197,15 @@ pub enum GgufError {
     Write(String),
 }
 
+/// `general.alignment` of `metadata` (a u32 power of two), or the default 32 when absent.
+pub(crate) fn alignment_of(metadata: &[(String, Value)]) -> Result<u64, GgufError> {
+    match metadata.iter().find(|(k, _)| k == "general.alignment") {
+        None => Ok(DEFAULT_ALIGNMENT),
+        Some((_, Value::U32(a))) if a.is_power_of_two() => Ok(*a as u64),
+        Some((_, v)) => Err(GgufError::BadAlignment(format!("{} {}", v.value_type(), v))),
+    }
+}
+
 impl GgufError {
     pub(crate) fn in_file(self, path: &Path) -> GgufError {
         GgufError::InFile { path: path.to_path_buf(), err: Box::new(self) }

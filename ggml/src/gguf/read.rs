@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use memmap2::Mmap;
 
 use super::value::{Array, Value, ValueType};
-use super::{GgufError, GgufHeader, TensorInfo, DEFAULT_ALIGNMENT, MAGIC, MAX_ARRAY_DEPTH, MAX_DIMS};
+use super::{alignment_of, GgufError, GgufHeader, TensorInfo, MAGIC, MAX_ARRAY_DEPTH, MAX_DIMS};
 use crate::types::GgmlType;
 
 /// An open GGUF file: the parsed header and the memory-mapped bytes behind it.
@@ -87,11 +87,7 @@ pub fn parse(bytes: &[u8]) -> Result<GgufHeader, GgufError> {
         metadata.push((key, value));
     }
 
-    let alignment = match metadata.iter().find(|(k, _)| k == "general.alignment") {
-        None => DEFAULT_ALIGNMENT,
-        Some((_, Value::U32(a))) if a.is_power_of_two() => *a as u64,
-        Some((_, v)) => return Err(GgufError::BadAlignment(format!("{} {}", v.value_type(), v))),
-    };
+    let alignment = alignment_of(&metadata)?;
 
     let mut tensors = Vec::with_capacity(n_tensors as usize);
     let mut names = HashSet::with_capacity(n_tensors as usize);

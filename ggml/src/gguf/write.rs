@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use tempfile::NamedTempFile;
 
 use super::value::{with_vec, Array, Value};
-use super::{GgufError, TensorInfo, DEFAULT_ALIGNMENT, MAGIC, MAX_DIMS};
+use super::{alignment_of, GgufError, TensorInfo, MAGIC, MAX_DIMS};
 
 pub struct GgufWriter {
     out: BufWriter<NamedTempFile>,
@@ -45,11 +45,7 @@ impl GgufWriter {
         if version != 2 && version != 3 {
             return Err(GgufError::Version(version));
         }
-        let alignment = match metadata.iter().find(|(k, _)| k == "general.alignment") {
-            None => DEFAULT_ALIGNMENT,
-            Some((_, Value::U32(a))) if a.is_power_of_two() => *a as u64,
-            Some((_, v)) => return Err(GgufError::BadAlignment(format!("{} {}", v.value_type(), v))),
-        };
+        let alignment = alignment_of(metadata)?;
         let mut pending: Vec<(String, u64, u64)> =
             tensors.iter().map(|t| (t.name.clone(), t.offset, t.n_bytes())).collect();
         pending.sort_by_key(|&(_, offset, _)| offset);
