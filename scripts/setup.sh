@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what the tests need, idempotently: Debian packages for building llama.cpp (the test
 # oracle), a Python venv with the `gguf` package (its gguf-dump is an oracle for `gemma info`),
-# and the real test models (scripts/fetch-test-models.sh).
+# the real test models (scripts/fetch-test-models.sh) and the tiny random Gemma 4 models
+# (scripts/tiny-gemma4.py, regenerated when their sha256 differs from the fixtures').
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 
@@ -17,11 +18,22 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 venv="$root/.venv"
-if [ ! -x "$venv/bin/gguf-dump" ]; then
-    echo "setup: creating $venv with gguf"
+# numpy is pinned too: the tiny models' weights come from its seeded random streams.
+if ! "$venv/bin/python" -c 'import gguf, numpy; assert numpy.__version__ == "2.4.6"' 2>/dev/null; then
+    echo "setup: creating $venv with gguf and numpy"
     python3 -m venv "$venv"
     "$venv/bin/pip" install --quiet --upgrade pip
-    "$venv/bin/pip" install --quiet "gguf==0.19.0"
+    "$venv/bin/pip" install --quiet "gguf==0.19.0" "numpy==2.4.6"
 fi
 
 PYTHON="$venv/bin/python" "$root/scripts/fetch-test-models.sh"
+
+for fixture in "$root"/tests/fixtures/tiny-gemma4-*.json; do
+    gguf="$root/models/$(basename "$fixture" .json).gguf"
+    want="$("$venv/bin/python" -c 'import json, sys; print(json.load(open(sys.argv[1]))["gguf_sha256"])' "$fixture")"
+    if [ ! -f "$gguf" ] || [ "$(sha256sum "$gguf" | cut -d' ' -f1)" != "$want" ]; then
+        echo "setup: writing the tiny Gemma 4 models"
+        "$venv/bin/python" "$root/scripts/tiny-gemma4.py" gguf "$root/models"
+        break
+    fi
+done

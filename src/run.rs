@@ -7,8 +7,7 @@ use ggml::gguf::GgufFile;
 use thiserror::Error;
 
 use crate::kv_cache::KvCacheError;
-use crate::model::gemma3::Gemma3;
-use crate::model::ModelError;
+use crate::model::{Logits, Model, ModelError};
 use crate::sample::{Sampler, SamplerConfig, SamplerError};
 use crate::tokenizer::{Tokenizer, TokenizerError};
 
@@ -22,8 +21,6 @@ pub enum RunError {
     Sampler(#[from] SamplerError),
     #[error("{0}")]
     KvCache(#[from] KvCacheError),
-    #[error("architecture {0:?}: generation is not supported yet (Gemma 3 only in this version)")]
-    Unsupported(String),
     #[error("the prompt is {prompt} tokens and {n_predict} more were asked for, but the context is {context}")]
     ContextTooSmall { prompt: usize, n_predict: usize, context: usize },
     #[error("the prompt is empty")]
@@ -52,10 +49,6 @@ pub struct RunStats {
 
 /// Generate from `gguf` and stream the completion's text to `out` as it is produced.
 pub fn run(gguf: GgufFile, options: &RunOptions, out: &mut dyn Write) -> Result<RunStats, RunError> {
-    let arch = gguf.header.architecture().unwrap_or("").to_string();
-    if arch != "gemma3" {
-        return Err(RunError::Unsupported(arch));
-    }
     let tokenizer = Tokenizer::from_gguf(&gguf.header)?;
     let prompt = tokenizer.encode(&options.prompt, true, options.parse_special);
     if prompt.is_empty() {
@@ -68,15 +61,14 @@ pub fn run(gguf: GgufFile, options: &RunOptions, out: &mut dyn Write) -> Result<
             context: options.context,
         });
     }
-    let mut model = Gemma3::load(gguf)?;
+    let mut model = Model::load(gguf)?;
     let mut cache = model.new_cache(options.context)?;
     let mut sampler = Sampler::new(options.sampling)?;
-    let n_vocab = model.hparams.n_vocab;
 
     let start = Instant::now();
     let mut logits = Vec::new();
     for (i, chunk) in prompt.chunks(options.batch.max(1)).enumerate() {
-        logits = model.forward(chunk, i * options.batch.max(1), &mut cache);
+        logits = model.forward(chunk, i * options.batch.max(1), &mut cache, Logits::Last);
     }
     for &t in &prompt {
         sampler.accept(t);
@@ -88,7 +80,7 @@ pub fn run(gguf: GgufFile, options: &RunOptions, out: &mut dyn Write) -> Result<
     let (mut produced, mut stopped_by_eog) = (0, false);
     let mut pos = prompt.len();
     while produced < options.n_predict {
-        let token = sampler.sample(&logits[logits.len() - n_vocab..]);
+        let token = sampler.sample(&logits);
         if tokenizer.is_eog(token) {
             stopped_by_eog = true;
             break;
@@ -100,7 +92,7 @@ pub fn run(gguf: GgufFile, options: &RunOptions, out: &mut dyn Write) -> Result<
         if produced == options.n_predict {
             break;
         }
-        logits = model.forward(&[token], pos, &mut cache);
+        logits = model.forward(&[token], pos, &mut cache, Logits::Last);
         pos += 1;
     }
     out.write_all(detok.finish().as_bytes()).and_then(|_| out.flush()).map_err(RunError::Output)?;

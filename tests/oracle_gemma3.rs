@@ -6,13 +6,14 @@
 //! Run with `cargo test --release --features oracle --test oracle_gemma3 -- --nocapture`.
 #![cfg(feature = "oracle")]
 
-use std::ffi::{c_char, c_void, CString};
 use std::path::PathBuf;
 
-use gemma::model::Gemma3;
+use gemma::model::{Gemma3, Logits};
 use gemma::tokenizer::Tokenizer;
 use ggml::gguf::GgufFile;
-use llama_cpp_sys_2 as sys;
+
+mod common;
+use common::llama::{argmax, Agreement, Llama};
 
 const MODEL: &str = "gemma-3-270m-q4_k_m.gguf";
 const PROMPT: &str = "The history of the printing press begins in the fifteenth century, when Johannes \
@@ -27,154 +28,12 @@ fn model_path() -> PathBuf {
     path
 }
 
-unsafe extern "C" fn quiet(_level: sys::ggml_log_level, _text: *const c_char, _user: *mut c_void) {}
-
-/// A model and context loaded by llama.cpp, CPU only, two threads.
-struct Llama {
-    model: *mut sys::llama_model,
-    ctx: *mut sys::llama_context,
-    n_vocab: usize,
-}
-
-impl Llama {
-    /// With `flash_attn` off llama.cpp rounds differently (f32 scores and V sums instead of
-    /// f16): the two settings against each other measure its own noise floor.
-    fn load(flash_attn: bool, context: usize) -> Llama {
-        let path = CString::new(model_path().to_str().unwrap()).unwrap();
-        // SAFETY: process-wide initialisation, default params are plain data, the path is a
-        // valid C string for the call, and the model outlives the context (freed in Drop).
-        unsafe {
-            sys::llama_log_set(Some(quiet), std::ptr::null_mut());
-            sys::llama_backend_init();
-            let mut params = sys::llama_model_default_params();
-            params.n_gpu_layers = 0;
-            let model = sys::llama_model_load_from_file(path.as_ptr(), params);
-            assert!(!model.is_null(), "llama.cpp could not load {MODEL}");
-            let mut cparams = sys::llama_context_default_params();
-            cparams.n_ctx = context as u32;
-            cparams.n_batch = context as u32;
-            cparams.n_ubatch = context as u32;
-            cparams.n_threads = 2;
-            cparams.n_threads_batch = 2;
-            cparams.flash_attn_type =
-                if flash_attn { sys::LLAMA_FLASH_ATTN_TYPE_ENABLED } else { sys::LLAMA_FLASH_ATTN_TYPE_DISABLED };
-            let ctx = sys::llama_init_from_model(model, cparams);
-            assert!(!ctx.is_null(), "llama.cpp could not create a context");
-            let n_vocab = sys::llama_vocab_n_tokens(sys::llama_model_get_vocab(model)) as usize;
-            Llama { model, ctx, n_vocab }
-        }
-    }
-
-    /// Decodes `tokens` at positions `pos ..` and returns the logits of every one of them:
-    /// `[n_tokens][n_vocab]`.
-    fn decode(&mut self, tokens: &[u32], pos: usize) -> Vec<f32> {
-        let n = tokens.len();
-        let mut logits = Vec::with_capacity(n * self.n_vocab);
-        // SAFETY: the batch is allocated for `n` tokens of one sequence and filled within
-        // those bounds; each logits row llama.cpp returns holds n_vocab floats.
-        unsafe {
-            let batch = sys::llama_batch_init(n as i32, 0, 1);
-            for (i, &t) in tokens.iter().enumerate() {
-                *batch.token.add(i) = t as i32;
-                *batch.pos.add(i) = (pos + i) as i32;
-                *batch.n_seq_id.add(i) = 1;
-                *(*batch.seq_id.add(i)) = 0;
-                *batch.logits.add(i) = 1;
-            }
-            let mut batch = batch;
-            batch.n_tokens = n as i32;
-            assert_eq!(sys::llama_decode(self.ctx, batch), 0, "llama_decode failed");
-            for i in 0..n {
-                let row = sys::llama_get_logits_ith(self.ctx, i as i32);
-                assert!(!row.is_null(), "no logits for token {i}");
-                logits.extend_from_slice(std::slice::from_raw_parts(row, self.n_vocab));
-            }
-            sys::llama_batch_free(batch);
-        }
-        logits
-    }
-}
-
-impl Drop for Llama {
-    fn drop(&mut self) {
-        // SAFETY: both were created in `load` and are freed once, the context first.
-        unsafe {
-            sys::llama_free(self.ctx);
-            sys::llama_model_free(self.model);
-        }
-    }
-}
-
-fn argmax(x: &[f32]) -> usize {
-    (0..x.len()).fold(0, |best, i| if x[i] > x[best] { i } else { best })
-}
-
-/// The softmax of a logit row, in f64.
-fn softmax(x: &[f32]) -> Vec<f64> {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let e: Vec<f64> = x.iter().map(|&v| (v as f64 - max).exp()).collect();
-    let sum: f64 = e.iter().sum();
-    e.into_iter().map(|v| v / sum).collect()
-}
-
-/// KL(p || q).
-fn kl(p: &[f64], q: &[f64]) -> f64 {
-    p.iter().zip(q).filter(|(&p, _)| p > 0.0).map(|(&p, &q)| p * (p / q.max(1e-300)).ln()).sum()
-}
-
-/// How close two `[n_tokens][n_vocab]` logit arrays are.
-struct Agreement {
-    n: usize,
-    /// Positions whose argmax is the same.
-    top1: usize,
-    max_abs: f32,
-    /// Largest probability difference.
-    max_prob: f64,
-    /// KL(b || a) of the softmaxes, averaged over positions, and its largest.
-    mean_kl: f64,
-    max_kl: f64,
-    /// The positions whose argmax differs.
-    differ: Vec<usize>,
-}
-
-impl Agreement {
-    fn of(a: &[f32], b: &[f32], n_vocab: usize) -> Agreement {
-        let mut m = Agreement { n: 0, top1: 0, max_abs: 0.0, max_prob: 0.0, mean_kl: 0.0, max_kl: 0.0, differ: vec![] };
-        for (t, (a, b)) in a.chunks_exact(n_vocab).zip(b.chunks_exact(n_vocab)).enumerate() {
-            m.n += 1;
-            if argmax(a) == argmax(b) {
-                m.top1 += 1;
-            } else {
-                m.differ.push(t);
-            }
-            m.max_abs = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(m.max_abs, f32::max);
-            let (p, q) = (softmax(b), softmax(a));
-            m.max_prob = p.iter().zip(&q).map(|(x, y)| (x - y).abs()).fold(m.max_prob, f64::max);
-            let d = kl(&p, &q);
-            m.mean_kl += d;
-            m.max_kl = m.max_kl.max(d);
-        }
-        m.mean_kl /= m.n as f64;
-        m
-    }
-}
-
-impl std::fmt::Display for Agreement {
-    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        write!(
-            f,
-            "top-1 {}/{} (differ at {:?}), max |logit diff| {:.4}, max |prob diff| {:.2e}, KL mean {:.2e} max {:.2e}",
-            self.top1, self.n, self.differ, self.max_abs, self.max_prob, self.mean_kl, self.max_kl
-        )
-    }
-}
-
 #[test]
 fn gemma3_270m_matches_llama_cpp() {
     let gguf = GgufFile::open(model_path()).unwrap();
     let tokenizer = Tokenizer::from_gguf(&gguf.header).unwrap();
     let mut ours = Gemma3::load(gguf).unwrap();
-    let mut theirs = Llama::load(true, CONTEXT);
+    let mut theirs = Llama::load(&model_path(), true, CONTEXT);
     let n_vocab = ours.hparams.n_vocab;
     assert_eq!(n_vocab, theirs.n_vocab);
 
@@ -185,7 +44,7 @@ fn gemma3_270m_matches_llama_cpp() {
     // Prompt: every position's logits.
     let mut cache = ours.new_cache(CONTEXT).unwrap();
     let started = std::time::Instant::now();
-    let our_logits = ours.forward(&prompt, 0, &mut cache);
+    let our_logits = ours.forward(&prompt, 0, &mut cache, Logits::All);
     let ours_s = started.elapsed().as_secs_f64();
     let started = std::time::Instant::now();
     let their_logits = theirs.decode(&prompt, 0);
@@ -195,7 +54,7 @@ fn gemma3_270m_matches_llama_cpp() {
     let n = prompt.len();
     let vs_llama = Agreement::of(&our_logits, &their_logits, n_vocab);
     println!("ours vs llama.cpp (flash attention):      {vs_llama}");
-    let mut no_fa = Llama::load(false, CONTEXT);
+    let mut no_fa = Llama::load(&model_path(), false, CONTEXT);
     let no_fa_logits = no_fa.decode(&prompt, 0);
     let floor = Agreement::of(&no_fa_logits, &their_logits, n_vocab);
     println!("llama.cpp without vs with flash attention: {floor}");
@@ -212,7 +71,7 @@ fn gemma3_270m_matches_llama_cpp() {
         }
         (tokens, seen)
     };
-    let (our_tokens, our_steps) = greedy(last(&our_logits), &mut |t, p| ours.forward(&[t], p, &mut cache));
+    let (our_tokens, our_steps) = greedy(last(&our_logits), &mut |t, p| ours.forward(&[t], p, &mut cache, Logits::All));
     let (their_tokens, their_steps) = greedy(last(&their_logits), &mut |t, p| theirs.decode(&[t], p));
     let (no_fa_tokens, _) = greedy(last(&no_fa_logits), &mut |t, p| no_fa.decode(&[t], p));
     let diverge = |a: &[u32]| a.iter().zip(&their_tokens).position(|(a, b)| a != b);
@@ -298,10 +157,10 @@ fn a_prompt_past_the_sliding_window_matches_llama_cpp() {
     let mut cache = ours.new_cache(n).unwrap();
     let mut our_logits = Vec::with_capacity(n * n_vocab);
     for (i, batch) in prompt.chunks(200).enumerate() {
-        our_logits.extend(ours.forward(batch, i * 200, &mut cache));
+        our_logits.extend(ours.forward(batch, i * 200, &mut cache, Logits::All));
     }
-    let their_logits = Llama::load(true, n).decode(&prompt, 0);
-    let floor_logits = Llama::load(false, n).decode(&prompt, 0);
+    let their_logits = Llama::load(&model_path(), true, n).decode(&prompt, 0);
+    let floor_logits = Llama::load(&model_path(), false, n).decode(&prompt, 0);
 
     let all = Agreement::of(&our_logits, &their_logits, n_vocab);
     let floor = Agreement::of(&floor_logits, &their_logits, n_vocab);

@@ -28,7 +28,7 @@ use ggml::ops::gelu::gelu_mul;
 use ggml::ops::norm::{rms_norm_heads, rms_norm_inplace};
 use ggml::ops::rope::{rope_neox_cached, RopeCache};
 
-use super::{find_vector, Input, Matrix, Metadata, ModelError};
+use super::{find_vector, Input, Logits, Matrix, Metadata, ModelError};
 use crate::kv_cache::{KvCache, KvCacheError, LayerSpec};
 
 const ARCH: &str = "gemma3";
@@ -220,9 +220,9 @@ impl Gemma3 {
     }
 
     /// Runs `tokens` at positions `pos ..`, appending their keys and values to `cache` (which
-    /// must hold exactly `pos` positions), and returns the logits of every one of them:
-    /// `[n_tokens][n_vocab]`.
-    pub fn forward(&mut self, tokens: &[u32], pos: usize, cache: &mut KvCache) -> Vec<f32> {
+    /// must hold exactly `pos` positions), and returns the logits `[n_rows][n_vocab]` of every
+    /// token or of the last one.
+    pub fn forward(&mut self, tokens: &[u32], pos: usize, cache: &mut KvCache, which: Logits) -> Vec<f32> {
         let hp = &self.hparams;
         let (n_tokens, n_embd) = (tokens.len(), hp.n_embd);
         let file = self.gguf.bytes();
@@ -284,8 +284,11 @@ impl Gemma3 {
             add(&mut x, &out);
         }
 
+        if which == Logits::Last {
+            x.drain(..(n_tokens - 1) * n_embd);
+        }
         norm_rows_inplace(&mut x, n_embd, &self.output_norm, hp.rms_eps);
-        // logits: [n_tokens][n_vocab]
+        // logits: [n_rows][n_vocab]
         let mut logits = Input::new(&x, n_embd).project(self.isa, file, &self.output);
         if let Some(c) = hp.final_logit_softcap {
             ggml::ops::elementwise::softcap(&mut logits, c);
@@ -407,11 +410,11 @@ mod tests {
         let mut model = Gemma3::load(tiny_gguf(dir.path(), "tiny.gguf", &[])).unwrap();
         let tokens = [2u32, 5, 1, 7, 3, 3, 6];
         let mut cache = model.new_cache(16).unwrap();
-        let batched = model.forward(&tokens, 0, &mut cache);
+        let batched = model.forward(&tokens, 0, &mut cache, Logits::All);
         let mut cache = model.new_cache(16).unwrap();
         let mut stepped = Vec::new();
         for (p, &t) in tokens.iter().enumerate() {
-            stepped.extend(model.forward(&[t], p, &mut cache));
+            stepped.extend(model.forward(&[t], p, &mut cache, Logits::All));
         }
         assert_eq!(batched.len(), tokens.len() * 8);
         for (i, (a, b)) in batched.iter().zip(&stepped).enumerate() {

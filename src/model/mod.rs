@@ -1,4 +1,5 @@
-//! Model forward passes over the weights of a memory-mapped GGUF file: [`gemma3`] for now.
+//! Model forward passes over the weights of a memory-mapped GGUF file: [`gemma4`] (26B-A4B
+//! and the dense 31B) and [`gemma3`], behind one [`Model`] chosen by `general.architecture`.
 //!
 //! What every architecture shares lives here: reading hyperparameters (an error names the
 //! missing key), finding tensors and checking their shapes (an error names the tensor), and
@@ -7,14 +8,19 @@
 //! the same input that shares it).
 
 pub mod gemma3;
+pub mod gemma4;
 
 pub use gemma3::Gemma3;
+pub use gemma4::Gemma4;
 
-use ggml::gguf::{GgufHeader, MetadataError};
+use ggml::gguf::{GgufFile, GgufHeader, MetadataError, Value};
 use ggml::kernels::matmul::{matmul, QuantizedActs};
+use ggml::kernels::moe::Experts;
 use ggml::kernels::{dot_type, Isa};
 use ggml::quants::{dequantize_row, QuantError};
 use ggml::GgmlType;
+
+use crate::kv_cache::{KvCache, KvCacheError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -28,6 +34,69 @@ pub enum ModelError {
     Shape { name: String, expected: Vec<u64>, found: Vec<u64> },
     #[error("tensor {name}: {source}")]
     Quant { name: String, source: QuantError },
+    #[error("metadata {key}: {problem}")]
+    BadMetadata { key: String, problem: String },
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// Which positions of a batch need logits: every one (scoring, tests) or only the last (the
+/// one generation samples from; skips the output head for the rest of a prompt).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    All,
+    Last,
+}
+
+/// A loaded model of any supported architecture.
+pub enum Model {
+    Gemma3(Gemma3),
+    Gemma4(Gemma4),
+}
+
+impl Model {
+    /// The model `general.architecture` names; other architectures are an error that names them.
+    pub fn load(gguf: GgufFile) -> Result<Model, ModelError> {
+        match gguf.header.get_str("general.architecture")? {
+            "gemma3" => Ok(Model::Gemma3(Gemma3::load(gguf)?)),
+            "gemma4" => Ok(Model::Gemma4(Gemma4::load(gguf)?)),
+            other => {
+                Err(ModelError::Unsupported(format!("architecture {other:?} is not supported (gemma4 and gemma3 are)")))
+            }
+        }
+    }
+
+    pub fn n_vocab(&self) -> usize {
+        match self {
+            Model::Gemma3(m) => m.hparams.n_vocab,
+            Model::Gemma4(m) => m.hparams.n_vocab,
+        }
+    }
+
+    /// The context length the model was trained for.
+    pub fn context_length(&self) -> usize {
+        match self {
+            Model::Gemma3(m) => m.hparams.context_length,
+            Model::Gemma4(m) => m.hparams.context_length,
+        }
+    }
+
+    /// An empty cache for up to `context` positions.
+    pub fn new_cache(&self, context: usize) -> Result<KvCache, KvCacheError> {
+        match self {
+            Model::Gemma3(m) => m.new_cache(context),
+            Model::Gemma4(m) => m.new_cache(context),
+        }
+    }
+
+    /// Runs `tokens` at positions `pos ..` (the cache holds exactly `pos` positions) and
+    /// returns `[n_rows][n_vocab]` logits, `n_rows` as `which` says.
+    pub fn forward(&mut self, tokens: &[u32], pos: usize, cache: &mut KvCache, which: Logits) -> Vec<f32> {
+        match self {
+            Model::Gemma3(m) => m.forward(tokens, pos, cache, which),
+            Model::Gemma4(m) => m.forward(tokens, pos, cache, which),
+        }
+    }
 }
 
 /// The `{arch}.*` keys of a GGUF header.
@@ -43,6 +112,29 @@ impl Metadata<'_> {
 
     pub fn usize(&self, key: &str) -> Result<usize, MetadataError> {
         Ok(self.header.get_u64(&self.key(key))? as usize)
+    }
+
+    /// A number given once for every layer, or an array of one per layer (`[n_layer]`).
+    pub fn per_layer(&self, key: &str, n_layer: usize) -> Result<Vec<usize>, ModelError> {
+        let full = self.key(key);
+        match self.header.require(&full)? {
+            Value::Array(a) => {
+                if a.len() != n_layer {
+                    let problem = format!("{} entries for {n_layer} layers", a.len());
+                    return Err(ModelError::BadMetadata { key: full, problem });
+                }
+                (0..n_layer)
+                    .map(|il| match a.get_i64(il) {
+                        Some(v) if v >= 0 => Ok(v as usize),
+                        _ => Err(ModelError::BadMetadata {
+                            key: full.clone(),
+                            problem: format!("entry {il} is not a count"),
+                        }),
+                    })
+                    .collect()
+            }
+            _ => Ok(vec![self.usize(key)?; n_layer]),
+        }
     }
 
     pub fn f32(&self, key: &str) -> Result<f32, MetadataError> {
@@ -88,6 +180,42 @@ impl Matrix {
         let row_bytes = self.bytes.len() / self.n_out;
         let start = self.bytes.start + r * row_bytes;
         dequantize_row(self.ty, &file[start..start + row_bytes], out).expect("row length checked at load");
+    }
+}
+
+/// A stack of expert matrices in the mapped file: ggml dims `{n_in, rows, n_expert}`.
+#[derive(Clone, Debug)]
+pub struct ExpertStack {
+    pub ty: GgmlType,
+    pub n_in: usize,
+    pub rows: usize,
+    pub n_expert: usize,
+    bytes: std::ops::Range<usize>,
+}
+
+impl ExpertStack {
+    pub(crate) fn find(
+        header: &GgufHeader,
+        name: &str,
+        n_in: usize,
+        rows: usize,
+        n_expert: usize,
+    ) -> Result<ExpertStack, ModelError> {
+        let t = find_tensor(header, name, &[n_in as u64, rows as u64, n_expert as u64])?;
+        let quant = |source| ModelError::Quant { name: name.to_string(), source };
+        let dot = dot_type(t.ty).ok_or_else(|| quant(QuantError::Unsupported(t.ty)))?;
+        for ty in [t.ty, dot] {
+            if ty.row_bytes(n_in as u64).is_none() {
+                return Err(quant(QuantError::PartialBlock { ty, n: n_in, block: ty.block_size() }));
+            }
+        }
+        let start = (header.data_offset + t.offset) as usize;
+        Ok(ExpertStack { ty: t.ty, n_in, rows, n_expert, bytes: start..start + t.n_bytes() as usize })
+    }
+
+    /// The kernel's view of the stack in `file`.
+    pub fn view<'a>(&self, file: &'a [u8]) -> Experts<'a> {
+        Experts { ty: self.ty, data: &file[self.bytes.clone()], n_expert: self.n_expert, rows: self.rows, n: self.n_in }
     }
 }
 
