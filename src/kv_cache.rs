@@ -1,7 +1,13 @@
-//! The KV cache: per layer, the f16 keys and values of the positions attention can still see,
+//! The KV cache: per layer, the keys and values of the positions attention can still see,
 //! laid out as [`ggml::attention::attention`] reads them (`[n_kv_head][capacity][head_dim]`, the
 //! token position of each used slot beside them; the kernel masks by position, so slots may be
 //! in any order).
+//!
+//! K and V are f16 by default, as llama.cpp keeps them; [`KvType::F32`] (`--kv-type f32`) keeps
+//! them in f32 instead, at twice the memory and twice the bytes read per decode step, for runs
+//! that must match a float32 reference closely (there the f16 rounding of K and V is the
+//! largest error). The element type is chosen once, at [`KvCache::with_type`]; the ring,
+//! growth and rewinding below are the same code for both.
 //!
 //! Global (full-attention) layers keep every position of the context. Sliding layers keep a
 //! ring: once full, each new token overwrites the slot of the oldest position.
@@ -25,11 +31,12 @@
 //!   kernel wants each head's rows contiguous, so growing re-lays every head, and chunked growth
 //!   would copy `O(n²)` in total; doubling copies less than the final size in total. Growing
 //!   is in place: `resize`, then each head's rows move to their new stride, last head first.
-//! - [`KvCache::bytes`] is what the cache holds at full context for one-token decode: f16 K
-//!   and V for `min(context, window)` positions on each layer that has a cache of its own, the
-//!   number GEMMA4.md 1.1 gives and `gemma info` prints. [`KvCache::allocated_bytes`] is what
-//!   is allocated now: less before the context fills, plus `B - 1` slots per sliding layer
-//!   after a batch of `B` (for 26B-A4B and `B = 512`: 25 · 511 · 4,096 · 2 bytes, 100 MiB).
+//! - [`KvCache::bytes`] is what the cache holds at full context for one-token decode: K and V
+//!   for `min(context, window)` positions on each layer that has a cache of its own, the number
+//!   GEMMA4.md 1.1 gives (in f16) and `gemma info` prints; twice that in f32.
+//!   [`KvCache::allocated_bytes`] is what is allocated now: less before the context fills, plus
+//!   `B - 1` slots per sliding layer after a batch of `B` (for 26B-A4B, f16 and `B = 512`:
+//!   25 · 511 · 4,096 · 2 bytes, 100 MiB).
 //!
 //! ## Rewinding
 //!
@@ -38,15 +45,76 @@
 //! token will see (`B` positions past a full ring of `W - 1 + B`). Past that the whole cache is
 //! cleared and `truncate` says so by returning 0: the caller re-runs the prompt.
 
+use std::fmt;
 use std::mem::size_of;
+use std::str::FromStr;
 
-use ggml::attention::KvSlots;
-use ggml::quants::float::f32_to_f16;
+use ggml::attention::{KvElem, KvSlots};
 use half::f16;
 
 /// Slots a layer allocates at its first update (unless the context is shorter): 1 MiB of f16
 /// K and V on a Gemma 4 global layer (2 KV heads × 512), 2 MiB on a 26B-A4B sliding one.
 pub const MIN_SLOTS: usize = 256;
+
+/// `$body` with `$rows` bound to the [`Rows`] inside `$data` (a `Data`, `&Data` or
+/// `&mut Data`), whichever their element type: one generic body, matched once per call.
+macro_rules! with_rows {
+    ($data:expr, $rows:ident => $body:expr) => {
+        match $data {
+            Data::F16($rows) => $body,
+            Data::F32($rows) => $body,
+        }
+    };
+}
+
+/// The element type of the cached keys and values (`--kv-type`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum KvType {
+    /// Half precision, as llama.cpp's default cache: 2 bytes an element.
+    #[default]
+    F16,
+    /// Single precision: 4 bytes an element, no rounding of K and V.
+    F32,
+}
+
+impl KvType {
+    /// Bytes per cached element.
+    pub fn bytes(self) -> usize {
+        match self {
+            KvType::F16 => size_of::<f16>(),
+            KvType::F32 => size_of::<f32>(),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            KvType::F16 => "f16",
+            KvType::F32 => "f32",
+        }
+    }
+}
+
+impl fmt::Display for KvType {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("unknown KV cache type {0:?}: expected f16 or f32")]
+pub struct ParseKvTypeError(String);
+
+impl FromStr for KvType {
+    type Err = ParseKvTypeError;
+
+    fn from_str(s: &str) -> Result<KvType, ParseKvTypeError> {
+        match s {
+            "f16" => Ok(KvType::F16),
+            "f32" => Ok(KvType::F32),
+            _ => Err(ParseKvTypeError(s.to_string())),
+        }
+    }
+}
 
 /// The attention shape of one layer, as far as its cache cares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,6 +144,7 @@ pub enum KvCacheError {
 #[derive(Debug)]
 pub struct KvCache {
     layers: Vec<Layer>,
+    kv_type: KvType,
 }
 
 #[derive(Debug)]
@@ -86,9 +155,14 @@ enum Layer {
 }
 
 impl KvCache {
-    /// One cache per layer for up to `context` positions; a layer that shares another's cache
-    /// must name an earlier layer with a cache of its own and the same shape and window.
+    /// One f16 cache per layer for up to `context` positions; a layer that shares another's
+    /// cache must name an earlier layer with a cache of its own and the same shape and window.
     pub fn new(specs: &[LayerSpec], context: usize) -> Result<KvCache, KvCacheError> {
+        KvCache::with_type(specs, context, KvType::F16)
+    }
+
+    /// [`new`](Self::new) with K and V of type `kv_type`.
+    pub fn with_type(specs: &[LayerSpec], context: usize, kv_type: KvType) -> Result<KvCache, KvCacheError> {
         if context == 0 {
             return Err(KvCacheError::ZeroContext);
         }
@@ -101,7 +175,13 @@ impl KvCache {
                 return Err(KvCacheError::BadShape { layer, problem: "a window of 0 sees nothing" });
             }
             let Some(owner) = spec.shares_cache_of else {
-                layers.push(Layer::Own(LayerCache::new(spec.n_kv_head, spec.head_dim, spec.window, context)));
+                layers.push(Layer::Own(LayerCache::with_type(
+                    spec.n_kv_head,
+                    spec.head_dim,
+                    spec.window,
+                    context,
+                    kv_type,
+                )));
                 continue;
             };
             let bad = |problem| Err(KvCacheError::BadSharing { layer, owner, problem });
@@ -116,11 +196,16 @@ impl KvCache {
             }
             layers.push(Layer::SharesCacheOf(owner));
         }
-        Ok(KvCache { layers })
+        Ok(KvCache { layers, kv_type })
     }
 
     pub fn n_layers(&self) -> usize {
         self.layers.len()
+    }
+
+    /// The element type of every layer's K and V.
+    pub fn kv_type(&self) -> KvType {
+        self.kv_type
     }
 
     /// The cache layer `layer` attends over: its own, or the one it shares.
@@ -176,7 +261,7 @@ impl KvCache {
         }
     }
 
-    /// f16 K and V at full context, one-token decode (see the module docs).
+    /// K and V at full context, one-token decode (see the module docs).
     pub fn bytes(&self) -> usize {
         self.own().map(LayerCache::bytes).sum()
     }
@@ -195,12 +280,10 @@ pub struct LayerCache {
     head_dim: usize,
     window: Option<usize>,
     context: usize,
-    /// Slots per head: `k.len() == v.len() == n_kv_head · capacity · head_dim`.
+    /// Slots per head: K and V each hold `n_kv_head · capacity · head_dim` elements.
     capacity: usize,
-    /// `[n_kv_head][capacity][head_dim]`.
-    k: Vec<f16>,
-    /// `[n_kv_head][capacity][head_dim]`.
-    v: Vec<f16>,
+    /// K and V, `[n_kv_head][capacity][head_dim]` each, in the cache's element type.
+    data: Data,
     /// The position held by each used slot; slots `0..pos.len()` are used.
     pos: Vec<usize>,
     /// When every slot is used, the slot of the oldest position: the next one overwritten.
@@ -211,17 +294,31 @@ pub struct LayerCache {
 }
 
 impl LayerCache {
-    /// An empty cache (nothing allocated) for up to `context` positions.
+    /// An empty f16 cache (nothing allocated) for up to `context` positions.
     pub fn new(n_kv_head: usize, head_dim: usize, window: Option<usize>, context: usize) -> LayerCache {
+        LayerCache::with_type(n_kv_head, head_dim, window, context, KvType::F16)
+    }
+
+    /// [`new`](Self::new) with K and V of type `kv_type`.
+    pub fn with_type(
+        n_kv_head: usize,
+        head_dim: usize,
+        window: Option<usize>,
+        context: usize,
+        kv_type: KvType,
+    ) -> LayerCache {
         assert!(n_kv_head > 0 && head_dim > 0 && window != Some(0) && context > 0, "empty cache shape");
+        let data = match kv_type {
+            KvType::F16 => Data::F16(Rows::default()),
+            KvType::F32 => Data::F32(Rows::default()),
+        };
         LayerCache {
             n_kv_head,
             head_dim,
             window,
             context,
             capacity: 0,
-            k: Vec::new(),
-            v: Vec::new(),
+            data,
             pos: Vec::new(),
             oldest: 0,
             n_positions: 0,
@@ -230,7 +327,8 @@ impl LayerCache {
 
     /// Appends the keys and values of `n_tokens` consecutive tokens at positions
     /// `pos .. pos + n_tokens` (one token for decode, a batch for prefill), `k` and `v`
-    /// `[n_tokens][n_kv_head][head_dim]` f32, stored as f16 rounded as ggml rounds. Call it
+    /// `[n_tokens][n_kv_head][head_dim]` f32, stored as they are in an f32 cache and rounded as
+    /// ggml rounds in an f16 one. Call it
     /// before attention: afterwards the cache holds every key each of these tokens sees.
     ///
     /// Panics unless `pos` is [`n_positions`](Self::n_positions) (positions are token
@@ -262,19 +360,23 @@ impl LayerCache {
                 self.oldest = (slot + 1) % self.capacity;
                 slot
             };
-            for h in 0..self.n_kv_head {
-                let (src, dst) =
-                    (h * d..(h + 1) * d, (h * self.capacity + slot) * d..(h * self.capacity + slot + 1) * d);
-                store_f16(&mut self.k[dst.clone()], &k[src.clone()]);
-                store_f16(&mut self.v[dst], &v[src]);
-            }
+            let capacity = self.capacity;
+            with_rows!(&mut self.data, rows => rows.store(capacity, d, slot, k, v));
         }
         self.n_positions += n_tokens;
     }
 
     /// The cache as the attention kernel takes it.
     pub fn slots(&self) -> KvSlots<'_> {
-        KvSlots { k: &self.k, v: &self.v, pos: &self.pos }
+        with_rows!(&self.data, rows => KvSlots::new(&rows.k, &rows.v, &self.pos))
+    }
+
+    /// The element type of K and V.
+    pub fn kv_type(&self) -> KvType {
+        match self.data {
+            Data::F16(_) => KvType::F16,
+            Data::F32(_) => KvType::F32,
+        }
     }
 
     /// Positions appended so far: the next token's position.
@@ -326,15 +428,15 @@ impl LayerCache {
         self.n_positions = 0;
     }
 
-    /// f16 K and V for `min(context, window)` positions: the full-context decode footprint.
+    /// K and V for `min(context, window)` positions: the full-context decode footprint.
     pub fn bytes(&self) -> usize {
         let positions = self.window.map_or(self.context, |w| w.min(self.context));
-        positions * self.n_kv_head * self.head_dim * 2 * size_of::<f16>()
+        positions * self.n_kv_head * self.head_dim * 2 * self.kv_type().bytes()
     }
 
     /// K, V and positions as allocated now.
     pub fn allocated_bytes(&self) -> usize {
-        (self.k.capacity() + self.v.capacity()) * size_of::<f16>() + self.pos.capacity() * size_of::<usize>()
+        with_rows!(&self.data, rows => rows.allocated_bytes()) + self.pos.capacity() * size_of::<usize>()
     }
 
     /// The oldest position a query at `pos` sees.
@@ -353,17 +455,8 @@ impl LayerCache {
         let most = self.window.map_or(self.context, |w| (w - 1 + n_tokens).min(self.context));
         let capacity = needed.max(2 * self.capacity).max(MIN_SLOTS).min(most);
         self.linearize();
-        let (old, used, d, len) =
-            (self.capacity, self.pos.len(), self.head_dim, self.n_kv_head * capacity * self.head_dim);
-        for x in [&mut self.k, &mut self.v] {
-            x.reserve_exact(len - x.len());
-            x.resize(len, f16::ZERO);
-            // Head `h` moves from `h · old · d` to `h · capacity · d`: up, so moving the last
-            // head first never overwrites rows not yet moved.
-            for h in (1..self.n_kv_head).rev() {
-                x.copy_within(h * old * d..(h * old + used) * d, h * capacity * d);
-            }
-        }
+        let (n_kv_head, old, used, d) = (self.n_kv_head, self.capacity, self.pos.len(), self.head_dim);
+        with_rows!(&mut self.data, rows => rows.grow(n_kv_head, d, old, used, capacity));
         self.pos.reserve_exact(capacity - used);
         self.capacity = capacity;
     }
@@ -373,26 +466,70 @@ impl LayerCache {
         if self.oldest == 0 {
             return;
         }
-        let (rows, shift) = (self.capacity * self.head_dim, self.oldest * self.head_dim);
-        for x in [&mut self.k, &mut self.v] {
-            x.chunks_exact_mut(rows).for_each(|head| head.rotate_left(shift));
-        }
+        let (head_len, shift) = (self.capacity * self.head_dim, self.oldest * self.head_dim);
+        with_rows!(&mut self.data, rows => rows.rotate_heads(head_len, shift));
         self.pos.rotate_left(self.oldest);
         self.oldest = 0;
     }
 }
 
-/// `dst = f16(src)` with ggml's rounding (nearest even; NaN to the canonical quiet NaN).
-fn store_f16(dst: &mut [f16], src: &[f32]) {
-    for (dst, &src) in dst.iter_mut().zip(src) {
-        *dst = f32_to_f16(src);
+/// A layer's K and V in one element type: `[n_kv_head][capacity][head_dim]` each. The
+/// [`LayerCache`] keeps the shape and the slot bookkeeping; these are its moves on the rows.
+#[derive(Clone, Debug, Default)]
+struct Rows<T> {
+    k: Vec<T>,
+    v: Vec<T>,
+}
+
+impl<T: KvElem> Rows<T> {
+    /// Writes one token's K and V (`[n_kv_head][d]` f32 each) to slot `slot` of every head.
+    fn store(&mut self, capacity: usize, d: usize, slot: usize, k: &[f32], v: &[f32]) {
+        for (h, (k, v)) in k.chunks_exact(d).zip(v.chunks_exact(d)).enumerate() {
+            let dst = (h * capacity + slot) * d..(h * capacity + slot + 1) * d;
+            T::store_row(k, &mut self.k[dst.clone()]);
+            T::store_row(v, &mut self.v[dst]);
+        }
     }
+
+    /// Re-lays `[n_kv_head][old][d]`, of which each head's first `used` slots are in use, as
+    /// `[n_kv_head][capacity][d]`, in place.
+    fn grow(&mut self, n_kv_head: usize, d: usize, old: usize, used: usize, capacity: usize) {
+        let len = n_kv_head * capacity * d;
+        for x in [&mut self.k, &mut self.v] {
+            x.reserve_exact(len - x.len());
+            x.resize(len, T::ZERO);
+            // Head `h` moves from `h · old · d` to `h · capacity · d`: up, so moving the last
+            // head first never overwrites rows not yet moved.
+            for h in (1..n_kv_head).rev() {
+                x.copy_within(h * old * d..(h * old + used) * d, h * capacity * d);
+            }
+        }
+    }
+
+    /// Rotates each head's `head_len` elements left by `shift`.
+    fn rotate_heads(&mut self, head_len: usize, shift: usize) {
+        for x in [&mut self.k, &mut self.v] {
+            x.chunks_exact_mut(head_len).for_each(|head| head.rotate_left(shift));
+        }
+    }
+
+    fn allocated_bytes(&self) -> usize {
+        (self.k.capacity() + self.v.capacity()) * size_of::<T>()
+    }
+}
+
+/// [`Rows`] of the element type a cache was made with.
+#[derive(Clone, Debug)]
+enum Data {
+    F16(Rows<f16>),
+    F32(Rows<f32>),
 }
 
 #[cfg(test)]
 mod tests {
     use ggml::attention::{attention, attention_reference, AttnShape};
     use ggml::kernels::Isa;
+    use ggml::quants::float::f32_to_f16;
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
 
@@ -429,51 +566,75 @@ mod tests {
         }
     }
 
+    /// `x` as a cache of type `kv_type` holds it, widened back to f32 (exact): rounded as ggml
+    /// rounds to f16, or unchanged. Written apart from the cache's own store, as the oracle.
+    fn as_stored(x: &[f32], kv_type: KvType) -> Vec<f32> {
+        match kv_type {
+            KvType::F16 => x.iter().map(|&x| f32_to_f16(x).to_f32()).collect(),
+            KvType::F32 => x.to_vec(),
+        }
+    }
+
     /// A plain list of positions `range` in order, in the kernel's layout: what the cache must
     /// be equivalent to.
     struct Plain {
-        k: Vec<f16>,
-        v: Vec<f16>,
+        data: Data,
         pos: Vec<usize>,
     }
 
     impl Plain {
-        fn new(tokens: &Tokens, n_kv_head: usize, range: std::ops::Range<usize>) -> Plain {
+        fn new(tokens: &Tokens, n_kv_head: usize, range: std::ops::Range<usize>, kv_type: KvType) -> Plain {
             let d = tokens.row / n_kv_head;
             // `[n_kv_head][range.len()][d]` from the tokens' `[position][n_kv_head][d]`.
-            let rows = |x: &[f32]| -> Vec<f16> {
-                (0..n_kv_head)
+            let rows = |x: &[f32]| -> Vec<f32> {
+                let plain: Vec<f32> = (0..n_kv_head)
                     .flat_map(|h| {
                         range.clone().flat_map(move |p| &x[p * tokens.row + h * d..p * tokens.row + (h + 1) * d])
                     })
-                    .map(|&x| f32_to_f16(x))
-                    .collect()
+                    .copied()
+                    .collect();
+                as_stored(&plain, kv_type)
             };
-            Plain { k: rows(&tokens.k), v: rows(&tokens.v), pos: range.clone().collect() }
+            let (k, v) = (rows(&tokens.k), rows(&tokens.v));
+            // The values are already as stored, so the conversion is exact.
+            fn exact<T: KvElem>(x: &[f32]) -> Vec<T> {
+                let mut y = vec![T::ZERO; x.len()];
+                T::store_row(x, &mut y);
+                y
+            }
+            let data = match kv_type {
+                KvType::F16 => Data::F16(Rows { k: exact(&k), v: exact(&v) }),
+                KvType::F32 => Data::F32(Rows { k: exact(&k), v: exact(&v) }),
+            };
+            Plain { data, pos: range.clone().collect() }
         }
 
         fn slots(&self) -> KvSlots<'_> {
-            KvSlots { k: &self.k, v: &self.v, pos: &self.pos }
+            with_rows!(&self.data, rows => KvSlots::new(&rows.k, &rows.v, &self.pos))
         }
     }
 
-    /// `(position, K rows, V rows)` of every used slot, by position: the cache's content
-    /// whatever the slot order.
-    fn content(cache: &LayerCache) -> Vec<(usize, Vec<f16>, Vec<f16>)> {
+    /// `(position, K rows, V rows)` of every used slot, by position, widened to f32 (exact):
+    /// the cache's content whatever the slot order and element type.
+    fn content(cache: &LayerCache) -> Vec<(usize, Vec<f32>, Vec<f32>)> {
         let (d, cap) = (cache.head_dim, cache.capacity);
-        let rows = |x: &[f16], slot: usize| -> Vec<f16> {
+        let (k, v): (Vec<f32>, Vec<f32>) = with_rows!(&cache.data, rows => (
+            KvElem::as_f32(&rows.k[..], &mut vec![0.0; rows.k.len()]).to_vec(),
+            KvElem::as_f32(&rows.v[..], &mut vec![0.0; rows.v.len()]).to_vec(),
+        ));
+        let rows = |x: &[f32], slot: usize| -> Vec<f32> {
             (0..cache.n_kv_head).flat_map(|h| x[(h * cap + slot) * d..(h * cap + slot + 1) * d].to_vec()).collect()
         };
         let mut content: Vec<_> =
-            cache.pos.iter().enumerate().map(|(slot, &p)| (p, rows(&cache.k, slot), rows(&cache.v, slot))).collect();
+            cache.pos.iter().enumerate().map(|(slot, &p)| (p, rows(&k, slot), rows(&v, slot))).collect();
         content.sort_by_key(|&(p, _, _)| p);
         content
     }
 
-    /// What [`content`] must give for a cache of positions `range` of `tokens`.
-    fn expected(tokens: &Tokens, range: std::ops::Range<usize>) -> Vec<(usize, Vec<f16>, Vec<f16>)> {
-        let f16s = |x: &[f32]| -> Vec<f16> { x.iter().map(|&x| f32_to_f16(x)).collect() };
-        range.map(|p| (p, f16s(tokens.k(p..p + 1)), f16s(tokens.v(p..p + 1)))).collect()
+    /// What [`content`] must give for a cache of type `kv_type` holding positions `range` of
+    /// `tokens`.
+    fn expected(tokens: &Tokens, range: std::ops::Range<usize>, kv_type: KvType) -> Vec<(usize, Vec<f32>, Vec<f32>)> {
+        range.map(|p| (p, as_stored(tokens.k(p..p + 1), kv_type), as_stored(tokens.v(p..p + 1), kv_type))).collect()
     }
 
     /// Attention of random queries at `q_pos` over `kv`: the f64 reference, then every
@@ -504,25 +665,34 @@ mod tests {
         }
     }
 
+    const BOTH: [KvType; 2] = [KvType::F16, KvType::F32];
+
     #[test]
     fn the_ring_overwrites_the_oldest_slot() {
         let (n_kv_head, d) = (2, 16);
         let tokens = Tokens::random(7, n_kv_head, d, 1);
-        let mut cache = LayerCache::new(n_kv_head, d, Some(4), 100);
-        for p in 0..4 {
-            tokens.append(&mut cache, p..p + 1);
+        for kv_type in BOTH {
+            let mut cache = LayerCache::with_type(n_kv_head, d, Some(4), 100, kv_type);
+            for p in 0..4 {
+                tokens.append(&mut cache, p..p + 1);
+            }
+            assert_eq!((cache.capacity(), cache.slots().pos()), (4, &[0, 1, 2, 3][..]));
+            tokens.append(&mut cache, 4..5);
+            assert_eq!(cache.slots().pos(), [4, 1, 2, 3]);
+            tokens.append(&mut cache, 5..6);
+            tokens.append(&mut cache, 6..7);
+            assert_eq!(cache.slots().pos(), [4, 5, 6, 3]);
+            assert_eq!(cache.n_positions(), 7);
+            // Every slot holds its position's rows, both heads.
+            assert_eq!(content(&cache), expected(&tokens, 3..7, kv_type), "{kv_type}");
+            // The kernel's view: capacity 4 per head, in the cache's type.
+            let len = match (kv_type, cache.slots()) {
+                (KvType::F16, KvSlots::F16(rows)) => rows.k.len(),
+                (KvType::F32, KvSlots::F32(rows)) => rows.k.len(),
+                (_, slots) => panic!("a {kv_type} cache gave {slots:?}"),
+            };
+            assert_eq!(len, n_kv_head * 4 * d);
         }
-        assert_eq!((cache.capacity(), cache.slots().pos), (4, &[0, 1, 2, 3][..]));
-        tokens.append(&mut cache, 4..5);
-        assert_eq!(cache.slots().pos, [4, 1, 2, 3]);
-        tokens.append(&mut cache, 5..6);
-        tokens.append(&mut cache, 6..7);
-        assert_eq!(cache.slots().pos, [4, 5, 6, 3]);
-        assert_eq!(cache.n_positions(), 7);
-        // Every slot holds its position's rows, both heads.
-        assert_eq!(content(&cache), expected(&tokens, 3..7));
-        // The kernel's view: capacity 4 per head.
-        assert_eq!(cache.slots().k.len(), n_kv_head * 4 * d);
     }
 
     /// 3,000 one-token updates on a window-16 layer; every 97 steps (and at the end) attention
@@ -531,16 +701,18 @@ mod tests {
     fn a_ring_attends_like_a_list_of_the_window() {
         let shape = AttnShape { n_head: 4, n_kv_head: 2, head_dim: 32, scale: 1.0, window: Some(16) };
         let tokens = Tokens::random(3000, shape.n_kv_head, shape.head_dim, 2);
-        let mut cache = LayerCache::new(shape.n_kv_head, shape.head_dim, shape.window, 4096);
-        for p in 0..3000 {
-            tokens.append(&mut cache, p..p + 1);
-            if p % 97 == 0 || p == 2999 {
-                let plain = Plain::new(&tokens, shape.n_kv_head, p.saturating_sub(15)..p + 1);
-                assert_same_attention(&shape, &cache, &plain, &[p], p as u64);
+        for kv_type in BOTH {
+            let mut cache = LayerCache::with_type(shape.n_kv_head, shape.head_dim, shape.window, 4096, kv_type);
+            for p in 0..3000 {
+                tokens.append(&mut cache, p..p + 1);
+                if p % 97 == 0 || p == 2999 {
+                    let plain = Plain::new(&tokens, shape.n_kv_head, p.saturating_sub(15)..p + 1, kv_type);
+                    assert_same_attention(&shape, &cache, &plain, &[p], p as u64);
+                }
             }
+            assert_eq!(cache.capacity(), 16);
+            assert_eq!(content(&cache).iter().map(|c| c.0).collect::<Vec<_>>(), (2984..3000).collect::<Vec<_>>());
         }
-        assert_eq!(cache.capacity(), 16);
-        assert_eq!(content(&cache).iter().map(|c| c.0).collect::<Vec<_>>(), (2984..3000).collect::<Vec<_>>());
     }
 
     /// Window 1024, batches of 512 appended before their attention: after each batch, all
@@ -553,23 +725,25 @@ mod tests {
         let shape = AttnShape { n_head: 2, n_kv_head: 1, head_dim: 16, scale: 1.0, window: Some(1024) };
         let n = 100 + 6 * 512 + 3;
         let tokens = Tokens::random(n, shape.n_kv_head, shape.head_dim, 3);
-        let mut cache = LayerCache::new(shape.n_kv_head, shape.head_dim, shape.window, 8192);
-        // Batch boundaries: 0, 100, 612, .., 3172, then one token at a time to n.
-        let bounds: Vec<usize> = [0].into_iter().chain((0..=6).map(|i| 100 + 512 * i)).chain(n - 2..=n).collect();
-        for batch in bounds.windows(2).map(|b| b[0]..b[1]) {
-            tokens.append(&mut cache, batch.clone());
-            // The first query sees back to batch.start - 1023; that key is still here.
-            let first_seen = (batch.start + 1).saturating_sub(1024);
-            assert!(cache.slots().pos.contains(&first_seen), "batch {batch:?} lost position {first_seen}");
-            let plain = Plain::new(&tokens, shape.n_kv_head, 0..batch.end);
-            let q_pos: Vec<usize> = batch.clone().collect();
-            assert_same_attention(&shape, &cache, &plain, &q_pos, batch.start as u64);
+        for kv_type in BOTH {
+            let mut cache = LayerCache::with_type(shape.n_kv_head, shape.head_dim, shape.window, 8192, kv_type);
+            // Batch boundaries: 0, 100, 612, .., 3172, then one token at a time to n.
+            let bounds: Vec<usize> = [0].into_iter().chain((0..=6).map(|i| 100 + 512 * i)).chain(n - 2..=n).collect();
+            for batch in bounds.windows(2).map(|b| b[0]..b[1]) {
+                tokens.append(&mut cache, batch.clone());
+                // The first query sees back to batch.start - 1023; that key is still here.
+                let first_seen = (batch.start + 1).saturating_sub(1024);
+                assert!(cache.slots().pos().contains(&first_seen), "batch {batch:?} lost position {first_seen}");
+                let plain = Plain::new(&tokens, shape.n_kv_head, 0..batch.end, kv_type);
+                let q_pos: Vec<usize> = batch.clone().collect();
+                assert_same_attention(&shape, &cache, &plain, &q_pos, batch.start as u64);
+            }
+            // W - 1 + B slots: the ring stopped growing at 1,535 (and decode did not shrink it).
+            assert_eq!(cache.capacity(), 1023 + 512);
+            // A ring of 1,024 would not do: the first token of the last 512-batch sees 1023 keys
+            // before it, and the batch adds 511 after it.
+            assert_eq!(cache.slots().pos().len(), 1535);
         }
-        // W - 1 + B slots: the ring stopped growing at 1,535 (and decode did not shrink it).
-        assert_eq!(cache.capacity(), 1023 + 512);
-        // A ring of 1,024 would not do: the first token of the last 512-batch sees 1023 keys
-        // before it, and the batch adds 511 after it.
-        assert_eq!(cache.slots().pos.len(), 1535);
     }
 
     /// Truncating and appending the same tokens again gives the same content as never having
@@ -579,9 +753,9 @@ mod tests {
     fn truncate_then_reappend_matches_never_going_past() {
         let (n_kv_head, d) = (2, 16);
         let tokens = Tokens::random(700, n_kv_head, d, 4);
-        for window in [None, Some(64)] {
+        for (kv_type, window) in BOTH.into_iter().flat_map(|t| [(t, None), (t, Some(64))]) {
             let build = |upto: usize| {
-                let mut cache = LayerCache::new(n_kv_head, d, window, 1000);
+                let mut cache = LayerCache::with_type(n_kv_head, d, window, 1000, kv_type);
                 for start in (0..upto).step_by(40) {
                     tokens.append(&mut cache, start..(start + 40).min(upto));
                 }
@@ -597,7 +771,7 @@ mod tests {
                 let first = c.first_seen(c.n_positions());
                 content(c).into_iter().filter(|x| x.0 >= first).collect()
             };
-            assert_eq!(seen(&cache), seen(&straight), "{window:?} after truncate");
+            assert_eq!(seen(&cache), seen(&straight), "{kv_type} {window:?} after truncate");
             if window.is_none() {
                 assert_eq!(content(&cache), content(&straight));
             }
@@ -608,7 +782,8 @@ mod tests {
             for p in 620..700 {
                 tokens.append(&mut straight, p..p + 1);
             }
-            assert_eq!(content(&cache), content(&straight), "{window:?} after re-appending");
+            assert_eq!(content(&cache), content(&straight), "{kv_type} {window:?} after re-appending");
+            assert_eq!(content(&cache), expected(&tokens, 700 - cache.slots().pos().len()..700, kv_type));
         }
     }
 
@@ -622,43 +797,83 @@ mod tests {
         assert_eq!(cache.capacity(), 213);
         assert_eq!(cache.kept_by_truncate(150), 150);
         assert_eq!(cache.truncate(149), 0);
-        assert_eq!((cache.n_positions(), cache.slots().pos.len()), (0, 0));
+        assert_eq!((cache.n_positions(), cache.slots().pos().len()), (0, 0));
         tokens.append(&mut cache, 0..10);
-        assert_eq!(cache.slots().pos, (0..10).collect::<Vec<_>>());
+        assert_eq!(cache.slots().pos(), (0..10).collect::<Vec<_>>());
+    }
+
+    /// Rows with special values up front (rounding edges, overflow, NaNs of both signs and a
+    /// payload, infinity, a subnormal) and random ones after, for 2 heads of 16 in a cache
+    /// of 10 slots, stored in slot 0 of a new cache.
+    fn stored_specials(kv_type: KvType) -> (Vec<f32>, Vec<f32>, LayerCache) {
+        let d = 16;
+        let payload_nan = f32::from_bits(0x7fa0_0001);
+        let specials =
+            [0.1, -2.5e-8, 6.0e-5, 65504.0, 65520.0, 1e9, -0.0, f32::NAN, -f32::NAN, f32::INFINITY, payload_nan, 1e-40];
+        let mut rng = StdRng::seed_from_u64(6);
+        let mut k: Vec<f32> = (0..2 * d).map(|_| rng.gen_range(-100.0..100.0)).collect();
+        k[..specials.len()].copy_from_slice(&specials);
+        let v: Vec<f32> = k.iter().map(|x| x * 3.3).collect();
+        let mut cache = LayerCache::with_type(2, d, None, 10, kv_type);
+        cache.update(0, &k, &v);
+        assert_eq!(cache.capacity(), 10);
+        (k, v, cache)
     }
 
     #[test]
     fn stores_f16_rounded_as_ggml_does() {
         let d = 16;
-        let specials = [0.1, -2.5e-8, 6.0e-5, 65504.0, 65520.0, 1e9, -0.0, f32::NAN, -f32::NAN, f32::INFINITY];
-        let mut rng = StdRng::seed_from_u64(6);
-        let mut k: Vec<f32> = (0..2 * d).map(|_| rng.gen_range(-100.0..100.0)).collect();
-        k[..specials.len()].copy_from_slice(&specials);
-        let v: Vec<f32> = k.iter().map(|x| x * 3.3).collect();
-        let mut cache = LayerCache::new(2, d, None, 10);
-        cache.update(0, &k, &v);
+        let (k, v, cache) = stored_specials(KvType::F16);
+        let KvSlots::F16(rows) = cache.slots() else { panic!("an f16 cache gave f32 slots") };
         let bits = |x: &[f32]| -> Vec<u16> { x.iter().map(|&x| f32_to_f16(x).to_bits()).collect() };
         let stored =
             |x: &[f16]| -> Vec<u16> { [&x[..d], &x[10 * d..11 * d]].concat().iter().map(|x| x.to_bits()).collect() };
-        assert_eq!(cache.capacity(), 10);
-        assert_eq!(stored(cache.slots().k), bits(&k));
-        assert_eq!(stored(cache.slots().v), bits(&v));
+        assert_eq!(stored(rows.k), bits(&k));
+        assert_eq!(stored(rows.v), bits(&v));
     }
 
-    /// Growth keeps every head's rows (2 heads, so the second moves), and allocation is lazy.
+    /// An f32 cache gives back exactly the bits it was given, NaN payloads included.
+    #[test]
+    fn stores_f32_unchanged() {
+        let d = 16;
+        let (k, v, cache) = stored_specials(KvType::F32);
+        let KvSlots::F32(rows) = cache.slots() else { panic!("an f32 cache gave f16 slots") };
+        let bits = |x: &[f32]| -> Vec<u32> { x.iter().map(|x| x.to_bits()).collect() };
+        let stored = |x: &[f32]| -> Vec<u32> { bits(&[&x[..d], &x[10 * d..11 * d]].concat()) };
+        assert_eq!(stored(rows.k), bits(&k));
+        assert_eq!(stored(rows.v), bits(&v));
+    }
+
+    /// Growth keeps every head's rows (2 heads, so the second moves), and allocation is lazy
+    /// and counts the element size.
     #[test]
     fn growth_is_lazy_and_keeps_the_rows() {
         let tokens = Tokens::random(1000, 2, 16, 7);
-        let mut cache = LayerCache::new(2, 16, None, 262_144);
-        assert_eq!((cache.capacity(), cache.allocated_bytes()), (0, 0));
-        let mut straight = Vec::new();
-        for (start, end) in [(0, 1), (1, 300), (300, 301), (301, 1000)] {
-            tokens.append(&mut cache, start..end);
-            straight.push(cache.capacity());
+        for kv_type in BOTH {
+            let mut cache = LayerCache::with_type(2, 16, None, 262_144, kv_type);
+            assert_eq!((cache.capacity(), cache.allocated_bytes()), (0, 0));
+            let mut straight = Vec::new();
+            for (start, end) in [(0, 1), (1, 300), (300, 301), (301, 1000)] {
+                tokens.append(&mut cache, start..end);
+                straight.push(cache.capacity());
+            }
+            assert_eq!(straight, [256, 512, 512, 1024]);
+            assert_eq!(content(&cache), expected(&tokens, 0..1000, kv_type), "{kv_type}");
+            assert_eq!(cache.allocated_bytes(), 2 * 2 * 1024 * 16 * kv_type.bytes() + 1024 * 8);
         }
-        assert_eq!(straight, [256, 512, 512, 1024]);
-        assert_eq!(content(&cache), expected(&tokens, 0..1000));
-        assert_eq!(cache.allocated_bytes(), 2 * 2 * 1024 * 16 * 2 + 1024 * 8);
+    }
+
+    #[test]
+    fn kv_type_names() {
+        assert_eq!(KvType::default(), KvType::F16);
+        for (kv_type, name, bytes) in [(KvType::F16, "f16", 2), (KvType::F32, "f32", 4)] {
+            assert_eq!((kv_type.to_string(), name.parse(), kv_type.bytes()), (name.to_string(), Ok(kv_type), bytes));
+            assert_eq!(<KvType as clap::ValueEnum>::from_str(name, false), Ok(kv_type));
+        }
+        assert_eq!(
+            "bf16".parse::<KvType>().unwrap_err().to_string(),
+            "unknown KV cache type \"bf16\": expected f16 or f32"
+        );
     }
 
     fn gemma4_26b_a4b() -> Vec<LayerSpec> {
@@ -677,6 +892,11 @@ mod tests {
         assert_eq!(cache.bytes(), sliding + global);
         assert_eq!(cache.bytes(), 5_578_424_320);
         assert_eq!(cache.allocated_bytes(), 0);
+        // f32: 4 bytes an element, twice the f16 footprint.
+        let f32_cache = KvCache::with_type(&gemma4_26b_a4b(), 262_144, KvType::F32).unwrap();
+        assert_eq!((cache.kv_type(), f32_cache.kv_type()), (KvType::F16, KvType::F32));
+        assert_eq!(f32_cache.bytes(), 2 * 5_578_424_320);
+        assert_eq!(f32_cache.layer(0).kv_type(), KvType::F32);
         // Up to the window every layer keeps every position: 112,640 values per token, 220 KiB.
         let short = KvCache::new(&gemma4_26b_a4b(), 1024).unwrap();
         assert_eq!(short.bytes(), 1024 * (25 * 4096 + 5 * 2048) * 2);
@@ -709,7 +929,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(cache.layer(33).slots().pos, [0, 1, 2]);
+        assert_eq!(cache.layer(33).slots().pos(), [0, 1, 2]);
         assert!(std::ptr::eq(cache.layer(33), cache.layer(13)));
         assert!(std::ptr::eq(cache.layer(34), cache.layer(14)));
         assert_eq!(cache.layer(34).n_positions(), 0);
@@ -750,7 +970,7 @@ mod tests {
         assert_eq!((cache.layer(0).n_positions(), cache.layer(1).n_positions()), (19, 19));
         // Position 15 would see 8.., gone from the ring: both layers start over.
         assert_eq!(cache.truncate(15), 0);
-        assert_eq!((cache.layer(0).n_positions(), cache.layer(1).slots().pos.len()), (0, 0));
+        assert_eq!((cache.layer(0).n_positions(), cache.layer(1).slots().pos().len()), (0, 0));
         assert!(cache.allocated_bytes() > 0);
         tokens.append(cache.layer_mut(1).unwrap(), 0..5);
         cache.clear();

@@ -1,8 +1,11 @@
 //! gemma.rs: a llama.cpp-style local runtime for Google's Gemma 4 models.
 
+pub mod bench;
+pub mod chat;
 pub mod info;
 pub mod kv_cache;
 pub mod model;
 pub mod run;
 pub mod sample;
+pub mod stop;
 pub mod tokenizer;

@@ -10,6 +10,7 @@
 
 use std::path::Path;
 
+use gemma::kv_cache::KvType;
 use gemma::model::{Logits, Model};
 use ggml::gguf::GgufFile;
 use llama_cpp_sys_2 as sys;
@@ -20,9 +21,9 @@ use common::tiny::{fixture, MODELS};
 
 /// Ours over `tokens` in uneven batches (the sliding rings wrap inside batches): every
 /// position's logits.
-fn ours(path: &Path, tokens: &[u32]) -> Vec<f32> {
+fn ours(path: &Path, tokens: &[u32], kv_type: KvType) -> Vec<f32> {
     let mut model = Model::load(GgufFile::open(path).unwrap()).unwrap();
-    let mut cache = model.new_cache(tokens.len()).unwrap();
+    let mut cache = model.new_cache_of(tokens.len(), kv_type).unwrap();
     let mut logits = Vec::new();
     let mut pos = 0;
     for batch in [7, 20, 1, 13, 7].into_iter().chain(std::iter::repeat(16)) {
@@ -52,7 +53,7 @@ fn f32_models_match_llama_cpp_and_transformers() {
     for name in MODELS {
         let f = fixture(name);
         let n = f.tokens.len();
-        let our_logits = ours(&f.gguf, &f.tokens);
+        let our_logits = ours(&f.gguf, &f.tokens, KvType::F32);
         // llama.cpp with an f32 KV cache and no flash attention: its closest to exact.
         let their_logits = Llama::load_with(&f.gguf, false, n, sys::GGML_TYPE_F32).decode(&f.tokens, 0);
         let fa_logits = Llama::load(&f.gguf, true, n).decode(&f.tokens, 0);
@@ -61,8 +62,8 @@ fn f32_models_match_llama_cpp_and_transformers() {
         let llama_vs_hf = Agreement::of(&their_logits, &f.logits, f.n_vocab);
         let llama_spread = Agreement::of(&fa_logits, &their_logits, f.n_vocab);
         println!("{name} F32, {n} tokens:");
-        println!("  ours (f16 KV) vs llama.cpp (f32 KV):            {vs_llama}");
-        println!("  ours (f16 KV) vs transformers:                  {vs_hf}");
+        println!("  ours (f32 KV) vs llama.cpp (f32 KV):            {vs_llama}");
+        println!("  ours (f32 KV) vs transformers:                  {vs_hf}");
         println!("  llama.cpp (f32 KV) vs transformers:             {llama_vs_hf}");
         println!("  llama.cpp f16 KV + flash attn vs its f32 KV:    {llama_spread}");
         assert_eq!(vs_llama.top1, n, "{name}: top-1 differs from llama.cpp at {:?}", vs_llama.differ);
@@ -84,7 +85,7 @@ fn quantized_models_match_llama_cpp() {
         for (label, ftype) in [("Q8_0", sys::LLAMA_FTYPE_MOSTLY_Q8_0), ("Q4_K_M", sys::LLAMA_FTYPE_MOSTLY_Q4_K_M)] {
             let path = dir.path().join(format!("{name}-{label}.gguf"));
             quantize(&f.gguf, &path, ftype);
-            let our_logits = ours(&path, &f.tokens);
+            let our_logits = ours(&path, &f.tokens, KvType::F16);
             let mut theirs = Llama::load(&path, true, 2 * n);
             let their_logits = theirs.decode(&f.tokens, 0);
             let no_fa_logits = Llama::load(&path, false, n).decode(&f.tokens, 0);

@@ -55,3 +55,55 @@ fn bad_input_is_a_one_line_error() {
         assert!(stderr.starts_with("error: ") && stderr.contains(expected), "{args:?}: {stderr}");
     }
 }
+
+/// `--json`: one object on stdout whose text is the greedy completion (the same llama.cpp
+/// oracle as above) and whose ids decode to it; `--stop` ends at a stop string, unprinted.
+#[test]
+fn json_output_and_stop_strings() {
+    let out = run(GEMMA3, &["-p", PROMPT, "-n", "10", "--temp", "0", "--json", "-q"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stderr.is_empty(), "-q leaves stderr empty");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(stdout.lines().count(), 1);
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["text"], " were producing copies of books, manuscripts, and other");
+    assert_eq!(v["completion_ids"].as_array().unwrap().len(), 10);
+    assert_eq!(v["stop_reason"], "length");
+    assert_eq!(v["prompt_ids"][0], 2, "BOS first");
+    assert!(v["timings"]["generation_tokens_per_s"].as_f64().unwrap() > 0.0);
+
+    let out = run(GEMMA3, &["-p", PROMPT, "-n", "10", "--temp", "0", "--stop", "books,", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["text"], " were producing copies of ");
+    assert_eq!(v["stop_reason"], "stop_string");
+}
+
+/// A Gemma 4 file runs end to end (the tiny random MoE model: the output is noise, but it is
+/// the greedy choice of a forward pass checked against transformers and llama.cpp).
+#[test]
+fn gemma4_runs() {
+    let out = run("tiny-gemma4-moe.gguf", &["-p", "Hello", "-n", "6", "--temp", "0", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["completion_ids"].as_array().unwrap().len(), 6);
+}
+
+/// `--chat` wraps the prompt in the Gemma 3 turn format (the 270M file has no template, so the
+/// built-in one) with a single BOS: the prompt ids are those of the hand-written turn text.
+#[test]
+fn chat_prompts_use_the_turn_format_with_one_bos() {
+    let out = run(GEMMA3, &["-p", "Hi there", "--chat", "--system", "Be brief.", "-n", "1", "--temp", "0", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let turn = "<bos><start_of_turn>user\nBe brief.\n\nHi there<end_of_turn>\n<start_of_turn>model\n";
+    let expected = Command::new(env!("CARGO_BIN_EXE_gemma"))
+        .args(["tokenize", "--no-bos", "--json", "-m"])
+        .arg(model(GEMMA3))
+        .arg(turn)
+        .output()
+        .unwrap();
+    let expected: serde_json::Value = serde_json::from_slice(&expected.stdout).unwrap();
+    assert_eq!(v["prompt_ids"], expected["ids"]);
+    assert_eq!(v["prompt_ids"][0], 2);
+    assert_ne!(v["prompt_ids"][1], 2);
+}

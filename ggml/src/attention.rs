@@ -1,4 +1,4 @@
-//! Attention over an f16 KV cache: for every query token `t` and head `h`,
+//! Attention over an f16 or f32 KV cache: for every query token `t` and head `h`,
 //! `out[t][h] = softmax(scale · q[t][h] · Kᵀ + mask) · V` over the keys of KV head
 //! `h / (n_head / n_kv_head)` (GQA: contiguous groups of query heads share a KV head).
 //!
@@ -18,13 +18,21 @@
 //!   head) pair with all its query heads, so each K/V row is read once per GQA group; in decode
 //!   the keys are also split into chunks, merged at the end (as flash-decoding does).
 //!
+//! ## Element types
+//!
+//! K and V are f16 (as llama.cpp stores them by default: half the memory and half the bytes
+//! read per decode step) or f32 (no rounding of K and V at all, to match a float32 reference
+//! tightly). [`KvSlots`] says which; [`attention`] looks once per call and runs code
+//! monomorphized for that type ([`KvElem`]), so the hot loops never branch on it. An f32 row
+//! is read as it is (`loadu_ps`); an f16 row is widened on the fly (`cvtph_ps`).
+//!
 //! ## Cache layout: `[n_kv_head][capacity][head_dim]` (head-major)
 //!
 //! Each unit of work reads every key and value row of one KV head, in slot order. With the
-//! head-major layout that is one contiguous stream of `capacity · head_dim` f16 per tensor —
+//! head-major layout that is one contiguous stream of `capacity · head_dim` elements per tensor —
 //! what the hardware prefetcher handles best in decode, where attention is bound by reading
 //! the cache — and a key chunk is one contiguous range. The slot-major alternative
-//! `[capacity][n_kv_head][head_dim]` would put a head's consecutive rows 2-4 KiB apart
+//! `[capacity][n_kv_head][head_dim]` would put a head's consecutive f16 rows 2-4 KiB apart
 //! (2 × 512 × 2 bytes on full layers, 8 × 256 × 2 on sliding ones), touching a new page every
 //! one or two rows. Its advantage, appending a token with one contiguous write, is worth
 //! little: an append writes `n_kv_head` rows once per token, while decode reads them all on
@@ -35,6 +43,7 @@ use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
 use crate::kernels::Isa;
+use crate::quants::float::f32_to_f16;
 
 /// The shape of one attention layer's computation.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -70,7 +79,7 @@ impl AttnShape {
     }
 
     /// Panics unless the buffers fit the shape; returns the cache capacity (slots per head).
-    fn check(&self, q: &[f32], q_pos: &[usize], kv: &KvSlots, out: &[f32]) -> usize {
+    fn check<T: KvElem>(&self, q: &[f32], q_pos: &[usize], kv: &KvRows<T>, out: &[f32]) -> usize {
         let d = self.head_dim;
         assert!(
             self.n_kv_head > 0 && self.n_head.is_multiple_of(self.n_kv_head),
@@ -92,35 +101,196 @@ impl AttnShape {
     }
 }
 
-/// A layer's KV cache as the kernel sees it: K and V laid out `[n_kv_head][capacity][head_dim]`
+/// An element type of K and V in a cache: `half::f16` or `f32` (sealed: each kernel path has
+/// a row load for each). The row operations below are what the cache and the portable paths
+/// need; the SIMD loads stay private.
+pub trait KvElem: sealed::Sealed + Copy + Send + Sync + std::fmt::Debug + 'static {
+    /// What a freshly allocated slot holds until written.
+    const ZERO: Self;
+
+    /// `dst = src` in this type: for f16 rounded as ggml rounds (nearest even, overflow to
+    /// infinity, NaN to the canonical quiet NaN); for f32 a copy.
+    fn store_row(src: &[f32], dst: &mut [Self]);
+
+    /// The row in f32 (exact): `src` itself for f32, widened into `buf` for f16. Whole rows
+    /// at a time, since `half`'s slice conversion checks the CPU once per call.
+    fn as_f32<'b>(src: &'b [Self], buf: &'b mut [f32]) -> &'b [f32];
+
+    /// `dst = src` widened to f64 (exact).
+    fn to_f64_row(src: &[Self], dst: &mut [f64]);
+}
+
+impl KvElem for f16 {
+    const ZERO: f16 = f16::ZERO;
+
+    fn store_row(src: &[f32], dst: &mut [f16]) {
+        assert_eq!(src.len(), dst.len());
+        for (dst, &src) in dst.iter_mut().zip(src) {
+            *dst = f32_to_f16(src);
+        }
+    }
+
+    fn as_f32<'b>(src: &'b [f16], buf: &'b mut [f32]) -> &'b [f32] {
+        src.convert_to_f32_slice(buf);
+        buf
+    }
+
+    fn to_f64_row(src: &[f16], dst: &mut [f64]) {
+        src.convert_to_f64_slice(dst);
+    }
+}
+
+impl KvElem for f32 {
+    const ZERO: f32 = 0.0;
+
+    fn store_row(src: &[f32], dst: &mut [f32]) {
+        dst.copy_from_slice(src);
+    }
+
+    fn as_f32<'b>(src: &'b [f32], _buf: &'b mut [f32]) -> &'b [f32] {
+        src
+    }
+
+    fn to_f64_row(src: &[f32], dst: &mut [f64]) {
+        assert_eq!(src.len(), dst.len());
+        for (dst, &src) in dst.iter_mut().zip(src) {
+            *dst = src as f64;
+        }
+    }
+}
+
+mod sealed {
+    use half::f16;
+
+    use super::{KvRows, KvSlots};
+
+    /// What only this module may use of an element type: its [`KvSlots`] variant and its
+    /// SIMD row loads.
+    pub trait Sealed: Sized {
+        fn wrap(rows: KvRows<'_, Self>) -> KvSlots<'_>;
+
+        /// 8 elements from `p`, widened to f32.
+        ///
+        /// # Safety
+        /// 8 elements are readable from `p`; the CPU supports AVX2, FMA and F16C.
+        #[cfg(target_arch = "x86_64")]
+        unsafe fn load_f32x8(p: *const Self) -> std::arch::x86_64::__m256;
+
+        /// 16 elements from `p`, widened to f32.
+        ///
+        /// # Safety
+        /// 16 elements are readable from `p`; the CPU supports AVX2, FMA, F16C and AVX-512
+        /// F/BW/VL/VNNI.
+        #[cfg(target_arch = "x86_64")]
+        unsafe fn load_f32x16(p: *const Self) -> std::arch::x86_64::__m512;
+    }
+
+    impl Sealed for f16 {
+        fn wrap(rows: KvRows<'_, f16>) -> KvSlots<'_> {
+            KvSlots::F16(rows)
+        }
+
+        #[cfg(target_arch = "x86_64")]
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn load_f32x8(p: *const f16) -> std::arch::x86_64::__m256 {
+            use std::arch::x86_64::*;
+            // SAFETY: the caller guarantees 8 readable elements (16 bytes); loadu has no
+            // alignment requirement.
+            _mm256_cvtph_ps(unsafe { _mm_loadu_si128(p.cast()) })
+        }
+
+        #[cfg(target_arch = "x86_64")]
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+        unsafe fn load_f32x16(p: *const f16) -> std::arch::x86_64::__m512 {
+            use std::arch::x86_64::*;
+            // SAFETY: the caller guarantees 16 readable elements (32 bytes).
+            _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(p.cast()) })
+        }
+    }
+
+    impl Sealed for f32 {
+        fn wrap(rows: KvRows<'_, f32>) -> KvSlots<'_> {
+            KvSlots::F32(rows)
+        }
+
+        #[cfg(target_arch = "x86_64")]
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn load_f32x8(p: *const f32) -> std::arch::x86_64::__m256 {
+            // SAFETY: the caller guarantees 8 readable elements (32 bytes).
+            unsafe { std::arch::x86_64::_mm256_loadu_ps(p) }
+        }
+
+        #[cfg(target_arch = "x86_64")]
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+        unsafe fn load_f32x16(p: *const f32) -> std::arch::x86_64::__m512 {
+            // SAFETY: the caller guarantees 16 readable elements (64 bytes).
+            unsafe { std::arch::x86_64::_mm512_loadu_ps(p) }
+        }
+    }
+}
+
+/// A layer's KV cache in element type `T`: K and V laid out `[n_kv_head][capacity][head_dim]`
 /// (capacity = `k.len() / (n_kv_head · head_dim)`), and the token position held by each used
 /// slot. Slots `0..pos.len()` are used, in any position order; the rest are never read.
 #[derive(Clone, Copy, Debug)]
-pub struct KvSlots<'a> {
-    pub k: &'a [f16],
-    pub v: &'a [f16],
+pub struct KvRows<'a, T> {
+    pub k: &'a [T],
+    pub v: &'a [T],
     pub pos: &'a [usize],
+}
+
+/// A layer's KV cache as [`attention`] takes it: [`KvRows`] of either element type.
+#[derive(Clone, Copy, Debug)]
+pub enum KvSlots<'a> {
+    F16(KvRows<'a, f16>),
+    F32(KvRows<'a, f32>),
+}
+
+impl<'a> KvSlots<'a> {
+    /// K and V rows of type `T` (`[n_kv_head][capacity][head_dim]` each) and the positions of
+    /// the used slots.
+    pub fn new<T: KvElem>(k: &'a [T], v: &'a [T], pos: &'a [usize]) -> KvSlots<'a> {
+        T::wrap(KvRows { k, v, pos })
+    }
+
+    /// The position held by each used slot.
+    pub fn pos(&self) -> &'a [usize] {
+        match self {
+            KvSlots::F16(rows) => rows.pos,
+            KvSlots::F32(rows) => rows.pos,
+        }
+    }
+}
+
+impl<'a, T: KvElem> From<KvRows<'a, T>> for KvSlots<'a> {
+    fn from(rows: KvRows<'a, T>) -> KvSlots<'a> {
+        T::wrap(rows)
+    }
 }
 
 /// One (token, head) pair of the reference: its query row and its KV head's rows
 /// (`capacity · d` each).
-struct Pair<'a> {
+struct Pair<'a, T> {
     q: &'a [f32],
     q_pos: usize,
-    k: &'a [f16],
-    v: &'a [f16],
+    k: &'a [T],
+    v: &'a [T],
     pos: &'a [usize],
 }
 
 /// Runs `f` on every (token, head) pair of the reference, in parallel: pair `i` is token
 /// `i / n_head`, head `i % n_head`, and owns `out[i * d..(i + 1) * d]`.
-fn for_each_pair(
+fn for_each_pair<T: KvElem>(
     shape: &AttnShape,
     q: &[f32],
     q_pos: &[usize],
-    kv: &KvSlots,
+    kv: &KvRows<T>,
     out: &mut [f32],
-    f: impl Fn(&Pair, &mut [f32]) + Sync,
+    f: impl Fn(&Pair<T>, &mut [f32]) + Sync,
 ) {
     let capacity = shape.check(q, q_pos, kv, out);
     let d = shape.head_dim;
@@ -139,6 +309,14 @@ fn for_each_pair(
 /// positions `q_pos`. Scores, softmax and the weighted sum are in f64, rounded to f32 at the
 /// end, so the tests measure the fast path's rounding alone. A query that sees no key gets 0.
 pub fn attention_reference(shape: &AttnShape, q: &[f32], q_pos: &[usize], kv: KvSlots, out: &mut [f32]) {
+    match kv {
+        KvSlots::F16(rows) => reference_rows(shape, q, q_pos, rows, out),
+        KvSlots::F32(rows) => reference_rows(shape, q, q_pos, rows, out),
+    }
+}
+
+/// [`attention_reference`] for one element type.
+fn reference_rows<T: KvElem>(shape: &AttnShape, q: &[f32], q_pos: &[usize], kv: KvRows<T>, out: &mut [f32]) {
     let d = shape.head_dim;
     for_each_pair(shape, q, q_pos, &kv, out, |pair, out| {
         let mut row = vec![0.0f64; d];
@@ -146,7 +324,7 @@ pub fn attention_reference(shape: &AttnShape, q: &[f32], q_pos: &[usize], kv: Kv
         let scores: Vec<(usize, f64)> = (pair.pos.iter().enumerate())
             .filter(|&(_, &k_pos)| shape.visible(pair.q_pos, k_pos))
             .map(|(slot, _)| {
-                pair.k[slot * d..(slot + 1) * d].convert_to_f64_slice(&mut row);
+                T::to_f64_row(&pair.k[slot * d..(slot + 1) * d], &mut row);
                 let mut dot = 0.0f64;
                 for (&q, &k) in pair.q.iter().zip(&row) {
                     dot += q as f64 * k;
@@ -159,7 +337,7 @@ pub fn attention_reference(shape: &AttnShape, q: &[f32], q_pos: &[usize], kv: Kv
         let sum: f64 = weights.iter().map(|&(_, w)| w).sum();
         let mut weighted = vec![0.0f64; d];
         for &(slot, w) in &weights {
-            pair.v[slot * d..(slot + 1) * d].convert_to_f64_slice(&mut row);
+            T::to_f64_row(&pair.v[slot * d..(slot + 1) * d], &mut row);
             for (acc, &v) in weighted.iter_mut().zip(&row) {
                 *acc += w * v;
             }
@@ -172,16 +350,19 @@ pub fn attention_reference(shape: &AttnShape, q: &[f32], q_pos: &[usize], kv: Kv
 
 /// Attention at instruction-set level `isa` (callers pass [`Isa::best`]; a level this CPU
 /// lacks falls back to the portable path): `out` (`[n_tokens][n_head][head_dim]`, f32) for
-/// queries `q` (same shape) at positions `q_pos`, over the cache `kv`. A query that sees no
-/// key gets 0.
+/// queries `q` (same shape) at positions `q_pos`, over the cache `kv` (f16 or f32: matched
+/// once per call, not per row). A query that sees no key gets 0.
 ///
 /// The unit of work is a (token, KV head) pair and its whole group of query heads: each K and
 /// V row is read from memory once and reused from L1 by every head of the group (2 on Gemma 4
 /// sliding layers, 8 on full ones). In decode, where that gives too few units for the threads,
 /// the keys are also split into chunks whose partial results are merged at the end.
 pub fn attention(isa: Isa, shape: &AttnShape, q: &[f32], q_pos: &[usize], kv: KvSlots, out: &mut [f32]) {
-    let n_chunks = key_chunks(q_pos.len() * shape.n_kv_head, kv.pos.len());
-    attention_split(isa, shape, q, q_pos, kv, out, n_chunks);
+    let n_chunks = key_chunks(q_pos.len() * shape.n_kv_head, kv.pos().len());
+    match kv {
+        KvSlots::F16(rows) => attention_split(isa, shape, q, q_pos, rows, out, n_chunks),
+        KvSlots::F32(rows) => attention_split(isa, shape, q, q_pos, rows, out, n_chunks),
+    }
 }
 
 /// Shortest key chunk worth a unit of work of its own.
@@ -208,23 +389,24 @@ impl Running {
 
 /// One unit of work: the `group` query rows of one (token, KV head) pair (`group · d`), that
 /// KV head's rows (`capacity · d` each) and the slots of the key chunk to go through.
-struct Unit<'a> {
+struct Unit<'a, T> {
     q: &'a [f32],
     q_pos: usize,
-    k: &'a [f16],
-    v: &'a [f16],
+    k: &'a [T],
+    v: &'a [T],
     pos: &'a [usize],
     slots: std::ops::Range<usize>,
 }
 
-/// [`attention`] with the keys split into `n_chunks` chunks of consecutive slots.
+/// [`attention`] over rows of one element type, with the keys split into `n_chunks` chunks of
+/// consecutive slots.
 #[allow(clippy::too_many_arguments)]
-fn attention_split(
+fn attention_split<T: KvElem>(
     isa: Isa,
     shape: &AttnShape,
     q: &[f32],
     q_pos: &[usize],
-    kv: KvSlots,
+    kv: KvRows<T>,
     out: &mut [f32],
     n_chunks: usize,
 ) {
@@ -314,13 +496,13 @@ fn attention_split(
 /// `dot(q, k)` is the dot product of a query row with a key row; `mix(acc, c, v, p)` sets
 /// `acc = acc · c + v · p`. Inlined into each ISA's function, so the closures get its features.
 #[inline(always)]
-fn stream(
+fn stream<T>(
     shape: &AttnShape,
-    unit: &Unit,
+    unit: &Unit<T>,
     acc: &mut [f32],
     state: &mut [Running],
-    mut dot: impl FnMut(&[f32], &[f16]) -> f32,
-    mut mix: impl FnMut(&mut [f32], f32, &[f16], f32),
+    mut dot: impl FnMut(&[f32], &[T]) -> f32,
+    mut mix: impl FnMut(&mut [f32], f32, &[T], f32),
 ) {
     let d = shape.head_dim;
     for slot in unit.slots.clone() {
@@ -344,9 +526,9 @@ fn stream(
     }
 }
 
-/// Portable streaming path (also the one non-x86 machines run). Rows are widened a whole row at
-/// a time (`half`'s slice conversion checks the CPU once per call, not once per element).
-fn attend_scalar(shape: &AttnShape, unit: &Unit, acc: &mut [f32], state: &mut [Running]) {
+/// Portable streaming path (also the one non-x86 machines run). f16 rows are widened a whole
+/// row at a time ([`KvElem::as_f32`]); f32 rows are used as they are.
+fn attend_scalar<T: KvElem>(shape: &AttnShape, unit: &Unit<T>, acc: &mut [f32], state: &mut [Running]) {
     let (mut k_row, mut v_row) = (vec![0.0f32; shape.head_dim], vec![0.0f32; shape.head_dim]);
     stream(
         shape,
@@ -354,16 +536,14 @@ fn attend_scalar(shape: &AttnShape, unit: &Unit, acc: &mut [f32], state: &mut [R
         acc,
         state,
         |q, k| {
-            k.convert_to_f32_slice(&mut k_row);
             let mut dot = 0.0f32;
-            for (&q, &k) in q.iter().zip(&k_row) {
+            for (&q, &k) in q.iter().zip(T::as_f32(k, &mut k_row)) {
                 dot += q * k;
             }
             dot
         },
         |acc, c, v, p| {
-            v.convert_to_f32_slice(&mut v_row);
-            for (a, &v) in acc.iter_mut().zip(&v_row) {
+            for (a, &v) in acc.iter_mut().zip(T::as_f32(v, &mut v_row)) {
                 *a = *a * c + v * p;
             }
         },
@@ -374,7 +554,7 @@ fn attend_scalar(shape: &AttnShape, unit: &Unit, acc: &mut [f32], state: &mut [R
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{f16, stream, AttnShape, Running, Unit};
+    use super::{stream, AttnShape, KvElem, Running, Unit};
     use crate::kernels::x86::hsum_f32x8;
 
     /// The streaming pass with AVX2 row operations.
@@ -382,7 +562,7 @@ mod x86 {
     /// # Safety
     /// The CPU must support AVX2, FMA and F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub fn attend_avx2(shape: &AttnShape, unit: &Unit, acc: &mut [f32], state: &mut [Running]) {
+    pub fn attend_avx2<T: KvElem>(shape: &AttnShape, unit: &Unit<T>, acc: &mut [f32], state: &mut [Running]) {
         stream(shape, unit, acc, state, |q, k| dot_avx2(q, k), |out, c, v, p| mix_avx2(out, c, v, p));
     }
 
@@ -391,7 +571,7 @@ mod x86 {
     /// # Safety
     /// The CPU must support AVX2, FMA, F16C and AVX-512 F/BW/VL/VNNI.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    pub fn attend_avx512(shape: &AttnShape, unit: &Unit, acc: &mut [f32], state: &mut [Running]) {
+    pub fn attend_avx512<T: KvElem>(shape: &AttnShape, unit: &Unit<T>, acc: &mut [f32], state: &mut [Running]) {
         stream(shape, unit, acc, state, |q, k| dot_avx512(q, k), |out, c, v, p| mix_avx512(out, c, v, p));
     }
 
@@ -399,23 +579,23 @@ mod x86 {
     /// elements a step, then 8 at a time.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn dot_avx2(q: &[f32], k: &[f16]) -> f32 {
+    fn dot_avx2<T: KvElem>(q: &[f32], k: &[T]) -> f32 {
         debug_assert!(q.len() == k.len() && q.len().is_multiple_of(8));
         let mut acc = [_mm256_setzero_ps(); 4];
         let (mut q32, mut k32) = (q.chunks_exact(32), k.chunks_exact(32));
         for (q, k) in (&mut q32).zip(&mut k32) {
             for (j, acc) in acc.iter_mut().enumerate() {
                 // SAFETY: both chunks hold 32 elements, so 8 from offset 8j (j < 4) are in
-                // bounds; loadu has no alignment requirement.
-                let (q, k) =
-                    unsafe { (_mm256_loadu_ps(q.as_ptr().add(8 * j)), _mm_loadu_si128(k.as_ptr().add(8 * j).cast())) };
-                *acc = _mm256_fmadd_ps(q, _mm256_cvtph_ps(k), *acc);
+                // bounds; the loads have no alignment requirement; this function's features
+                // are the loads'.
+                let (q, k) = unsafe { (_mm256_loadu_ps(q.as_ptr().add(8 * j)), T::load_f32x8(k.as_ptr().add(8 * j))) };
+                *acc = _mm256_fmadd_ps(q, k, *acc);
             }
         }
         for (q, k) in q32.remainder().chunks_exact(8).zip(k32.remainder().chunks_exact(8)) {
-            // SAFETY: both chunks hold 8 elements (32 and 16 bytes).
-            let (q, k) = unsafe { (_mm256_loadu_ps(q.as_ptr()), _mm_loadu_si128(k.as_ptr().cast())) };
-            acc[0] = _mm256_fmadd_ps(q, _mm256_cvtph_ps(k), acc[0]);
+            // SAFETY: both chunks hold 8 elements.
+            let (q, k) = unsafe { (_mm256_loadu_ps(q.as_ptr()), T::load_f32x8(k.as_ptr())) };
+            acc[0] = _mm256_fmadd_ps(q, k, acc[0]);
         }
         hsum_f32x8(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])))
     }
@@ -423,13 +603,13 @@ mod x86 {
     /// `out = out · c + v · p` for rows whose length is a multiple of 8.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn mix_avx2(out: &mut [f32], c: f32, v: &[f16], p: f32) {
+    fn mix_avx2<T: KvElem>(out: &mut [f32], c: f32, v: &[T], p: f32) {
         debug_assert!(out.len() == v.len() && out.len().is_multiple_of(8));
         let (c, p) = (_mm256_set1_ps(c), _mm256_set1_ps(p));
         for (o, v) in out.chunks_exact_mut(8).zip(v.chunks_exact(8)) {
-            // SAFETY: both chunks hold 8 elements (32 and 16 bytes).
+            // SAFETY: both chunks hold 8 elements; this function's features are the load's.
             unsafe {
-                let v = _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr().cast()));
+                let v = T::load_f32x8(v.as_ptr());
                 let kept = _mm256_mul_ps(_mm256_loadu_ps(o.as_ptr()), c);
                 _mm256_storeu_ps(o.as_mut_ptr(), _mm256_fmadd_ps(v, p, kept));
             }
@@ -440,24 +620,24 @@ mod x86 {
     /// over 64 elements a step, then 16 at a time.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    fn dot_avx512(q: &[f32], k: &[f16]) -> f32 {
+    fn dot_avx512<T: KvElem>(q: &[f32], k: &[T]) -> f32 {
         debug_assert!(q.len() == k.len() && q.len().is_multiple_of(16));
         let mut acc = [_mm512_setzero_ps(); 4];
         let (mut q64, mut k64) = (q.chunks_exact(64), k.chunks_exact(64));
         for (q, k) in (&mut q64).zip(&mut k64) {
             for (j, acc) in acc.iter_mut().enumerate() {
                 // SAFETY: both chunks hold 64 elements, so 16 from offset 16j (j < 4) are in
-                // bounds; loadu has no alignment requirement.
-                let (q, k) = unsafe {
-                    (_mm512_loadu_ps(q.as_ptr().add(16 * j)), _mm256_loadu_si256(k.as_ptr().add(16 * j).cast()))
-                };
-                *acc = _mm512_fmadd_ps(q, _mm512_cvtph_ps(k), *acc);
+                // bounds; the loads have no alignment requirement; this function's features
+                // are the loads'.
+                let (q, k) =
+                    unsafe { (_mm512_loadu_ps(q.as_ptr().add(16 * j)), T::load_f32x16(k.as_ptr().add(16 * j))) };
+                *acc = _mm512_fmadd_ps(q, k, *acc);
             }
         }
         for (j, (q, k)) in q64.remainder().chunks_exact(16).zip(k64.remainder().chunks_exact(16)).enumerate() {
-            // SAFETY: both chunks hold 16 elements (64 and 32 bytes).
-            let (q, k) = unsafe { (_mm512_loadu_ps(q.as_ptr()), _mm256_loadu_si256(k.as_ptr().cast())) };
-            acc[j] = _mm512_fmadd_ps(q, _mm512_cvtph_ps(k), acc[j]);
+            // SAFETY: both chunks hold 16 elements.
+            let (q, k) = unsafe { (_mm512_loadu_ps(q.as_ptr()), T::load_f32x16(k.as_ptr())) };
+            acc[j] = _mm512_fmadd_ps(q, k, acc[j]);
         }
         _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])))
     }
@@ -465,13 +645,13 @@ mod x86 {
     /// `out = out · c + v · p` for rows whose length is a multiple of 16.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    fn mix_avx512(out: &mut [f32], c: f32, v: &[f16], p: f32) {
+    fn mix_avx512<T: KvElem>(out: &mut [f32], c: f32, v: &[T], p: f32) {
         debug_assert!(out.len() == v.len() && out.len().is_multiple_of(16));
         let (c, p) = (_mm512_set1_ps(c), _mm512_set1_ps(p));
         for (o, v) in out.chunks_exact_mut(16).zip(v.chunks_exact(16)) {
-            // SAFETY: both chunks hold 16 elements (64 and 32 bytes).
+            // SAFETY: both chunks hold 16 elements; this function's features are the load's.
             unsafe {
-                let v = _mm512_cvtph_ps(_mm256_loadu_si256(v.as_ptr().cast()));
+                let v = T::load_f32x16(v.as_ptr());
                 let kept = _mm512_mul_ps(_mm512_loadu_ps(o.as_ptr()), c);
                 _mm512_storeu_ps(o.as_mut_ptr(), _mm512_fmadd_ps(v, p, kept));
             }
@@ -486,21 +666,26 @@ mod tests {
 
     use super::*;
 
-    /// One attention call's inputs. Built by [`Case::random`].
-    struct Case {
+    /// One attention call's inputs, with K and V of type `T`. Built by [`Case::random`].
+    struct Case<T: KvElem> {
         shape: AttnShape,
         q: Vec<f32>,
         q_pos: Vec<usize>,
-        k: Vec<f16>,
-        v: Vec<f16>,
+        k: Vec<T>,
+        v: Vec<T>,
         pos: Vec<usize>,
     }
 
-    impl Case {
+    /// `x` in f32.
+    fn widen<T: KvElem>(x: &[T]) -> Vec<f32> {
+        T::as_f32(x, &mut vec![0.0; x.len()]).to_vec()
+    }
+
+    impl<T: KvElem> Case<T> {
         /// Random queries and a cache of `n_keys` used slots (plus two unused ones, poisoned
         /// with NaN so that reading them shows) holding positions `first..first + n_keys`
         /// rotated by `rotate` slots, as a ring buffer leaves them.
-        fn random(shape: AttnShape, n_tokens: usize, n_keys: usize, rotate: usize, seed: u64) -> Case {
+        fn random(shape: AttnShape, n_tokens: usize, n_keys: usize, rotate: usize, seed: u64) -> Case<T> {
             let mut rng = StdRng::seed_from_u64(seed);
             let d = shape.head_dim;
             let capacity = n_keys + 2;
@@ -510,13 +695,14 @@ mod tests {
             // a weight by the same relative amount): at a deviation of 3 it reaches 8e-6.
             let q_range = 6.0 / (d as f32).sqrt();
             let q = (0..n_tokens * shape.n_head * d).map(|_| rng.gen_range(-q_range..q_range)).collect();
-            let cache = |rng: &mut StdRng| -> Vec<f16> {
-                let mut x = vec![f16::NAN; shape.n_kv_head * capacity * d];
+            let cache = |rng: &mut StdRng| -> Vec<T> {
+                let mut x = vec![f32::NAN; shape.n_kv_head * capacity * d];
                 for head in x.chunks_exact_mut(capacity * d) {
-                    let used: Vec<f32> = (0..n_keys * d).map(|_| rng.gen_range(-1.0..1.0)).collect();
-                    head[..n_keys * d].convert_from_f32_slice(&used);
+                    head[..n_keys * d].iter_mut().for_each(|x| *x = rng.gen_range(-1.0..1.0));
                 }
-                x
+                let mut stored = vec![T::ZERO; x.len()];
+                T::store_row(&x, &mut stored);
+                stored
             };
             let (k, v) = (cache(&mut rng), cache(&mut rng));
             let first = 7;
@@ -527,20 +713,31 @@ mod tests {
             Case { shape, q, q_pos, k, v, pos }
         }
 
-        fn kv(&self) -> KvSlots<'_> {
-            KvSlots { k: &self.k, v: &self.v, pos: &self.pos }
+        fn rows(&self) -> KvRows<'_, T> {
+            KvRows { k: &self.k, v: &self.v, pos: &self.pos }
         }
 
         fn reference(&self) -> Vec<f32> {
             let mut out = vec![f32::NAN; self.q.len()];
-            attention_reference(&self.shape, &self.q, &self.q_pos, self.kv(), &mut out);
+            attention_reference(&self.shape, &self.q, &self.q_pos, self.rows().into(), &mut out);
             out
         }
 
         fn streaming(&self, isa: Isa) -> Vec<f32> {
             let mut out = vec![f32::NAN; self.q.len()];
-            attention(isa, &self.shape, &self.q, &self.q_pos, self.kv(), &mut out);
+            attention(isa, &self.shape, &self.q, &self.q_pos, self.rows().into(), &mut out);
             out
+        }
+
+        /// `max |v|` over the used slots (f32::max skips the NaN of the unused ones).
+        fn max_v(&self) -> f32 {
+            widen(&self.v).iter().fold(0.0, |m, v| m.max(v.abs()))
+        }
+
+        /// V row `slot` of KV head 0, in f32.
+        fn v_row(&self, slot: usize) -> Vec<f32> {
+            let d = self.shape.head_dim;
+            widen(&self.v[slot * d..(slot + 1) * d])
         }
     }
 
@@ -548,8 +745,10 @@ mod tests {
     /// groups of 2 and 8, 1 and 5 query tokens, 1 to 3000 keys, causal only and with windows
     /// of 1024 and 3). The output is a convex combination of V rows, and the f32 rounding of
     /// the scores, exponentials and running sums perturbs each weight by a relative ~1e-6 at
-    /// these sizes (worst seen: 2.3e-6): require `max |got - want| <= 1e-5 · max |v|`.
-    fn streaming_matches_reference(head_dim: usize) {
+    /// these sizes (worst seen: 2.3e-6 · max |v| with f16 K/V, 1.3e-6 with f32; the element
+    /// type hardly enters, since the reference reads the same stored values): require
+    /// `max |got - want| <= 1e-5 · max |v|`.
+    fn streaming_matches_reference<T: KvElem>(head_dim: usize) {
         for (n_kv_head, group) in [(2, 2), (1, 8)] {
             for n_tokens in [1, 5] {
                 for n_keys in [1, 2, 37, 3000] {
@@ -557,10 +756,8 @@ mod tests {
                     let scale = if n_keys == 37 { 0.5 } else { 1.0 };
                     let shape = AttnShape { n_head: n_kv_head * group, n_kv_head, head_dim, scale, window: None };
                     let seed = (head_dim * 1000 + group * 100 + n_tokens * 10000 + n_keys) as u64;
-                    let mut case = Case::random(shape, n_tokens, n_keys, n_keys / 3, seed);
-                    // f32::max skips the NaN of the unused slots.
-                    let max_v = case.v.iter().map(|v| v.to_f32().abs()).fold(0.0, f32::max);
-                    let bound = 1e-5 * max_v;
+                    let mut case = Case::<T>::random(shape, n_tokens, n_keys, n_keys / 3, seed);
+                    let bound = 1e-5 * case.max_v();
                     for window in [None, Some(1024), Some(3)] {
                         case.shape.window = window;
                         let shape = case.shape;
@@ -581,30 +778,39 @@ mod tests {
 
     #[test]
     fn streaming_matches_reference_d256() {
-        streaming_matches_reference(256);
+        streaming_matches_reference::<f16>(256);
     }
 
     #[test]
     fn streaming_matches_reference_d512() {
-        streaming_matches_reference(512);
+        streaming_matches_reference::<f16>(512);
+    }
+
+    #[test]
+    fn f32_streaming_matches_reference_d256() {
+        streaming_matches_reference::<f32>(256);
+    }
+
+    #[test]
+    fn f32_streaming_matches_reference_d512() {
+        streaming_matches_reference::<f32>(512);
     }
 
     /// The key split and the merge of its partial results, for 1 chunk up to more chunks than
     /// keys (some empty, and with a window of 1 most of them see no key), against the
     /// reference with the same bound as above.
-    #[test]
-    fn key_splits_match_the_reference() {
+    fn key_splits_match_the_reference<T: KvElem>() {
         let shape = AttnShape { n_head: 4, n_kv_head: 2, head_dim: 64, scale: 1.0, window: None };
         for n_keys in [37, 300] {
-            let mut case = Case::random(shape, 2, n_keys, n_keys / 3, 5);
-            let bound = 1e-5 * case.v.iter().map(|v| v.to_f32().abs()).fold(0.0, f32::max);
+            let mut case = Case::<T>::random(shape, 2, n_keys, n_keys / 3, 5);
+            let bound = 1e-5 * case.max_v();
             for window in [None, Some(100), Some(1)] {
                 case.shape.window = window;
                 let want = case.reference();
                 for isa in Isa::available() {
                     for n_chunks in [1, 2, 3, 7, 50] {
                         let mut got = vec![f32::NAN; case.q.len()];
-                        attention_split(isa, &case.shape, &case.q, &case.q_pos, case.kv(), &mut got, n_chunks);
+                        attention_split(isa, &case.shape, &case.q, &case.q_pos, case.rows(), &mut got, n_chunks);
                         let err = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0.0f32, f32::max);
                         assert!(err <= bound, "{isa:?} keys={n_keys} {window:?} chunks={n_chunks}: error {err}");
                     }
@@ -613,8 +819,19 @@ mod tests {
         }
     }
 
+    #[test]
+    fn key_splits_match_the_reference_f16() {
+        key_splits_match_the_reference::<f16>();
+    }
+
+    #[test]
+    fn key_splits_match_the_reference_f32() {
+        key_splits_match_the_reference::<f32>();
+    }
+
     /// Every path (the reference included) on a hand-built case, compared exactly.
-    fn check_exact(case: &Case, want: &[f32], what: &str) {
+    fn check_exact<T: KvElem>(case: &Case<T>, want: &[f32], what: &str) {
+        let what = format!("{what}, {}", std::any::type_name::<T>());
         assert_eq!(case.reference(), want, "reference: {what}");
         for isa in Isa::available() {
             assert_eq!(case.streaming(isa), want, "{isa:?}: {what}");
@@ -627,47 +844,68 @@ mod tests {
 
     #[test]
     fn a_single_key_gives_its_value() {
-        let case = Case::random(shape(None), 1, 1, 0, 1);
-        // Weight e^0 / e^0 = 1 exactly, for both query heads.
-        let want: Vec<f32> = case.v[..32].iter().chain(&case.v[..32]).map(|v| v.to_f32()).collect();
-        check_exact(&case, &want, "one key");
+        fn check<T: KvElem>() {
+            let case = Case::<T>::random(shape(None), 1, 1, 0, 1);
+            // Weight e^0 / e^0 = 1 exactly, for both query heads.
+            check_exact(&case, &[case.v_row(0), case.v_row(0)].concat(), "one key");
+        }
+        check::<f16>();
+        check::<f32>();
     }
 
     #[test]
     fn a_window_of_one_sees_only_the_current_token() {
-        // 10 keys in ring order; the query at the newest position, window 1.
-        let case = Case::random(shape(Some(1)), 1, 10, 4, 2);
-        let slot = case.pos.iter().position(|&p| p == case.q_pos[0]).unwrap();
-        let own: Vec<f32> = case.v[slot * 32..(slot + 1) * 32].iter().map(|v| v.to_f32()).collect();
-        check_exact(&case, &[own.clone(), own].concat(), "window 1");
+        fn check<T: KvElem>() {
+            // 10 keys in ring order; the query at the newest position, window 1.
+            let case = Case::<T>::random(shape(Some(1)), 1, 10, 4, 2);
+            let slot = case.pos.iter().position(|&p| p == case.q_pos[0]).unwrap();
+            check_exact(&case, &[case.v_row(slot), case.v_row(slot)].concat(), "window 1");
+        }
+        check::<f16>();
+        check::<f32>();
     }
 
     #[test]
     fn equal_scores_average_the_values() {
-        let mut case = Case::random(shape(None), 1, 2, 0, 3);
-        let (k0, rest) = case.k.split_at_mut(32);
-        rest[..32].copy_from_slice(k0);
-        let (v0, v1) = (&case.v[..32], &case.v[32..64]);
-        // (v0 + v1) / 2: the sum of two f16 values is exact in f32, and so is the halving.
-        let avg: Vec<f32> = v0.iter().zip(v1).map(|(a, b)| (a.to_f32() + b.to_f32()) * 0.5).collect();
-        check_exact(&case, &[avg.clone(), avg].concat(), "two equal keys");
+        fn check<T: KvElem>() {
+            let mut case = Case::<T>::random(shape(None), 1, 2, 0, 3);
+            let (k0, rest) = case.k.split_at_mut(32);
+            rest[..32].copy_from_slice(k0);
+            // (v0 + v1) / 2: every path rounds the sum to f32 once (exact for f16 values) and
+            // halves it exactly.
+            let avg: Vec<f32> = case.v_row(0).iter().zip(case.v_row(1)).map(|(a, b)| (a + b) * 0.5).collect();
+            check_exact(&case, &[avg.clone(), avg].concat(), "two equal keys");
+        }
+        check::<f16>();
+        check::<f32>();
     }
 
     #[test]
     fn the_window_edge_and_the_future_are_masked() {
-        // Query at position 2000. Keys at 2000 - 1024 (outside a 1024 window), 2000 - 1023
-        // (the oldest inside it) and 2001 (the future), all with score 0 (K = 0).
-        let d = 32;
-        let mut case = Case::random(shape(Some(1024)), 1, 3, 0, 4);
-        case.k.iter_mut().for_each(|k| *k = f16::ZERO);
-        case.pos = vec![976, 977, 2001];
-        case.q_pos = vec![2000];
-        let row = |slot: usize| -> Vec<f32> { case.v[slot * d..(slot + 1) * d].iter().map(|v| v.to_f32()).collect() };
-        let inside = row(1);
-        check_exact(&case, &[inside.clone(), inside].concat(), "window 1024");
-        // Causal only: the two past keys, equally weighted.
-        case.shape.window = None;
-        let avg: Vec<f32> = row(0).iter().zip(row(1)).map(|(a, b)| (a + b) * 0.5).collect();
-        check_exact(&case, &[avg.clone(), avg].concat(), "causal");
+        fn check<T: KvElem>() {
+            // Query at position 2000. Keys at 2000 - 1024 (outside a 1024 window), 2000 - 1023
+            // (the oldest inside it) and 2001 (the future), all with score 0 (K = 0).
+            let mut case = Case::<T>::random(shape(Some(1024)), 1, 3, 0, 4);
+            case.k.iter_mut().for_each(|k| *k = T::ZERO);
+            case.pos = vec![976, 977, 2001];
+            case.q_pos = vec![2000];
+            let inside = case.v_row(1);
+            check_exact(&case, &[inside.clone(), inside].concat(), "window 1024");
+            // Causal only: the two past keys, equally weighted.
+            case.shape.window = None;
+            let avg: Vec<f32> = case.v_row(0).iter().zip(case.v_row(1)).map(|(a, b)| (a + b) * 0.5).collect();
+            check_exact(&case, &[avg.clone(), avg].concat(), "causal");
+        }
+        check::<f16>();
+        check::<f32>();
+    }
+
+    /// The enum carries the rows of either type unchanged.
+    #[test]
+    fn kv_slots_wrap_either_type() {
+        let (k16, k32, pos) = ([f16::ONE; 16], [1.0f32; 16], [3usize]);
+        assert!(matches!(KvSlots::new(&k16, &k16, &pos), KvSlots::F16(r) if r.k.as_ptr() == k16.as_ptr()));
+        assert!(matches!(KvSlots::new(&k32, &k32, &pos), KvSlots::F32(r) if r.v.as_ptr() == k32.as_ptr()));
+        assert_eq!(KvSlots::new(&k32, &k32, &pos).pos(), [3]);
     }
 }

@@ -29,7 +29,7 @@ use ggml::ops::norm::{rms_norm_heads, rms_norm_inplace};
 use ggml::ops::rope::{rope_neox_cached, RopeCache};
 
 use super::{find_vector, Input, Logits, Matrix, Metadata, ModelError};
-use crate::kv_cache::{KvCache, KvCacheError, LayerSpec};
+use crate::kv_cache::{KvCache, KvCacheError, KvType, LayerSpec};
 
 const ARCH: &str = "gemma3";
 
@@ -214,9 +214,14 @@ impl Gemma3 {
             .collect()
     }
 
-    /// An empty cache for up to `context` positions.
+    /// An empty f16 cache for up to `context` positions.
     pub fn new_cache(&self, context: usize) -> Result<KvCache, KvCacheError> {
         KvCache::new(&self.kv_specs(), context)
+    }
+
+    /// An empty cache of `kv_type` elements for up to `context` positions.
+    pub fn new_cache_of(&self, context: usize, kv_type: KvType) -> Result<KvCache, KvCacheError> {
+        KvCache::with_type(&self.kv_specs(), context, kv_type)
     }
 
     /// Runs `tokens` at positions `pos ..`, appending their keys and values to `cache` (which

@@ -39,7 +39,7 @@ use ggml::ops::rope::{rope_neox_cached, RopeCache};
 use ggml::ops::softmax::softmax_top_k;
 
 use super::{find_vector, ExpertStack, Input, Logits, Matrix, Metadata, ModelError};
-use crate::kv_cache::{KvCache, KvCacheError, LayerSpec};
+use crate::kv_cache::{KvCache, KvCacheError, KvType, LayerSpec};
 
 const ARCH: &str = "gemma4";
 
@@ -348,9 +348,14 @@ impl Gemma4 {
             .collect()
     }
 
-    /// An empty cache for up to `context` positions.
+    /// An empty f16 cache for up to `context` positions.
     pub fn new_cache(&self, context: usize) -> Result<KvCache, KvCacheError> {
         KvCache::new(&self.kv_specs(), context)
+    }
+
+    /// An empty cache of `kv_type` elements for up to `context` positions.
+    pub fn new_cache_of(&self, context: usize, kv_type: KvType) -> Result<KvCache, KvCacheError> {
+        KvCache::with_type(&self.kv_specs(), context, kv_type)
     }
 
     /// Runs `tokens` at positions `pos ..`, appending their keys and values to `cache` (which

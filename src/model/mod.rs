@@ -20,7 +20,7 @@ use ggml::kernels::{dot_type, Isa};
 use ggml::quants::{dequantize_row, QuantError};
 use ggml::GgmlType;
 
-use crate::kv_cache::{KvCache, KvCacheError};
+use crate::kv_cache::{KvCache, KvCacheError, KvType};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -81,11 +81,16 @@ impl Model {
         }
     }
 
-    /// An empty cache for up to `context` positions.
+    /// An empty f16 cache for up to `context` positions.
     pub fn new_cache(&self, context: usize) -> Result<KvCache, KvCacheError> {
+        self.new_cache_of(context, KvType::F16)
+    }
+
+    /// An empty cache of `kv_type` elements for up to `context` positions.
+    pub fn new_cache_of(&self, context: usize, kv_type: KvType) -> Result<KvCache, KvCacheError> {
         match self {
-            Model::Gemma3(m) => m.new_cache(context),
-            Model::Gemma4(m) => m.new_cache(context),
+            Model::Gemma3(m) => m.new_cache_of(context, kv_type),
+            Model::Gemma4(m) => m.new_cache_of(context, kv_type),
         }
     }
 

@@ -54,8 +54,12 @@ pub fn rewrite(src: &Path, dst: &Path, set: &[(&str, ggml::gguf::Value)], drop: 
 
     let file = GgufFile::open(src).unwrap();
     let header = &file.header;
-    let mut metadata: Vec<_> =
-        header.metadata.iter().filter(|(k, _)| !drop.contains(&k.as_str()) && !set.iter().any(|(s, _)| s == k)).cloned().collect();
+    let mut metadata: Vec<_> = header
+        .metadata
+        .iter()
+        .filter(|(k, _)| !drop.contains(&k.as_str()) && !set.iter().any(|(s, _)| s == k))
+        .cloned()
+        .collect();
     metadata.extend(set.iter().map(|(k, v)| (k.to_string(), v.clone())));
     let kept: Vec<_> = header.tensors.iter().filter(|t| !drop.contains(&t.name.as_str())).cloned().collect();
     let mut tensors = kept.clone();

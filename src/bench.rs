@@ -1,0 +1,212 @@
+//! `gemma bench`: prompt-processing and generation speed, measured as llama-bench measures it so
+//! the two tables can be read side by side.
+//!
+//! - `ppP`: `P` prompt tokens through a fresh cache (after `D` tokens of depth), in batches of
+//!   `-b`, logits of the last one only; tokens/s = P / time.
+//! - `tgN`: `N` tokens generated one at a time after the depth; tokens/s = N / time.
+//!
+//! Tokens are random ids (as llama-bench's), so the speed does not depend on a text. Each test
+//! runs once to warm up (page cache, allocations), then `-r` times; the table gives the mean ±
+//! the sample standard deviation of the per-repetition tokens/s. Every combination of the
+//! `-p`/`-n`/`-d`/`-t` lists is run.
+
+use std::time::{Duration, Instant};
+
+use ggml::gguf::GgufFile;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+use crate::info::{human_bytes, human_count, ModelInfo};
+use crate::model::{Logits, Model};
+use crate::run::RunError;
+
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    pub prompt: Vec<usize>,
+    pub gen: Vec<usize>,
+    pub depth: Vec<usize>,
+    pub threads: Vec<usize>,
+    pub batch: usize,
+    pub repetitions: usize,
+}
+
+/// One line of the table.
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchResult {
+    pub test: String,
+    pub threads: usize,
+    pub depth: usize,
+    pub n_tokens: usize,
+    /// Tokens per second of each repetition.
+    pub samples: Vec<f64>,
+    pub mean: f64,
+    pub stddev: f64,
+}
+
+/// The whole run: the model, how long it took to load, the results, the peak memory.
+/// `model.name` is the architecture and file type.
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchReport {
+    pub model: Label,
+    pub load_ms: f64,
+    pub results: Vec<BenchResult>,
+    /// The process's peak resident set (`VmHWM`), when the OS reports it.
+    pub peak_rss: Option<u64>,
+}
+
+/// A model loaded for benchmarking.
+pub struct Bench {
+    model: Model,
+    pub label: Label,
+    pub load_ms: f64,
+}
+
+/// What the table says about the model.
+#[derive(Clone, Debug, Serialize)]
+pub struct Label {
+    /// Architecture and file type, e.g. `gemma4 MOSTLY_Q4_K_M`.
+    pub name: String,
+    pub file_size: u64,
+    pub n_params: u64,
+}
+
+impl Bench {
+    pub fn load(path: &std::path::Path) -> Result<Bench, RunError> {
+        let started = Instant::now();
+        let gguf = GgufFile::open(path)?;
+        let info = ModelInfo::new(&gguf, 0, false);
+        let model = Model::load(gguf)?;
+        let name = format!(
+            "{} {}",
+            info.architecture.as_deref().unwrap_or("?"),
+            info.file_type.as_ref().map_or("?", |f| f.name)
+        );
+        let load_ms = started.elapsed().as_secs_f64() * 1e3;
+        Ok(Bench { model, label: Label { name, file_size: info.file_size, n_params: info.n_params }, load_ms })
+    }
+
+    /// Runs every test, reporting each result through `progress` as soon as it is measured.
+    pub fn run(
+        &mut self,
+        options: &BenchOptions,
+        progress: &mut dyn FnMut(&BenchResult),
+    ) -> Result<BenchReport, RunError> {
+        let model = &mut self.model;
+        let mut rng = ChaCha8Rng::seed_from_u64(1234);
+        let n_vocab = model.n_vocab() as u32;
+        let mut random = |n: usize| -> Vec<u32> { (0..n).map(|_| rng.gen_range(0..n_vocab)).collect() };
+        let batch = options.batch.max(1);
+        let mut results = Vec::new();
+        for &threads in &options.threads {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads.max(1))
+                .build()
+                .expect("a thread pool with a positive thread count");
+            for &depth in &options.depth {
+                let pp = options.prompt.iter().filter(|&&p| p > 0).map(|&p| (format!("pp{p}"), p, true));
+                let tg = options.gen.iter().filter(|&&n| n > 0).map(|&n| (format!("tg{n}"), n, false));
+                for (mut test, n_tokens, is_prompt) in pp.chain(tg).collect::<Vec<_>>() {
+                    if depth > 0 {
+                        test += &format!(" @ d{depth}");
+                    }
+                    let mut samples = Vec::with_capacity(options.repetitions);
+                    for rep in 0..=options.repetitions {
+                        let (depth_tokens, tokens) = (random(depth), random(n_tokens));
+                        let elapsed = pool.install(|| -> Result<Duration, RunError> {
+                            let mut cache = model.new_cache(depth + n_tokens)?;
+                            for (i, chunk) in depth_tokens.chunks(batch).enumerate() {
+                                model.forward(chunk, i * batch, &mut cache, Logits::Last);
+                            }
+                            let start = Instant::now();
+                            if is_prompt {
+                                for (i, chunk) in tokens.chunks(batch).enumerate() {
+                                    model.forward(chunk, depth + i * batch, &mut cache, Logits::Last);
+                                }
+                            } else {
+                                for (i, &t) in tokens.iter().enumerate() {
+                                    model.forward(&[t], depth + i, &mut cache, Logits::Last);
+                                }
+                            }
+                            Ok(start.elapsed())
+                        })?;
+                        // Repetition 0 is the warm-up.
+                        if rep > 0 {
+                            samples.push(n_tokens as f64 / elapsed.as_secs_f64().max(1e-9));
+                        }
+                    }
+                    let (mean, stddev) = mean_stddev(&samples);
+                    let result = BenchResult { test, threads, depth, n_tokens, samples, mean, stddev };
+                    progress(&result);
+                    results.push(result);
+                }
+            }
+        }
+        Ok(BenchReport { model: self.label.clone(), load_ms: self.load_ms, results, peak_rss: peak_rss() })
+    }
+}
+
+/// The mean and the sample standard deviation (0 for fewer than two samples).
+pub fn mean_stddev(x: &[f64]) -> (f64, f64) {
+    if x.is_empty() {
+        return (0.0, 0.0);
+    }
+    let mean = x.iter().sum::<f64>() / x.len() as f64;
+    if x.len() < 2 {
+        return (mean, 0.0);
+    }
+    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / (x.len() - 1) as f64;
+    (mean, var.sqrt())
+}
+
+/// Peak resident set size in bytes, from `/proc/self/status` (Linux).
+pub fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// The table header, in llama-bench's columns.
+pub fn table_header() -> String {
+    format!(
+        "| {:<24} | {:>10} | {:>8} | {:>7} | {:>14} | {:>20} |\n|{:-<26}|{:->12}|{:->10}|{:->9}|{:->16}|{:->22}|",
+        "model", "size", "params", "threads", "test", "t/s", "", ":", ":", ":", ":", ":"
+    )
+}
+
+/// One table row for `r`.
+pub fn table_row(label: &Label, r: &BenchResult) -> String {
+    format!(
+        "| {:<24} | {:>10} | {:>8} | {:>7} | {:>14} | {:>20} |",
+        label.name,
+        human_bytes(label.file_size),
+        human_count(label.n_params),
+        r.threads,
+        r.test,
+        format!("{:.2} ± {:.2}", r.mean, r.stddev)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mean_and_sample_stddev() {
+        // Hand-derived: mean 5, squared deviations 9 + 1 + 1 + 9 = 20 over n - 1 = 3.
+        let (m, s) = mean_stddev(&[2.0, 4.0, 6.0, 8.0]);
+        assert_eq!(m, 5.0);
+        assert!((s - (20.0f64 / 3.0).sqrt()).abs() < 1e-12);
+        assert_eq!(mean_stddev(&[3.0]), (3.0, 0.0));
+        assert_eq!(mean_stddev(&[]), (0.0, 0.0));
+    }
+
+    #[test]
+    fn peak_rss_is_reported_on_linux() {
+        if cfg!(target_os = "linux") {
+            let rss = peak_rss().expect("VmHWM in /proc/self/status");
+            assert!(rss > 1 << 20, "{rss}");
+        }
+    }
+}
