@@ -73,6 +73,27 @@ fn malformed_files_get_errors_that_say_what_is_wrong() {
     assert!(e.contains("truncated: padding before the data section"), "{e}");
 }
 
+/// `finish_zeroed` after the first tensor: the second reads as zeros, the length is what
+/// `finish` would have written.
+#[test]
+fn a_zeroed_finish_leaves_the_remaining_data_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("z.gguf");
+    let metadata = vec![("general.alignment".to_string(), Value::U32(64))];
+    let mut tensors = vec![
+        TensorInfo { name: "a".into(), ty: GgmlType::F32, dims: vec![5], offset: 0 },
+        TensorInfo { name: "b".into(), ty: GgmlType::Q8_0, dims: vec![32, 3], offset: 0 },
+    ];
+    assign_offsets(&mut tensors, 64);
+    let mut w = GgufWriter::create(&path, 3, &metadata, &tensors).unwrap();
+    w.write_tensor_data(&[9; 20]).unwrap();
+    w.finish_zeroed().unwrap();
+    let f = GgufFile::open(&path).unwrap();
+    assert_eq!(f.tensor_data(&tensors[0]), [9; 20]);
+    assert_eq!(f.tensor_data(&tensors[1]), [0; 102]);
+    assert_eq!(f.len(), f.header.data_offset + 64 + 128);
+}
+
 #[test]
 fn writer_round_trips_every_value_type_and_tensor_data() {
     let dir = tempfile::tempdir().unwrap();

@@ -142,6 +142,24 @@ impl GgufWriter {
         Ok(())
     }
 
+    /// Ends the file without writing the remaining tensors' data: the file is extended to its
+    /// full length, so that data reads as zeros (and takes no disk space where the file system
+    /// has sparse files). For skeleton models whose data is filled in later or never read.
+    pub fn finish_zeroed(mut self) -> Result<(), GgufError> {
+        let end = match self.pending.last() {
+            Some(&(_, offset, size)) => (offset + size).next_multiple_of(self.alignment),
+            None => 0,
+        };
+        let io = |path: &PathBuf, err| GgufError::Io { path: path.clone(), err };
+        self.out.flush().map_err(|e| io(&self.path, e))?;
+        let (out, path) = (self.out, self.path);
+        let tmp = out.into_inner().map_err(|e| io(&path, e.into_error()))?;
+        let header_len = tmp.as_file().metadata().map_err(|e| io(&path, e))?.len() - self.data_written;
+        tmp.as_file().set_len(header_len + end).map_err(|e| io(&path, e))?;
+        tmp.persist(&path).map_err(|e| io(&path, e.error))?;
+        Ok(())
+    }
+
     fn pad_to(&mut self, offset: u64) -> Result<(), GgufError> {
         const ZEROS: [u8; 64] = [0; 64];
         while self.data_written < offset {

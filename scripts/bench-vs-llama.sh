@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# gemma bench and llama.cpp's llama-bench on the same GGUF, same thread count, interleaved
+# (this machine is shared and noisy: only the ratio measured side by side means something),
+# plus the machine's read bandwidth and generation speed as a fraction of its bound.
+#
+#   scripts/bench-vs-llama.sh MODEL.gguf [-p 512] [-n 128] [-t THREADS] [-r ROUNDS]
+#
+# llama-bench is built once from the llama-cpp-python==0.3.36 sdist's vendored llama.cpp
+# (cmake, -DGGML_NATIVE=ON) into ~/.cache/gemma.rs/llama-bench.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+model="$1"; shift
+pp=512; tg=128; threads="$(nproc)"; rounds=3
+while [ $# -gt 0 ]; do
+    case "$1" in
+        -p) pp="$2"; shift 2 ;;
+        -n) tg="$2"; shift 2 ;;
+        -t) threads="$2"; shift 2 ;;
+        -r) rounds="$2"; shift 2 ;;
+        *) echo "unknown option $1" >&2; exit 2 ;;
+    esac
+done
+
+cache="${GEMMA_CACHE:-$HOME/.cache/gemma.rs}"
+bench="$cache/llama-bench/build/bin/llama-bench"
+if [ ! -x "$bench" ]; then
+    sdist="$cache/models/llama-cpp-python/llama_cpp_python-0.3.36.tar.gz"
+    [ -f "$sdist" ] || "$root/scripts/fetch-test-models.sh"
+    mkdir -p "$cache/llama-bench"
+    tar xzf "$sdist" -C "$cache/llama-bench" --strip-components=3 llama_cpp_python-0.3.36/vendor/llama.cpp
+    cmake -S "$cache/llama-bench" -B "$cache/llama-bench/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
+        -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF >/dev/null
+    cmake --build "$cache/llama-bench/build" --target llama-bench -j "$(nproc)" >/dev/null
+fi
+(cd "$root" && cargo build --release --quiet --bin gemma --example membw)
+gemma="$root/target/release/gemma"
+
+bw="$("$root/target/release/examples/membw" 4 "$threads")"
+ours=(); theirs=()
+for r in $(seq "$rounds"); do
+    ours+=("$("$gemma" bench -m "$model" -p "$pp" -n "$tg" -t "$threads" -r 1 -o json)")
+    theirs+=("$("$bench" -m "$model" -p "$pp" -n "$tg" -t "$threads" -r 1 -o json 2>/dev/null)")
+done
+
+"$root/.venv/bin/python" - "$model" "$bw" "$pp" "$tg" "$threads" <<'PY' "${ours[@]}" -- "${theirs[@]}"
+import json, statistics, sys
+from gguf import GGUFReader
+model, bw, pp, tg, threads = sys.argv[1], float(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+rest = sys.argv[6:]
+cut = rest.index("--")
+ours = [json.loads(s) for s in rest[:cut]]
+theirs = [json.loads(s) for s in rest[cut + 1:]]
+
+def ts(kind, n):
+    a = [r["mean"] for o in ours for r in o["results"] if r["test"] == f"{kind}{n}"]
+    b = [t["avg_ts"] for run in theirs for t in run if (t["n_prompt"] if kind == "pp" else t["n_gen"]) == int(n)
+         and (t["n_gen"] if kind == "pp" else t["n_prompt"]) == 0]
+    return a, b
+
+# Bytes of weights read per generated token: every tensor once, except the experts (only the
+# used ones) and the token embedding when an output head exists (one row).
+r = GGUFReader(model)
+f = {k: v.contents() for k, v in r.fields.items() if not k.startswith("tokenizer.")}
+arch = f["general.architecture"]
+used, n_exp = f.get(f"{arch}.expert_used_count", 0), f.get(f"{arch}.expert_count", 0)
+has_output = any(t.name == "output.weight" for t in r.tensors)
+per_token = 0
+for t in r.tensors:
+    n = int(t.n_bytes)
+    if "_exps." in t.name and n_exp:
+        n = n * used // n_exp
+    elif t.name == "token_embd.weight" and has_output:
+        n = 0
+    per_token += n
+
+print(f"model {model}, {threads} threads, read bandwidth {bw:.1f} GB/s, "
+      f"{per_token / 1e9:.2f} GB of weights per generated token")
+print("| test | gemma.rs t/s | llama.cpp t/s | ratio |")
+print("|---|---:|---:|---:|")
+for kind, n in (("pp", pp), ("tg", tg)):
+    a, b = ts(kind, n)
+    if not a or not b:
+        continue
+    ma, mb = statistics.mean(a), statistics.mean(b)
+    sa = statistics.stdev(a) if len(a) > 1 else 0.0
+    sb = statistics.stdev(b) if len(b) > 1 else 0.0
+    print(f"| {kind}{n} | {ma:.2f} ± {sa:.2f} | {mb:.2f} ± {sb:.2f} | {ma / mb:.2f}x |")
+    if kind == "tg":
+        for who, m in (("gemma.rs", ma), ("llama.cpp", mb)):
+            print(f"{who} generation: {m * per_token / 1e9:.1f} GB/s of weights, "
+                  f"{100 * m * per_token / 1e9 / bw:.0f}% of the measured bandwidth")
+PY
