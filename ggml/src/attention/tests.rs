@@ -1,0 +1,249 @@
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use half::f16;
+
+use super::*;
+
+/// One attention call's inputs, with K and V of type `T`. Built by [`Case::random`].
+struct Case<T: KvElem> {
+    shape: AttnShape,
+    q: Vec<f32>,
+    q_pos: Vec<usize>,
+    k: Vec<T>,
+    v: Vec<T>,
+    pos: Vec<usize>,
+}
+
+/// `x` in f32.
+fn widen<T: KvElem>(x: &[T]) -> Vec<f32> {
+    T::as_f32(x, &mut vec![0.0; x.len()]).to_vec()
+}
+
+impl<T: KvElem> Case<T> {
+    /// Random queries and a cache of `n_keys` used slots (plus two unused ones, poisoned
+    /// with NaN so that reading them shows) holding positions `first..first + n_keys`
+    /// rotated by `rotate` slots, as a ring buffer leaves them.
+    fn random(shape: AttnShape, n_tokens: usize, n_keys: usize, rotate: usize, seed: u64) -> Case<T> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let d = shape.head_dim;
+        let capacity = n_keys + 2;
+        // Scores q·k with a standard deviation of about 2 (uniform q in ±6/√d, k in ±1; the
+        // largest of 3000 near 8): peaked enough that the running maximum moves several
+        // times. The error grows with |score| (an f32 score is off by ~eps·|s|, which shifts
+        // a weight by the same relative amount): at a deviation of 3 it reaches 8e-6.
+        let q_range = 6.0 / (d as f32).sqrt();
+        let q = (0..n_tokens * shape.n_head * d).map(|_| rng.gen_range(-q_range..q_range)).collect();
+        let cache = |rng: &mut StdRng| -> Vec<T> {
+            let mut x = vec![f32::NAN; shape.n_kv_head * capacity * d];
+            for head in x.chunks_exact_mut(capacity * d) {
+                head[..n_keys * d].iter_mut().for_each(|x| *x = rng.gen_range(-1.0..1.0));
+            }
+            let mut stored = vec![T::ZERO; x.len()];
+            T::store_row(&x, &mut stored);
+            stored
+        };
+        let (k, v) = (cache(&mut rng), cache(&mut rng));
+        let first = 7;
+        let pos = (0..n_keys).map(|slot| first + (slot + rotate) % n_keys).collect();
+        // Queries spread over the cached positions, the last at the newest key, so that the
+        // causal mask cuts each at a different place.
+        let q_pos = (0..n_tokens).map(|t| first + ((t + 1) * n_keys / n_tokens).saturating_sub(1)).collect();
+        Case { shape, q, q_pos, k, v, pos }
+    }
+
+    fn rows(&self) -> KvRows<'_, T> {
+        KvRows { k: &self.k, v: &self.v, pos: &self.pos }
+    }
+
+    fn reference(&self) -> Vec<f32> {
+        let mut out = vec![f32::NAN; self.q.len()];
+        attention_reference(&self.shape, &self.q, &self.q_pos, self.rows().into(), &mut out);
+        out
+    }
+
+    fn streaming(&self, isa: Isa) -> Vec<f32> {
+        let mut out = vec![f32::NAN; self.q.len()];
+        attention(isa, &self.shape, &self.q, &self.q_pos, self.rows().into(), &mut out);
+        out
+    }
+
+    /// `max |v|` over the used slots (f32::max skips the NaN of the unused ones).
+    fn max_v(&self) -> f32 {
+        widen(&self.v).iter().fold(0.0, |m, v| m.max(v.abs()))
+    }
+
+    /// V row `slot` of KV head 0, in f32.
+    fn v_row(&self, slot: usize) -> Vec<f32> {
+        let d = self.shape.head_dim;
+        widen(&self.v[slot * d..(slot + 1) * d])
+    }
+}
+
+/// Every streaming path against the f64 reference, on random data (ring-ordered slots, GQA
+/// groups of 2 and 8, 1 and 5 query tokens, 1 to 3000 keys, causal only and with windows
+/// of 1024 and 3). The output is a convex combination of V rows, and the f32 rounding of
+/// the scores, exponentials and running sums perturbs each weight by a relative ~1e-6 at
+/// these sizes (worst seen: 2.3e-6 · max |v| with f16 K/V, 1.3e-6 with f32; the element
+/// type hardly enters, since the reference reads the same stored values): require
+/// `max |got - want| <= 1e-5 · max |v|`.
+fn streaming_matches_reference<T: KvElem>(head_dim: usize) {
+    for (n_kv_head, group) in [(2, 2), (1, 8)] {
+        for n_tokens in [1, 5] {
+            for n_keys in [1, 2, 37, 3000] {
+                // One key count also checks that the scale is applied.
+                let scale = if n_keys == 37 { 0.5 } else { 1.0 };
+                let shape = AttnShape { n_head: n_kv_head * group, n_kv_head, head_dim, scale, window: None };
+                let seed = (head_dim * 1000 + group * 100 + n_tokens * 10000 + n_keys) as u64;
+                let mut case = Case::<T>::random(shape, n_tokens, n_keys, n_keys / 3, seed);
+                let bound = 1e-5 * case.max_v();
+                for window in [None, Some(1024), Some(3)] {
+                    case.shape.window = window;
+                    let shape = case.shape;
+                    let want = case.reference();
+                    for isa in Isa::available() {
+                        let got = case.streaming(isa);
+                        let err = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0.0f32, f32::max);
+                        assert!(
+                            err <= bound,
+                            "{isa:?} {shape:?} tokens={n_tokens} keys={n_keys}: max error {err} > {bound}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn streaming_matches_reference_d256() {
+    streaming_matches_reference::<f16>(256);
+}
+
+#[test]
+fn streaming_matches_reference_d512() {
+    streaming_matches_reference::<f16>(512);
+}
+
+#[test]
+fn f32_streaming_matches_reference_d256() {
+    streaming_matches_reference::<f32>(256);
+}
+
+#[test]
+fn f32_streaming_matches_reference_d512() {
+    streaming_matches_reference::<f32>(512);
+}
+
+/// The key split and the merge of its partial results, for 1 chunk up to more chunks than
+/// keys (some empty, and with a window of 1 most of them see no key), against the
+/// reference with the same bound as above.
+fn key_splits_match_the_reference<T: KvElem>() {
+    let shape = AttnShape { n_head: 4, n_kv_head: 2, head_dim: 64, scale: 1.0, window: None };
+    for n_keys in [37, 300] {
+        let mut case = Case::<T>::random(shape, 2, n_keys, n_keys / 3, 5);
+        let bound = 1e-5 * case.max_v();
+        for window in [None, Some(100), Some(1)] {
+            case.shape.window = window;
+            let want = case.reference();
+            for isa in Isa::available() {
+                for n_chunks in [1, 2, 3, 7, 50] {
+                    let mut got = vec![f32::NAN; case.q.len()];
+                    attention_split(isa, &case.shape, &case.q, &case.q_pos, case.rows(), &mut got, n_chunks);
+                    let err = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0.0f32, f32::max);
+                    assert!(err <= bound, "{isa:?} keys={n_keys} {window:?} chunks={n_chunks}: error {err}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn key_splits_match_the_reference_f16() {
+    key_splits_match_the_reference::<f16>();
+}
+
+#[test]
+fn key_splits_match_the_reference_f32() {
+    key_splits_match_the_reference::<f32>();
+}
+
+/// Every path (the reference included) on a hand-built case, compared exactly.
+fn check_exact<T: KvElem>(case: &Case<T>, want: &[f32], what: &str) {
+    let what = format!("{what}, {}", std::any::type_name::<T>());
+    assert_eq!(case.reference(), want, "reference: {what}");
+    for isa in Isa::available() {
+        assert_eq!(case.streaming(isa), want, "{isa:?}: {what}");
+    }
+}
+
+fn shape(window: Option<usize>) -> AttnShape {
+    AttnShape { n_head: 2, n_kv_head: 1, head_dim: 32, scale: 1.0, window }
+}
+
+#[test]
+fn a_single_key_gives_its_value() {
+    fn check<T: KvElem>() {
+        let case = Case::<T>::random(shape(None), 1, 1, 0, 1);
+        // Weight e^0 / e^0 = 1 exactly, for both query heads.
+        check_exact(&case, &[case.v_row(0), case.v_row(0)].concat(), "one key");
+    }
+    check::<f16>();
+    check::<f32>();
+}
+
+#[test]
+fn a_window_of_one_sees_only_the_current_token() {
+    fn check<T: KvElem>() {
+        // 10 keys in ring order; the query at the newest position, window 1.
+        let case = Case::<T>::random(shape(Some(1)), 1, 10, 4, 2);
+        let slot = case.pos.iter().position(|&p| p == case.q_pos[0]).unwrap();
+        check_exact(&case, &[case.v_row(slot), case.v_row(slot)].concat(), "window 1");
+    }
+    check::<f16>();
+    check::<f32>();
+}
+
+#[test]
+fn equal_scores_average_the_values() {
+    fn check<T: KvElem>() {
+        let mut case = Case::<T>::random(shape(None), 1, 2, 0, 3);
+        let (k0, rest) = case.k.split_at_mut(32);
+        rest[..32].copy_from_slice(k0);
+        // (v0 + v1) / 2: every path rounds the sum to f32 once (exact for f16 values) and
+        // halves it exactly.
+        let avg: Vec<f32> = case.v_row(0).iter().zip(case.v_row(1)).map(|(a, b)| (a + b) * 0.5).collect();
+        check_exact(&case, &[avg.clone(), avg].concat(), "two equal keys");
+    }
+    check::<f16>();
+    check::<f32>();
+}
+
+#[test]
+fn the_window_edge_and_the_future_are_masked() {
+    fn check<T: KvElem>() {
+        // Query at position 2000. Keys at 2000 - 1024 (outside a 1024 window), 2000 - 1023
+        // (the oldest inside it) and 2001 (the future), all with score 0 (K = 0).
+        let mut case = Case::<T>::random(shape(Some(1024)), 1, 3, 0, 4);
+        case.k.iter_mut().for_each(|k| *k = T::ZERO);
+        case.pos = vec![976, 977, 2001];
+        case.q_pos = vec![2000];
+        let inside = case.v_row(1);
+        check_exact(&case, &[inside.clone(), inside].concat(), "window 1024");
+        // Causal only: the two past keys, equally weighted.
+        case.shape.window = None;
+        let avg: Vec<f32> = case.v_row(0).iter().zip(case.v_row(1)).map(|(a, b)| (a + b) * 0.5).collect();
+        check_exact(&case, &[avg.clone(), avg].concat(), "causal");
+    }
+    check::<f16>();
+    check::<f32>();
+}
+
+/// The enum carries the rows of either type unchanged.
+#[test]
+fn kv_slots_wrap_either_type() {
+    let (k16, k32, pos) = ([f16::ONE; 16], [1.0f32; 16], [3usize]);
+    assert!(matches!(KvSlots::new(&k16, &k16, &pos), KvSlots::F16(r) if r.k.as_ptr() == k16.as_ptr()));
+    assert!(matches!(KvSlots::new(&k32, &k32, &pos), KvSlots::F32(r) if r.v.as_ptr() == k32.as_ptr()));
+    assert_eq!(KvSlots::new(&k32, &k32, &pos).pos(), [3]);
+}
