@@ -76,19 +76,22 @@ fn write_skeleton(vocab: &GgufFile, layers: Option<usize>, path: &Path) -> Resul
     let pattern = h.get_array("gemma4.attention.sliding_window_pattern")?;
     let n_vocab = h.get_array("tokenizer.ggml.tokens")?.len() as u64;
 
+    // The first n_layer layers of the real pattern, the last one made global (as transformers
+    // forces): a cut model still has both layer types.
+    let is_sliding = |il: usize| il + 1 < n_layer && pattern.get_i64(il).unwrap_or(0) != 0;
+    let first_global = (0..n_layer_all).find(|&il| pattern.get_i64(il) == Some(0)).context("a global layer")?;
+    let kv_of = |il: usize| kv_heads.get_i64(if is_sliding(il) { il } else { first_global }).unwrap_or(0) as i32;
     let mut metadata = Vec::new();
     for (k, v) in &h.metadata {
-        let v = match (k.as_str(), v) {
-            ("gemma4.block_count", _) => Value::U32(n_layer as u32),
-            ("general.file_type", _) => Value::U32(0),
-            ("general.name", _) => Value::String(format!("synthetic Gemma 4 26B-A4B, {n_layer} layers")),
-            (_, Value::Array(Array::I32(a))) if a.len() == n_layer_all => {
-                Value::Array(Array::I32(a[..n_layer].to_vec()))
+        let v = match k.as_str() {
+            "gemma4.block_count" => Value::U32(n_layer as u32),
+            "general.file_type" => Value::U32(0),
+            "general.name" => Value::String(format!("synthetic Gemma 4 26B-A4B, {n_layer} layers")),
+            "gemma4.attention.head_count_kv" => Value::Array(Array::I32((0..n_layer).map(kv_of).collect())),
+            "gemma4.attention.sliding_window_pattern" => {
+                Value::Array(Array::Bool((0..n_layer).map(is_sliding).collect()))
             }
-            (_, Value::Array(Array::Bool(a))) if a.len() == n_layer_all => {
-                Value::Array(Array::Bool(a[..n_layer].to_vec()))
-            }
-            (_, v) => v.clone(),
+            _ => v.clone(),
         };
         metadata.push((k.clone(), v));
     }
@@ -97,9 +100,9 @@ fn write_skeleton(vocab: &GgufFile, layers: Option<usize>, path: &Path) -> Resul
     tensors.push(("output_norm.weight".to_string(), vec![n_embd]));
     tensors.push(("rope_freqs.weight".to_string(), vec![hd / 2]));
     for il in 0..n_layer {
-        let sliding = pattern.get_i64(il).unwrap_or(0) != 0;
+        let sliding = is_sliding(il);
         let d = if sliding { hd_swa } else { hd };
-        let n_kv = kv_heads.get_i64(il).context("head_count_kv per layer")? as u64;
+        let n_kv = kv_of(il) as u64;
         let mut t = |role: &str, dims: &[u64]| tensors.push((format!("blk.{il}.{role}"), dims.to_vec()));
         t("attn_norm.weight", &[n_embd]);
         t("attn_q.weight", &[n_embd, n_head * d]);

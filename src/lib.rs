@@ -3,9 +3,12 @@
 pub mod bench;
 pub mod chat;
 pub mod info;
+pub mod jsonl;
 pub mod kv_cache;
 pub mod model;
+pub mod repl;
 pub mod run;
 pub mod sample;
+pub mod session;
 pub mod stop;
 pub mod tokenizer;

@@ -1,19 +1,23 @@
 //! The `gemma` command line.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use gemma::bench::{self, Bench, BenchOptions};
 use gemma::chat::{ChatTemplate, Message, RenderOptions};
 use gemma::info::ModelInfo;
+use gemma::jsonl::{self, JsonlError, JsonlOptions};
 use gemma::kv_cache::KvType;
-use gemma::run::{self, RunError, RunOptions, StopReason};
+use gemma::repl::{self, ChatOptions};
+use gemma::run::{Generator, RunError, RunOptions};
 use gemma::sample::SamplerConfig;
+use gemma::session::Session;
 use gemma::tokenizer::Tokenizer;
 use ggml::gguf::GgufFile;
+use indicatif::ProgressBar;
 
 #[derive(Parser)]
 #[command(name = "gemma", version, about = "Run Google's Gemma models from GGUF files")]
@@ -39,74 +43,9 @@ enum Command {
         json: bool,
     },
     /// Generate text from a prompt (-p, -f, or stdin); the completion alone goes to stdout
-    Run {
-        /// The GGUF model
-        #[arg(short = 'm', long = "model")]
-        model: PathBuf,
-        /// The prompt text
-        #[arg(short = 'p', long = "prompt", conflicts_with = "file")]
-        prompt: Option<String>,
-        /// Read the prompt from a file
-        #[arg(short = 'f', long = "file")]
-        file: Option<PathBuf>,
-        /// Tokens to generate at most
-        #[arg(short = 'n', long = "n-predict", default_value_t = 128)]
-        n_predict: usize,
-        /// Context length (prompt + completion)
-        #[arg(short = 'c', long = "ctx-size", default_value_t = 4096)]
-        ctx_size: usize,
-        /// Prompt tokens per forward batch
-        #[arg(short = 'b', long = "batch-size", default_value_t = 512)]
-        batch_size: usize,
-        /// Temperature; 0 picks the most likely token
-        #[arg(long = "temp", default_value_t = 0.8)]
-        temp: f32,
-        #[arg(long = "top-k", default_value_t = 40)]
-        top_k: usize,
-        #[arg(long = "top-p", default_value_t = 0.95)]
-        top_p: f32,
-        #[arg(long = "min-p", default_value_t = 0.05)]
-        min_p: f32,
-        #[arg(long = "repeat-penalty", default_value_t = 1.0)]
-        repeat_penalty: f32,
-        #[arg(long = "repeat-last-n", default_value_t = 64)]
-        repeat_last_n: usize,
-        #[arg(long = "presence-penalty", default_value_t = 0.0)]
-        presence_penalty: f32,
-        #[arg(long = "frequency-penalty", default_value_t = 0.0)]
-        frequency_penalty: f32,
-        /// Random seed (the same seed gives the same output)
-        #[arg(short = 's', long = "seed")]
-        seed: Option<u64>,
-        /// Treat special-token text in the prompt as plain text
-        #[arg(long)]
-        no_special: bool,
-        /// Wrap the prompt in the model's chat template as one user turn
-        #[arg(long)]
-        chat: bool,
-        /// With --chat: a system message before the user turn
-        #[arg(long, requires = "chat")]
-        system: Option<String>,
-        /// With --chat: let a Gemma 4 model think before it answers
-        #[arg(long, requires = "chat")]
-        think: bool,
-        /// Stop generating where this text appears (not printed); may be repeated
-        #[arg(long = "stop", value_name = "TEXT")]
-        stop: Vec<String>,
-        /// Threads for the matrix products (default: the physical cores)
-        #[arg(short = 't', long = "threads")]
-        threads: Option<usize>,
-        /// Element type of the KV cache
-        #[arg(long = "kv-type", value_enum, default_value_t = KvType::F16)]
-        kv_type: KvType,
-        /// Print one JSON object (text, prompt_ids, completion_ids, stop_reason, timings)
-        /// instead of streaming the text
-        #[arg(long)]
-        json: bool,
-        /// No speed line on stderr
-        #[arg(short = 'q', long)]
-        quiet: bool,
-    },
+    Run(RunArgs),
+    /// Chat with the model in the terminal (line editing, history, /help for commands)
+    Chat(ChatArgs),
     /// Measure prompt-processing and generation speed (tokens/s), as llama-bench does
     Bench {
         /// The GGUF model
@@ -153,6 +92,162 @@ enum Command {
     },
 }
 
+/// The sampling flags `run` and `chat` share.
+#[derive(Args)]
+struct SamplingArgs {
+    /// Temperature; 0 picks the most likely token
+    #[arg(long = "temp", default_value_t = 0.8)]
+    temp: f32,
+    #[arg(long = "top-k", default_value_t = 40)]
+    top_k: usize,
+    #[arg(long = "top-p", default_value_t = 0.95)]
+    top_p: f32,
+    #[arg(long = "min-p", default_value_t = 0.05)]
+    min_p: f32,
+    #[arg(long = "repeat-penalty", default_value_t = 1.0)]
+    repeat_penalty: f32,
+    #[arg(long = "repeat-last-n", default_value_t = 64)]
+    repeat_last_n: usize,
+    #[arg(long = "presence-penalty", default_value_t = 0.0)]
+    presence_penalty: f32,
+    #[arg(long = "frequency-penalty", default_value_t = 0.0)]
+    frequency_penalty: f32,
+    /// Random seed (the same seed gives the same output)
+    #[arg(short = 's', long = "seed")]
+    seed: Option<u64>,
+}
+
+impl SamplingArgs {
+    fn config(&self) -> SamplerConfig {
+        SamplerConfig {
+            temperature: self.temp,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repeat_penalty: self.repeat_penalty,
+            repeat_last_n: self.repeat_last_n,
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
+            seed: self.seed,
+        }
+    }
+}
+
+/// The model and cache flags `run` and `chat` share.
+#[derive(Args)]
+struct ModelArgs {
+    /// The GGUF model
+    #[arg(short = 'm', long = "model")]
+    model: PathBuf,
+    /// Context length (prompt + completion; for chat, the whole conversation)
+    #[arg(short = 'c', long = "ctx-size", default_value_t = 4096)]
+    ctx_size: usize,
+    /// Prompt tokens per forward batch
+    #[arg(short = 'b', long = "batch-size", default_value_t = 512)]
+    batch_size: usize,
+    /// Threads for the matrix products (default: the physical cores)
+    #[arg(short = 't', long = "threads")]
+    threads: Option<usize>,
+    /// Element type of the KV cache
+    #[arg(long = "kv-type", value_enum, default_value_t = KvType::F16)]
+    kv_type: KvType,
+}
+
+impl ModelArgs {
+    /// Our own checks beyond clap's: usage errors (exit code 2).
+    fn check(&self) -> Result<()> {
+        if self.ctx_size == 0 {
+            return Err(UsageError("--ctx-size must be at least 1".into()).into());
+        }
+        if self.batch_size == 0 {
+            return Err(UsageError("--batch-size must be at least 1".into()).into());
+        }
+        if self.threads == Some(0) {
+            return Err(UsageError("--threads must be at least 1".into()).into());
+        }
+        Ok(())
+    }
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The prompt text
+    #[arg(short = 'p', long = "prompt", conflicts_with = "file")]
+    prompt: Option<String>,
+    /// Read the prompt from a file
+    #[arg(short = 'f', long = "file")]
+    file: Option<PathBuf>,
+    /// Tokens to generate at most
+    #[arg(short = 'n', long = "n-predict", default_value_t = 128)]
+    n_predict: usize,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    /// Treat special-token text in the prompt as plain text
+    #[arg(long)]
+    no_special: bool,
+    /// Wrap the prompt in the model's chat template as one user turn
+    #[arg(long)]
+    chat: bool,
+    /// With --chat: a system message before the user turn
+    #[arg(long, requires = "chat")]
+    system: Option<String>,
+    /// With --chat or --jsonl: let a Gemma 4 model think before it answers
+    #[arg(long)]
+    think: bool,
+    /// Stop generating where this text appears (not printed); may be repeated
+    #[arg(long = "stop", value_name = "TEXT")]
+    stop: Vec<String>,
+    /// Print one JSON object (text, prompt_ids, completion_ids, stop_reason, timings)
+    /// instead of streaming the text
+    #[arg(long)]
+    json: bool,
+    /// Serve one JSON request per stdin line ({"prompt": ...} or {"messages": [...]}, plus
+    /// id, n_predict, temperature, top_k, top_p, min_p, seed, stop) with one JSON response
+    /// per stdout line
+    #[arg(long, conflicts_with_all = ["prompt", "file", "json"])]
+    jsonl: bool,
+    /// No speed line or summary on stderr
+    #[arg(short = 'q', long)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct ChatArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// A system message at the start of the conversation
+    #[arg(long)]
+    system: Option<String>,
+    /// Let a Gemma 4 model think before it answers (/set think on|off changes it)
+    #[arg(long)]
+    think: bool,
+    /// Tokens per reply at most (default: until the model ends its turn or the context is full)
+    #[arg(short = 'n', long = "n-predict")]
+    n_predict: Option<usize>,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    /// Keep no input history (by default it is kept in the user's data directory)
+    #[arg(long)]
+    no_history: bool,
+    /// No banner and no stats line after each reply
+    #[arg(short = 'q', long)]
+    quiet: bool,
+}
+
+/// A mistake in how the command was called: exit code 2, as clap's own.
+#[derive(Debug)]
+struct UsageError(String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum BenchFormat {
     /// A markdown table, as llama-bench prints
@@ -167,7 +262,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            if e.downcast_ref::<UsageError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -180,89 +279,8 @@ fn run(cli: Cli) -> Result<()> {
             let text = if json { serde_json::to_string_pretty(&info)? + "\n" } else { info.to_text() };
             print(&text)
         }
-        Command::Run {
-            model,
-            prompt,
-            file,
-            n_predict,
-            ctx_size,
-            batch_size,
-            temp,
-            top_k,
-            top_p,
-            min_p,
-            repeat_penalty,
-            repeat_last_n,
-            presence_penalty,
-            frequency_penalty,
-            seed,
-            no_special,
-            chat,
-            system,
-            think,
-            stop,
-            threads,
-            kv_type,
-            json,
-            quiet,
-        } => {
-            set_threads(threads)?;
-            let prompt = match (prompt, file) {
-                (Some(p), _) => p,
-                (None, Some(f)) => std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?,
-                (None, None) => std::io::read_to_string(std::io::stdin()).context("reading the prompt from stdin")?,
-            };
-            let gguf = GgufFile::open(&model)?;
-            let prompt = if chat { chat_prompt(&gguf, system, prompt, think)? } else { prompt };
-            let sampling = SamplerConfig {
-                temperature: temp,
-                top_k,
-                top_p,
-                min_p,
-                repeat_penalty,
-                repeat_last_n,
-                presence_penalty,
-                frequency_penalty,
-                seed,
-            };
-            let options = RunOptions {
-                prompt,
-                n_predict,
-                context: ctx_size,
-                batch: batch_size,
-                parse_special: !no_special,
-                sampling,
-                stop,
-                kv_type,
-            };
-            let mut stdout = std::io::stdout().lock();
-            let mut sink = std::io::sink();
-            let out: &mut dyn Write = if json { &mut sink } else { &mut stdout };
-            let done = match run::run(gguf, &options, out) {
-                // A closed pipe (`gemma run ... | head -c 100`) ends the run quietly.
-                Err(RunError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
-                r => r.with_context(|| model.display().to_string())?,
-            };
-            if json {
-                print(&(serde_json::to_string(&done)? + "\n"))?;
-            }
-            if !quiet {
-                let t = &done.timings;
-                eprintln!(
-                    "\nprompt {} tokens, {:.1} t/s; generated {} tokens, {:.1} t/s ({})",
-                    done.prompt_ids.len(),
-                    t.prompt_tokens_per_s,
-                    done.completion_ids.len(),
-                    t.generation_tokens_per_s,
-                    match done.stop_reason {
-                        StopReason::Eog => "end of generation",
-                        StopReason::Length => "length limit",
-                        StopReason::StopString => "stop string",
-                    }
-                );
-            }
-            Ok(())
-        }
+        Command::Run(args) => run_command(args),
+        Command::Chat(args) => chat_command(args),
         Command::Bench { model, prompt, gen, depth, threads, batch_size, repetitions, output } => {
             let threads = if threads.is_empty() { vec![num_cpus::get_physical()] } else { threads };
             let options = BenchOptions { prompt, gen, depth, threads, batch: batch_size, repetitions };
@@ -303,6 +321,127 @@ fn run(cli: Cli) -> Result<()> {
             print(&out)
         }
     }
+}
+
+fn run_command(args: RunArgs) -> Result<()> {
+    args.model.check()?;
+    if args.think && !(args.chat || args.jsonl) {
+        return Err(UsageError("--think needs --chat or --jsonl".into()).into());
+    }
+    set_threads(args.model.threads)?;
+    let ModelArgs { model, ctx_size, batch_size, kv_type, .. } = args.model;
+    if args.jsonl {
+        let gguf = GgufFile::open(&model)?;
+        let template = chat_template(&gguf);
+        let interactive = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+        let mut generator = load(gguf, !args.quiet && interactive).with_context(|| model.display().to_string())?;
+        let mut session = Session::new(&mut generator, ctx_size, kv_type, batch_size)?;
+        let options = JsonlOptions {
+            n_predict: args.n_predict,
+            sampling: args.sampling.config(),
+            stop: args.stop,
+            parse_special: !args.no_special,
+            chat: args.chat,
+            system: args.system,
+            think: args.think,
+        };
+        let (mut input, mut output) = (std::io::stdin().lock(), std::io::stdout().lock());
+        let summary = match jsonl::serve(&mut session, &template, &options, &mut input, &mut output) {
+            Err(JsonlError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            r => r?,
+        };
+        if !args.quiet {
+            eprintln!("{} requests answered, {} with an error", summary.requests, summary.errors);
+        }
+        return Ok(());
+    }
+
+    let prompt = match (args.prompt, args.file) {
+        (Some(p), _) => p,
+        (None, Some(f)) => std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?,
+        (None, None) => std::io::read_to_string(std::io::stdin()).context("reading the prompt from stdin")?,
+    };
+    let gguf = GgufFile::open(&model)?;
+    let prompt = if args.chat { chat_prompt(&gguf, args.system, prompt, args.think)? } else { prompt };
+    let options = RunOptions {
+        prompt,
+        n_predict: args.n_predict,
+        context: ctx_size,
+        batch: batch_size,
+        parse_special: !args.no_special,
+        sampling: args.sampling.config(),
+        stop: args.stop,
+        kv_type,
+    };
+    let mut stdout = std::io::stdout().lock();
+    let mut sink = std::io::sink();
+    let out: &mut dyn Write = if args.json { &mut sink } else { &mut stdout };
+    let loaded = load(gguf, !args.quiet && std::io::stdout().is_terminal());
+    let done = match loaded.and_then(|mut g| g.generate(&options, out)) {
+        // A closed pipe (`gemma run ... | head -c 100`) ends the run quietly.
+        Err(RunError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+        r => r.with_context(|| model.display().to_string())?,
+    };
+    if args.json {
+        print(&(serde_json::to_string(&done)? + "\n"))?;
+    }
+    if !args.quiet {
+        let t = &done.timings;
+        eprintln!(
+            "\nprompt {} tokens, {:.1} t/s; generated {} tokens, {:.1} t/s ({})",
+            done.prompt_ids.len(),
+            t.prompt_tokens_per_s,
+            done.completion_ids.len(),
+            t.generation_tokens_per_s,
+            done.stop_reason.describe()
+        );
+    }
+    Ok(())
+}
+
+fn chat_command(args: ChatArgs) -> Result<()> {
+    args.model.check()?;
+    set_threads(args.model.threads)?;
+    let ModelArgs { model, ctx_size, batch_size, kv_type, .. } = args.model;
+    let gguf = GgufFile::open(&model)?;
+    let template = ChatTemplate::from_gguf(&gguf.header).with_context(|| model.display().to_string())?;
+    let bos_eos = ChatTemplate::bos_eos(&gguf.header).with_context(|| model.display().to_string())?;
+    let mut generator = load(gguf, !args.quiet).with_context(|| model.display().to_string())?;
+    let options = ChatOptions {
+        model_name: model.file_name().map_or_else(|| model.display().to_string(), |n| n.to_string_lossy().into()),
+        system: args.system,
+        think: args.think,
+        context: ctx_size,
+        batch: batch_size,
+        kv_type,
+        n_predict: args.n_predict,
+        sampling: args.sampling.config(),
+        quiet: args.quiet,
+        history: if args.no_history { None } else { repl::default_history_path() },
+    };
+    Ok(repl::run(&mut generator, template, bos_eos, options)?)
+}
+
+/// Loads the model, with a spinner on stderr while it loads when `progress` and stderr is a
+/// terminal.
+fn load(gguf: GgufFile, progress: bool) -> Result<Generator, RunError> {
+    let spinner = (progress && std::io::stderr().is_terminal()).then(|| {
+        let spinner = ProgressBar::new_spinner().with_message("loading the model");
+        spinner.enable_steady_tick(std::time::Duration::from_millis(100));
+        spinner
+    });
+    let generator = Generator::load(gguf);
+    if let Some(spinner) = spinner {
+        spinner.finish_and_clear();
+    }
+    generator
+}
+
+/// The model's chat template for `--jsonl` requests, or why it has none.
+fn chat_template(gguf: &GgufFile) -> jsonl::Template {
+    let template = ChatTemplate::from_gguf(&gguf.header).map_err(|e| e.to_string())?;
+    let (bos, eos) = ChatTemplate::bos_eos(&gguf.header).map_err(|e| e.to_string())?;
+    Ok((template, bos, eos))
 }
 
 /// `text` as one user turn (after an optional system message) in the model's chat template,

@@ -1,18 +1,19 @@
 //! Text generation: a loaded model and tokenizer ([`Generator`]) turn a prompt into a completion
 //! streamed to a writer. `gemma run` is one [`Generator::generate`]; the JSON-lines mode and the
-//! chat reuse the same loaded model for many.
+//! chat keep a [`Session`] over the same loaded model for many.
 
 use std::io::Write;
-use std::time::{Duration, Instant};
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
 use ggml::gguf::GgufFile;
 use serde::Serialize;
 use thiserror::Error;
 
 use crate::kv_cache::{KvCacheError, KvType};
-use crate::model::{Logits, Model, ModelError};
+use crate::model::{Model, ModelError};
 use crate::sample::{Sampler, SamplerConfig, SamplerError};
-use crate::stop::StopStrings;
+use crate::session::Session;
 use crate::tokenizer::{Tokenizer, TokenizerError};
 
 #[derive(Debug, Error)]
@@ -29,6 +30,8 @@ pub enum RunError {
     KvCache(#[from] KvCacheError),
     #[error("the prompt is {prompt} tokens and {n_predict} more were asked for, but the context is {context}")]
     ContextTooSmall { prompt: usize, n_predict: usize, context: usize },
+    #[error("the prompt is {prompt} tokens, more than the context of {context}")]
+    PromptTooLong { prompt: usize, context: usize },
     #[error("the prompt is empty")]
     EmptyPrompt,
     #[error("writing the completion: {0}")]
@@ -63,6 +66,23 @@ pub enum StopReason {
     Length,
     /// A user stop string appeared.
     StopString,
+    /// The cancellation flag was set (Ctrl-C in the chat).
+    Cancelled,
+    /// The context had no room for another token.
+    ContextFull,
+}
+
+impl StopReason {
+    /// In words, for stats lines.
+    pub fn describe(self) -> &'static str {
+        match self {
+            StopReason::Eog => "end of generation",
+            StopReason::Length => "length limit",
+            StopReason::StopString => "stop string",
+            StopReason::Cancelled => "stopped",
+            StopReason::ContextFull => "context full",
+        }
+    }
 }
 
 /// What one generation produced.
@@ -76,7 +96,7 @@ pub struct Completion {
     pub timings: Timings,
 }
 
-#[derive(Clone, Copy, Debug, Default, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
 pub struct Timings {
     pub prompt_ms: f64,
     pub prompt_tokens_per_s: f64,
@@ -85,7 +105,8 @@ pub struct Timings {
 }
 
 impl Timings {
-    fn new(prompt_tokens: usize, prompt: Duration, generated: usize, generation: Duration) -> Timings {
+    /// Speeds over `prompt_tokens` run in `prompt` and `generated` tokens in `generation`.
+    pub fn new(prompt_tokens: usize, prompt: Duration, generated: usize, generation: Duration) -> Timings {
         let per_s = |n: usize, t: Duration| n as f64 / t.as_secs_f64().max(1e-9);
         Timings {
             prompt_ms: prompt.as_secs_f64() * 1e3,
@@ -109,14 +130,21 @@ impl Generator {
         Ok(Generator { model, tokenizer })
     }
 
-    /// Generates from `options.prompt` and streams the completion's text to `out` as it is
-    /// produced (UTF-8 safe: a character split across tokens is written whole).
-    pub fn generate(&mut self, options: &RunOptions, out: &mut dyn Write) -> Result<Completion, RunError> {
-        let mut prompt = self.tokenizer.encode(&options.prompt, true, options.parse_special);
-        // A chat template writes `<bos>` itself: keep one (GEMMA4.md pitfall 11).
+    /// The ids of a prompt text: BOS first where the model wants one, and only one (a chat
+    /// template writes `<bos>` itself; GEMMA4.md pitfall 11).
+    pub fn tokenize_prompt(&self, text: &str, parse_special: bool) -> Vec<u32> {
+        let mut prompt = self.tokenizer.encode(text, true, parse_special);
         if prompt.len() >= 2 && self.tokenizer.bos() == Some(prompt[0]) && prompt[1] == prompt[0] {
             prompt.remove(0);
         }
+        prompt
+    }
+
+    /// Generates from `options.prompt` and streams the completion's text to `out` as it is
+    /// produced (UTF-8 safe: a character split across tokens is written whole). A fresh
+    /// [`Session`] each time.
+    pub fn generate(&mut self, options: &RunOptions, out: &mut dyn Write) -> Result<Completion, RunError> {
+        let prompt = self.tokenize_prompt(&options.prompt, options.parse_special);
         if prompt.is_empty() {
             return Err(RunError::EmptyPrompt);
         }
@@ -128,51 +156,21 @@ impl Generator {
             });
         }
         let mut sampler = Sampler::new(options.sampling)?;
-        let mut cache = self.model.new_cache_of(options.context, options.kv_type)?;
-
-        let start = Instant::now();
-        let batch = options.batch.max(1);
-        let mut logits = Vec::new();
-        for (i, chunk) in prompt.chunks(batch).enumerate() {
-            logits = self.model.forward(chunk, i * batch, &mut cache, Logits::Last);
-        }
-        for &t in &prompt {
-            sampler.accept(t);
-        }
-        let prompt_time = start.elapsed();
-
-        let start = Instant::now();
-        let mut detok = self.tokenizer.detokenizer(false);
-        let mut stops = StopStrings::new(&options.stop);
-        let (mut text, mut completion_ids) = (String::new(), Vec::new());
-        let mut write = |piece: &str, text: &mut String| -> Result<(), RunError> {
-            text.push_str(piece);
-            out.write_all(piece.as_bytes()).and_then(|_| out.flush()).map_err(RunError::Output)
-        };
-        let mut stop_reason = StopReason::Length;
-        while completion_ids.len() < options.n_predict {
-            let token = sampler.sample(&logits);
-            if self.tokenizer.is_eog(token) {
-                stop_reason = StopReason::Eog;
-                break;
-            }
-            sampler.accept(token);
-            completion_ids.push(token);
-            write(&stops.push(&detok.push(token)), &mut text)?;
-            if stops.stopped() {
-                stop_reason = StopReason::StopString;
-                break;
-            }
-            if completion_ids.len() == options.n_predict {
-                break;
-            }
-            let pos = prompt.len() + completion_ids.len() - 1;
-            logits = self.model.forward(&[token], pos, &mut cache, Logits::Last);
-        }
-        let tail = stops.push(&detok.finish()) + &stops.finish();
-        write(&tail, &mut text)?;
-        let timings = Timings::new(prompt.len(), prompt_time, completion_ids.len(), start.elapsed());
-        Ok(Completion { text, prompt_ids: prompt, completion_ids, stop_reason, timings })
+        let mut session = Session::new(self, options.context, options.kv_type, options.batch)?;
+        let never = AtomicBool::new(false);
+        let prefill = session.prefill(&prompt, &never)?;
+        let done = session.generate(&mut sampler, Some(options.n_predict), &options.stop, &never, &mut |piece| {
+            out.write_all(piece.as_bytes())?;
+            out.flush()
+        })?;
+        let timings = Timings::new(prefill.prefilled, prefill.time, done.ids.len(), done.time);
+        Ok(Completion {
+            text: done.text,
+            prompt_ids: prompt,
+            completion_ids: done.ids,
+            stop_reason: done.stop_reason,
+            timings,
+        })
     }
 }
 

@@ -1,0 +1,399 @@
+//! A generation session: one loaded model's KV cache and the token ids it holds, kept from one
+//! prompt to the next so that each prompt runs only what the cache does not already hold.
+//!
+//! A chat re-renders the whole conversation every turn. Turn N+1's prompt usually extends what
+//! the cache holds after turn N (turn N's prompt and reply), and [`Session::prefill`] then runs
+//! only the new tokens. When it does not — Gemma 4's template drops earlier thoughts and the
+//! empty thought channel of the generation prompt, a reply re-tokenizes differently, the user
+//! changed the system message — the cache is rewound to the longest common prefix
+//! ([`KvCache::truncate`]) and the prompt runs from the first differing token. A sliding
+//! layer's ring cannot always rewind that far; then the cache is cleared and the whole prompt
+//! runs again.
+//!
+//! [`Session::generate`] samples from there: end-of-generation tokens, `n_predict`, stop
+//! strings, a full context and a cancellation flag (checked before every token, so Ctrl-C stops
+//! a reply within one token) end it. Text streams out UTF-8 safe as it is produced.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::kv_cache::{KvCache, KvType};
+use crate::model::Logits;
+use crate::run::{Generator, RunError, StopReason, Timings};
+use crate::sample::Sampler;
+use crate::stop::StopStrings;
+use crate::tokenizer::Tokenizer;
+
+/// A model's cache and what is in it.
+pub struct Session<'g> {
+    generator: &'g mut Generator,
+    cache: KvCache,
+    /// The tokens whose keys and values are in `cache`, one per position.
+    ids: Vec<u32>,
+    /// `[n_vocab]` logits after the last of `ids`, when it was the last token of a finished
+    /// prefill or a generated token; empty otherwise (nothing to sample from).
+    logits: Vec<f32>,
+    context: usize,
+    /// Prompt tokens per forward pass.
+    batch: usize,
+}
+
+/// What [`Session::prefill`] did with a prompt.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct Prefill {
+    /// Tokens in the prompt.
+    pub prompt_tokens: usize,
+    /// Of them, those already in the cache (a common prefix with what it held).
+    pub reused: usize,
+    /// Those run through the model now (`prompt_tokens - reused` unless cancelled).
+    pub prefilled: usize,
+    /// Cached positions dropped because the prompt diverged from them.
+    pub dropped: usize,
+    /// Whether the prompt was cut short by the cancellation flag (nothing to sample from).
+    pub cancelled: bool,
+    #[serde(skip)]
+    pub time: Duration,
+}
+
+/// What [`Session::generate`] produced.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Generation {
+    /// The text as streamed (without a stop string or what followed it).
+    pub text: String,
+    pub ids: Vec<u32>,
+    pub stop_reason: StopReason,
+    pub time: Duration,
+}
+
+/// One prompt and its completion, for a stats line.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct TurnStats {
+    #[serde(flatten)]
+    pub prefill: Prefill,
+    /// Tokens generated.
+    pub generated: usize,
+    /// Positions in the cache afterwards, and its size.
+    pub context_used: usize,
+    pub context: usize,
+    /// Prompt speed is over the prefilled tokens only.
+    pub timings: Timings,
+}
+
+impl TurnStats {
+    pub fn new(prefill: Prefill, generation: &Generation, session: &Session) -> TurnStats {
+        TurnStats {
+            prefill,
+            generated: generation.ids.len(),
+            context_used: session.n_cached(),
+            context: session.context(),
+            timings: Timings::new(prefill.prefilled, prefill.time, generation.ids.len(), generation.time),
+        }
+    }
+}
+
+impl<'g> Session<'g> {
+    /// An empty session over `generator` with a cache of `context` positions of `kv_type`
+    /// (allocated lazily as it fills).
+    pub fn new(generator: &'g mut Generator, context: usize, kv_type: KvType, batch: usize) -> Result<Self, RunError> {
+        let cache = generator.model.new_cache_of(context, kv_type)?;
+        Ok(Session { generator, cache, ids: Vec::new(), logits: Vec::new(), context, batch: batch.max(1) })
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.generator.tokenizer
+    }
+
+    pub fn generator(&self) -> &Generator {
+        self.generator
+    }
+
+    /// Positions the cache can hold.
+    pub fn context(&self) -> usize {
+        self.context
+    }
+
+    /// Positions the cache holds now.
+    pub fn n_cached(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// The tokens in the cache, one per position.
+    pub fn cached_ids(&self) -> &[u32] {
+        &self.ids
+    }
+
+    /// Bytes the cache has allocated.
+    pub fn cache_bytes(&self) -> usize {
+        self.cache.allocated_bytes()
+    }
+
+    /// Forgets everything cached (keeps the memory).
+    pub fn reset(&mut self) {
+        self.cache.clear();
+        self.ids.clear();
+        self.logits.clear();
+    }
+
+    /// Brings the cache to hold exactly `prompt`, running only the tokens it does not hold yet
+    /// (see the module docs), and keeps the logits after its last token for
+    /// [`generate`](Self::generate). The last token always runs, even when the cache already
+    /// held the whole prompt, because its logits are what the first sample needs.
+    ///
+    /// `cancel` is checked between batches; a cancelled prefill leaves the cache holding the
+    /// batches that ran and nothing to sample from.
+    pub fn prefill(&mut self, prompt: &[u32], cancel: &AtomicBool) -> Result<Prefill, RunError> {
+        if prompt.is_empty() {
+            return Err(RunError::EmptyPrompt);
+        }
+        if prompt.len() > self.context {
+            return Err(RunError::PromptTooLong { prompt: prompt.len(), context: self.context });
+        }
+        let start = Instant::now();
+        let keep = common_prefix(&self.ids, prompt).min(prompt.len() - 1);
+        let held = self.ids.len();
+        if keep < held {
+            // `keep`, or 0 where a sliding ring no longer holds what position `keep` must see.
+            let kept = self.cache.truncate(keep);
+            self.ids.truncate(kept);
+        }
+        let reused = self.ids.len();
+        self.logits.clear();
+        let mut cancelled = false;
+        for chunk in prompt[reused..].chunks(self.batch) {
+            if cancel.load(Ordering::Relaxed) {
+                cancelled = true;
+                self.logits.clear();
+                break;
+            }
+            let pos = self.ids.len();
+            self.logits = self.generator.model.forward(chunk, pos, &mut self.cache, Logits::Last);
+            self.ids.extend_from_slice(chunk);
+        }
+        Ok(Prefill {
+            prompt_tokens: prompt.len(),
+            reused,
+            prefilled: self.ids.len() - reused,
+            dropped: held - reused.min(held),
+            cancelled,
+            time: start.elapsed(),
+        })
+    }
+
+    /// Samples tokens after the prompt of the last [`prefill`](Self::prefill), running each
+    /// one through the model to get the next logits, and hands the text to `out` as it
+    /// becomes printable. Ends at an end-of-generation token (not printed, not cached),
+    /// `n_predict` tokens, a stop string, a full context or `cancel`. The last sampled token
+    /// is not run (nothing would read its logits), so the cache ends one token short of the
+    /// completion.
+    pub fn generate(
+        &mut self,
+        sampler: &mut Sampler,
+        n_predict: Option<usize>,
+        stop: &[String],
+        cancel: &AtomicBool,
+        out: &mut dyn FnMut(&str) -> io::Result<()>,
+    ) -> Result<Generation, RunError> {
+        let start = Instant::now();
+        let Generator { model, tokenizer } = &mut *self.generator;
+        sampler.reset();
+        let history = self.ids.len().saturating_sub(sampler.config().repeat_last_n);
+        for &t in &self.ids[history..] {
+            sampler.accept(t);
+        }
+        let mut detok = tokenizer.detokenizer(false);
+        let mut stops = StopStrings::new(stop);
+        let (mut text, mut ids) = (String::new(), Vec::new());
+        let mut emit = |piece: String, text: &mut String| -> Result<(), RunError> {
+            if piece.is_empty() {
+                return Ok(());
+            }
+            text.push_str(&piece);
+            out(&piece).map_err(RunError::Output)
+        };
+        let stop_reason = loop {
+            if self.logits.is_empty() || cancel.load(Ordering::Relaxed) {
+                break StopReason::Cancelled;
+            }
+            if n_predict.is_some_and(|n| ids.len() >= n) {
+                break StopReason::Length;
+            }
+            let token = sampler.sample(&self.logits);
+            if tokenizer.is_eog(token) {
+                break StopReason::Eog;
+            }
+            sampler.accept(token);
+            ids.push(token);
+            emit(stops.push(&detok.push(token)), &mut text)?;
+            if stops.stopped() {
+                break StopReason::StopString;
+            }
+            if n_predict.is_some_and(|n| ids.len() >= n) {
+                break StopReason::Length;
+            }
+            if self.ids.len() >= self.context {
+                break StopReason::ContextFull;
+            }
+            self.logits = model.forward(&[token], self.ids.len(), &mut self.cache, Logits::Last);
+            self.ids.push(token);
+        };
+        let tail = stops.push(&detok.finish()) + &stops.finish();
+        emit(tail, &mut text)?;
+        Ok(Generation { text, ids, stop_reason, time: start.elapsed() })
+    }
+}
+
+/// Length of the longest common prefix of `a` and `b`.
+pub fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use ggml::gguf::GgufFile;
+
+    use super::*;
+    use crate::sample::SamplerConfig;
+
+    fn generator(name: &str) -> Generator {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models").join(name);
+        assert!(path.exists(), "{} is missing: run scripts/setup.sh", path.display());
+        Generator::load(GgufFile::open(&path).unwrap()).unwrap()
+    }
+
+    static NEVER: AtomicBool = AtomicBool::new(false);
+
+    /// Greedy tokens after whatever was prefilled last.
+    fn greedy(session: &mut Session, n: usize) -> Generation {
+        let mut sampler = Sampler::new(SamplerConfig::greedy()).unwrap();
+        session.generate(&mut sampler, Some(n), &[], &NEVER, &mut |_| Ok(())).unwrap()
+    }
+
+    #[test]
+    fn common_prefix_counts_equal_leading_ids() {
+        assert_eq!(common_prefix(&[1, 2, 3], &[1, 2, 4, 5]), 2);
+        assert_eq!(common_prefix(&[], &[1]), 0);
+        assert_eq!(common_prefix(&[1, 2], &[1, 2, 3]), 2);
+    }
+
+    /// Turn 2 extends turn 1's prompt and reply: only its new tokens run, and the logits and
+    /// greedy tokens are those of a fresh session over the whole conversation.
+    #[test]
+    fn a_second_turn_prefills_only_its_new_tokens_and_matches_a_fresh_session() {
+        for model in ["tiny-gemma4-moe.gguf", "tiny-gemma4-dense.gguf"] {
+            let mut gen = generator(model);
+            let turn1 = gen.tokenize_prompt("<|turn>user\nHello there<turn|>\n<|turn>model\n", true);
+            let mut session = Session::new(&mut gen, 256, KvType::F32, 4).unwrap();
+            let p1 = session.prefill(&turn1, &NEVER).unwrap();
+            assert_eq!((p1.reused, p1.prefilled, p1.dropped), (0, turn1.len(), 0));
+            let reply = greedy(&mut session, 6).ids;
+            assert_eq!(reply.len(), 6, "{model}");
+            assert_eq!(session.n_cached(), turn1.len() + 5, "the last sample is not run");
+
+            // The conversation so far (the reply ids as generated) and a new user turn.
+            let mut turn2 = turn1.clone();
+            turn2.extend(&reply);
+            let next_turn = "<turn|>\n<|turn>user\nAnd then?<turn|>\n<|turn>model\n";
+            turn2.extend(session.tokenizer().encode(next_turn, false, true));
+            let p2 = session.prefill(&turn2, &NEVER).unwrap();
+            assert_eq!((p2.reused, p2.prefilled, p2.dropped), (turn1.len() + 5, turn2.len() - turn1.len() - 5, 0));
+            let logits = session.logits.clone();
+            let next = greedy(&mut session, 8);
+            drop(session);
+
+            let mut fresh = Session::new(&mut gen, 256, KvType::F32, 512).unwrap();
+            fresh.prefill(&turn2, &NEVER).unwrap();
+            let max_diff = logits.iter().zip(&fresh.logits).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+            // Only rounding: the reply ran one token per pass here, in one batch there (7e-6).
+            assert!(max_diff < 1e-4, "{model}: logits differ by {max_diff}");
+            assert_eq!(greedy(&mut fresh, 8).ids, next.ids, "{model}");
+        }
+    }
+
+    /// A re-render that differs early rewinds the cache to the common prefix and runs from
+    /// there; the result is the same as a fresh session's.
+    #[test]
+    fn a_divergent_prompt_rewinds_to_the_common_prefix() {
+        let mut gen = generator("tiny-gemma4-moe.gguf");
+        let a = gen.tokenize_prompt("<|turn>user\nabc<turn|>\n<|turn>model\n<|channel>thought\n<channel|>", true);
+        let b = gen.tokenize_prompt("<|turn>user\nabc<turn|>\n<|turn>model\nxyz<turn|>\n", true);
+        let common = common_prefix(&a, &b);
+        assert!(common > 4 && common < a.len(), "{common} of {}", a.len());
+
+        let mut session = Session::new(&mut gen, 64, KvType::F32, 512).unwrap();
+        session.prefill(&a, &NEVER).unwrap();
+        let p = session.prefill(&b, &NEVER).unwrap();
+        assert_eq!((p.reused, p.dropped, p.prefilled), (common, a.len() - common, b.len() - common));
+        let rewound = session.logits.clone();
+        let tokens = greedy(&mut session, 5).ids;
+        drop(session);
+
+        let mut fresh = Session::new(&mut gen, 64, KvType::F32, 512).unwrap();
+        fresh.prefill(&b, &NEVER).unwrap();
+        assert_eq!(fresh.logits, rewound);
+        assert_eq!(greedy(&mut fresh, 5).ids, tokens);
+    }
+
+    /// Past a sliding ring's reach the cache cannot rewind to the common prefix: it is
+    /// cleared and the whole prompt runs again, with the same result.
+    #[test]
+    fn a_rewind_past_the_sliding_window_re_prefills_everything() {
+        let mut gen = generator("tiny-gemma4-moe.gguf");
+        let words = "one two three four five six seven eight nine ten";
+        let a = gen.tokenize_prompt(&format!("A {words} end"), true);
+        let b = gen.tokenize_prompt(&format!("A {words} and more"), true);
+        // One token per forward pass: the rings hold exactly the window of 16, so a rewind of
+        // more than one position reaches past what they hold.
+        let mut session = Session::new(&mut gen, 128, KvType::F32, 1).unwrap();
+        session.prefill(&a, &NEVER).unwrap();
+        greedy(&mut session, 20);
+        let p = session.prefill(&b, &NEVER).unwrap();
+        assert!(common_prefix(&a, &b) > 16);
+        assert_eq!((p.reused, p.prefilled, p.dropped), (0, b.len(), a.len() + 19));
+        let logits = session.logits.clone();
+        drop(session);
+        let mut fresh = Session::new(&mut gen, 128, KvType::F32, 1).unwrap();
+        fresh.prefill(&b, &NEVER).unwrap();
+        assert_eq!(fresh.logits, logits);
+    }
+
+    /// The same prompt again reuses all but its last token, whose logits are needed.
+    #[test]
+    fn an_identical_prompt_reruns_only_its_last_token() {
+        let mut gen = generator("tiny-gemma4-moe.gguf");
+        let p = gen.tokenize_prompt("Hello world, again", true);
+        let mut session = Session::new(&mut gen, 64, KvType::F16, 512).unwrap();
+        session.prefill(&p, &NEVER).unwrap();
+        let first = greedy(&mut session, 4).ids;
+        let again = session.prefill(&p, &NEVER).unwrap();
+        assert_eq!((again.reused, again.prefilled), (p.len() - 1, 1));
+        assert_eq!(greedy(&mut session, 4).ids, first);
+    }
+
+    #[test]
+    fn cancel_and_context_limits_end_generation() {
+        let mut gen = generator("tiny-gemma4-moe.gguf");
+        let p = gen.tokenize_prompt("Hello", true);
+        let mut session = Session::new(&mut gen, p.len() + 3, KvType::F16, 512).unwrap();
+        session.prefill(&p, &NEVER).unwrap();
+        let mut sampler = Sampler::new(SamplerConfig::greedy()).unwrap();
+        let cancel = AtomicBool::new(true);
+        let g = session.generate(&mut sampler, None, &[], &cancel, &mut |_| Ok(())).unwrap();
+        assert_eq!((g.stop_reason, g.ids.len()), (StopReason::Cancelled, 0));
+
+        // Prompt + 3 positions: 3 tokens run, a 4th is sampled and the context is full.
+        let g = session.generate(&mut sampler, None, &[], &NEVER, &mut |_| Ok(())).unwrap();
+        assert_eq!((g.stop_reason, g.ids.len(), session.n_cached()), (StopReason::ContextFull, 4, p.len() + 3));
+
+        let too_long = vec![p[0]; p.len() + 4];
+        assert!(matches!(session.prefill(&too_long, &NEVER), Err(RunError::PromptTooLong { .. })));
+        let cancelled = session.prefill(&too_long[..p.len() + 2], &cancel).unwrap();
+        assert!(cancelled.cancelled);
+        let g = session.generate(&mut sampler, None, &[], &NEVER, &mut |_| Ok(())).unwrap();
+        assert_eq!(g.stop_reason, StopReason::Cancelled, "nothing to sample after a cancelled prefill");
+    }
+}
