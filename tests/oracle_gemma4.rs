@@ -131,3 +131,31 @@ fn quantized_models_match_llama_cpp() {
         );
     }
 }
+
+/// The real 26B-A4B shapes (head dims 256 and 512, 128 experts of 704, the 262,144-token
+/// vocabulary and its Q6_K output head, llama.cpp's Q4_K_M type mix) on the synthetic model of
+/// `examples/synth_gemma4.rs` with two layers, which `scripts/test.sh` writes to
+/// `models/synth-gemma4-2l-v1.gguf`: ours against llama.cpp on the same random-weight file.
+#[test]
+fn full_size_shapes_match_llama_cpp() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/synth-gemma4-2l-v1.gguf");
+    assert!(path.exists(), "{} is missing: scripts/test.sh writes it", path.display());
+    let tokens: Vec<u32> = (0..40u32).map(|i| 2 + (i.wrapping_mul(2_654_435_761) >> 8) % 262_000).collect();
+    let n = tokens.len();
+    let our_logits = ours(&path, &tokens, KvType::F16);
+    let their_logits = Llama::load(&path, true, n).decode(&tokens, 0);
+    let floor_logits = Llama::load(&path, false, n).decode(&tokens, 0);
+    let n_vocab = 262_144;
+    let vs_llama = Agreement::of(&our_logits, &their_logits, n_vocab);
+    let floor = Agreement::of(&floor_logits, &their_logits, n_vocab);
+    println!("synthetic 26B-A4B shapes, 2 layers, Q4_K_M, {n} tokens:");
+    println!("  ours vs llama.cpp:                     {vs_llama}");
+    println!("  llama.cpp without vs with flash attn:  {floor}");
+    assert!(vs_llama.top1 * 100 >= 90 * n, "top-1 {}/{n}", vs_llama.top1);
+    assert!(
+        vs_llama.mean_kl < 3.0 * floor.mean_kl.max(1e-4),
+        "mean KL {} vs llama.cpp's own {}",
+        vs_llama.mean_kl,
+        floor.mean_kl
+    );
+}
