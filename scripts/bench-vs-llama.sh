@@ -52,10 +52,11 @@ ours = [json.loads(s) for s in rest[:cut]]
 theirs = [json.loads(s) for s in rest[cut + 1:]]
 
 def ts(kind, n):
-    a = [r["mean"] for o in ours for r in o["results"] if r["test"] == f"{kind}{n}"]
-    b = [t["avg_ts"] for run in theirs for t in run if (t["n_prompt"] if kind == "pp" else t["n_gen"]) == int(n)
-         and (t["n_gen"] if kind == "pp" else t["n_prompt"]) == 0]
-    return a, b
+    # Both print llama-bench's JSON: one object per test with n_prompt, n_gen and avg_ts.
+    def pick(runs):
+        return [t["avg_ts"] for run in runs for t in run
+                if (t["n_prompt"], t["n_gen"]) == ((int(n), 0) if kind == "pp" else (0, int(n)))]
+    return pick(ours), pick(theirs)
 
 # Bytes of weights read per generated token: every tensor once, except the experts (only the
 # used ones) and the token embedding when an output head exists (one row).

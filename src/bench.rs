@@ -31,17 +31,21 @@ pub struct BenchOptions {
     pub repetitions: usize,
 }
 
-/// One line of the table.
+/// One line of the table; serialized with llama-bench's JSON field names, so that scripts read
+/// either.
 #[derive(Clone, Debug, Serialize)]
 pub struct BenchResult {
+    /// `pp512`, `tg128`, `tg128 @ d4096`.
     pub test: String,
-    pub threads: usize,
-    pub depth: usize,
-    pub n_tokens: usize,
-    /// Tokens per second of each repetition.
-    pub samples: Vec<f64>,
-    pub mean: f64,
-    pub stddev: f64,
+    pub n_prompt: usize,
+    pub n_gen: usize,
+    pub n_depth: usize,
+    pub n_threads: usize,
+    pub n_batch: usize,
+    /// Tokens per second of each repetition, their mean and sample standard deviation.
+    pub samples_ts: Vec<f64>,
+    pub avg_ts: f64,
+    pub stddev_ts: f64,
 }
 
 /// The whole run: the model, how long it took to load, the results, the peak memory.
@@ -135,14 +139,43 @@ impl Bench {
                             samples.push(n_tokens as f64 / elapsed.as_secs_f64().max(1e-9));
                         }
                     }
-                    let (mean, stddev) = mean_stddev(&samples);
-                    let result = BenchResult { test, threads, depth, n_tokens, samples, mean, stddev };
+                    let (avg_ts, stddev_ts) = mean_stddev(&samples);
+                    let result = BenchResult {
+                        test,
+                        n_prompt: if is_prompt { n_tokens } else { 0 },
+                        n_gen: if is_prompt { 0 } else { n_tokens },
+                        n_depth: depth,
+                        n_threads: threads,
+                        n_batch: batch,
+                        samples_ts: samples,
+                        avg_ts,
+                        stddev_ts,
+                    };
                     progress(&result);
                     results.push(result);
                 }
             }
         }
         Ok(BenchReport { model: self.label.clone(), load_ms: self.load_ms, results, peak_rss: peak_rss() })
+    }
+}
+
+impl BenchReport {
+    /// llama-bench's `-o json` shape: an array with one object per test, each carrying the
+    /// model's fields (`model_type`, `model_size`, `model_n_params`) beside the test's; plus
+    /// our `load_ms` and `peak_rss`.
+    pub fn to_llama_bench_json(&self) -> serde_json::Value {
+        let rows = self.results.iter().map(|r| {
+            let mut row = serde_json::to_value(r).expect("plain data");
+            let fields = row.as_object_mut().expect("a struct");
+            fields.insert("model_type".into(), self.model.name.clone().into());
+            fields.insert("model_size".into(), self.model.file_size.into());
+            fields.insert("model_n_params".into(), self.model.n_params.into());
+            fields.insert("load_ms".into(), self.load_ms.into());
+            fields.insert("peak_rss".into(), self.peak_rss.into());
+            row
+        });
+        serde_json::Value::Array(rows.collect())
     }
 }
 
@@ -182,9 +215,9 @@ pub fn table_row(label: &Label, r: &BenchResult) -> String {
         label.name,
         human_bytes(label.file_size),
         human_count(label.n_params),
-        r.threads,
+        r.n_threads,
         r.test,
-        format!("{:.2} ± {:.2}", r.mean, r.stddev)
+        format!("{:.2} ± {:.2}", r.avg_ts, r.stddev_ts)
     )
 }
 

@@ -300,7 +300,7 @@ fn run(cli: Cli) -> Result<()> {
                 println!("\nload {:.0} ms, peak RSS {rss}", report.load_ms);
                 Ok(())
             } else {
-                print(&(serde_json::to_string_pretty(&report)? + "\n"))
+                print(&(serde_json::to_string_pretty(&report.to_llama_bench_json())? + "\n"))
             }
         }
         Command::Tokenize { model, text, no_bos, no_special, json } => {
