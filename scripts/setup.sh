@@ -19,11 +19,12 @@ fi
 
 venv="$root/.venv"
 # numpy is pinned too: the tiny models' weights come from its seeded random streams.
-if ! "$venv/bin/python" -c 'import gguf, numpy; assert numpy.__version__ == "2.4.6"' 2>/dev/null; then
-    echo "setup: creating $venv with gguf and numpy"
+# tokenizers writes the tiny checkpoints' tokenizer.json (scripts/tiny-gemma4-hf.py).
+if ! "$venv/bin/python" -c 'import gguf, numpy, tokenizers; assert numpy.__version__ == "2.4.6"; assert tokenizers.__version__ == "0.23.3"' 2>/dev/null; then
+    echo "setup: creating $venv with gguf, numpy and tokenizers"
     python3 -m venv "$venv"
     "$venv/bin/pip" install --quiet --upgrade pip
-    "$venv/bin/pip" install --quiet "gguf==0.19.0" "numpy==2.4.6"
+    "$venv/bin/pip" install --quiet "gguf==0.19.0" "numpy==2.4.6" "tokenizers==0.23.3"
 fi
 
 PYTHON="$venv/bin/python" "$root/scripts/fetch-test-models.sh"
@@ -37,3 +38,13 @@ for fixture in "$root"/tests/fixtures/tiny-gemma4-*.json; do
         break
     fi
 done
+
+# The same tiny models (and a tiny Gemma 3) as Hugging Face checkpoint folders, quantize's test
+# input; rewritten when either script changed since they were written.
+stamp="$root/models/tiny-gemma4-hf.stamp"
+want="$(cat "$root/scripts/tiny-gemma4.py" "$root/scripts/tiny-gemma4-hf.py" | sha256sum | cut -d' ' -f1)"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || [ ! -f "$root/models/tiny-gemma3-hf/model.safetensors" ]; then
+    echo "setup: writing the tiny Gemma 4 checkpoints"
+    "$venv/bin/python" "$root/scripts/tiny-gemma4-hf.py" hf "$root/models"
+    echo "$want" >"$stamp"
+fi

@@ -1,38 +1,171 @@
-//! `quantize`: convert a Gemma safetensors checkpoint or a GGUF file to a quantized GGUF.
-//!
-//! The conversion itself is the subject of its own issue; this binary already takes the
-//! command line it will have and checks it, so scripts can be written against it.
+//! `quantize IN OUT TYPE`: a Hugging Face Gemma checkpoint folder to a GGUF file.
 
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
 
+use anyhow::{bail, Context};
 use clap::Parser;
-use ggml::GgmlType;
+use indicatif::{ProgressBar, ProgressStyle};
+use quantize::convert::{self, Event};
+use quantize::ftype::FileType;
+use quantize::plan::Plan;
+use quantize::{human_bytes, ConvertError};
 
 #[derive(Parser)]
-#[command(name = "quantize", version, about = "Convert a Gemma checkpoint or GGUF file to a quantized GGUF")]
+#[command(name = "quantize", version, about = "Convert a Gemma checkpoint (Hugging Face safetensors) to a GGUF file")]
 struct Cli {
-    /// A Hugging Face checkpoint directory (config.json + *.safetensors) or a GGUF file
+    /// A Hugging Face checkpoint folder (config.json, *.safetensors, tokenizer.json), or a GGUF
+    /// file to requantize
     input: PathBuf,
     /// The GGUF file to write
     output: PathBuf,
-    /// Target type: a ggml tensor type such as Q8_0, Q4_K, or a mix such as Q4_K_M
+    /// Output type: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K_S, Q3_K_M, Q3_K_L,
+    /// Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M, Q6_K, IQ4_NL, IQ4_XS, MXFP4_MOE
     #[arg(value_name = "TYPE")]
     ty: String,
+    /// Threads converting tensors (default: all cores)
+    #[arg(short = 't', long)]
+    threads: Option<usize>,
+    /// Print the tensor plan and the output size; write nothing
+    #[arg(long)]
+    dry_run: bool,
+    /// Overwrite OUT if it exists
+    #[arg(short = 'f', long)]
+    force: bool,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let known = GgmlType::ALL.iter().any(|t| t.name().eq_ignore_ascii_case(&cli.ty));
-    let mix = ["Q4_K_M", "Q4_K_S", "Q5_K_M", "Q5_K_S", "Q3_K_M", "Q3_K_S", "Q3_K_L", "Q2_K_S"];
-    if !known && !mix.iter().any(|m| m.eq_ignore_ascii_case(&cli.ty)) {
-        eprintln!("error: unknown quantization type {:?}", cli.ty);
-        return ExitCode::from(2);
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if matches!(e.downcast_ref::<ConvertError>(), Some(ConvertError::Interrupted)) => {
+            eprintln!("quantize: interrupted; {} was not written", cli.output.display());
+            ExitCode::from(130)
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
+}
+
+fn run(cli: &Cli) -> anyhow::Result<()> {
+    let Some(ftype) = FileType::parse(&cli.ty) else {
+        let names: Vec<&str> = FileType::ALL.iter().map(|t| t.name()).collect();
+        bail!("unknown type {:?} (one of {})", cli.ty, names.join(", "));
+    };
+    if !cli.dry_run && !cli.force && cli.output.exists() {
+        bail!("{} exists (use --force to overwrite it)", cli.output.display());
+    }
+    let start = Instant::now();
+    let job = quantize::prepare(&cli.input, ftype)?;
+    let plan = &job.plan;
+    let (n_in, n_out) = (plan.input_bytes(), plan.output_size());
     eprintln!(
-        "error: converting {} to {} is not implemented yet in this version of quantize",
+        "quantize: {} ({}) -> {}: {} tensors, {} in, {} out",
         cli.input.display(),
-        cli.output.display()
+        job.architecture,
+        ftype.name(),
+        plan.tensors.len(),
+        human_bytes(n_in),
+        human_bytes(n_out)
     );
-    ExitCode::FAILURE
+    if !plan.skipped.is_empty() {
+        eprintln!(
+            "quantize: left out {} vision/audio tensors (the text model only; llama.cpp puts them in a separate mmproj file)",
+            plan.skipped.len()
+        );
+    }
+    if plan.n_fallback > 0 {
+        eprintln!(
+            "quantize: {} tensor(s) whose rows are not whole blocks of their mix's type got a fallback type",
+            plan.n_fallback
+        );
+    }
+    if cli.dry_run {
+        match print_plan(plan) {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),
+            _ => return Ok(()),
+        }
+    }
+
+    let cancel = Arc::new(AtomicBool::new(false));
+    let flag = cancel.clone();
+    ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed)).context("installing the Ctrl-C handler")?;
+
+    let mut pool = rayon::ThreadPoolBuilder::new();
+    if let Some(n) = cli.threads {
+        pool = pool.num_threads(n.max(1));
+    }
+    let pool = pool.build().context("starting the threads")?;
+    let n_tensors = plan.tensors.len();
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = ProgressBar::new(n_in);
+        bar.set_style(
+            ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta} {msg}")
+                .expect("valid template"),
+        );
+        bar
+    });
+    let mut report = |e: Event| match e {
+        Event::Tensor { index, tensor } => {
+            let line = format!(
+                "[{:>4}/{n_tensors}] {:<36} {:<20} {:>5} -> {}",
+                index + 1,
+                tensor.name,
+                dims(&tensor.dims),
+                tensor.source_type(),
+                tensor.ty
+            );
+            match &bar {
+                Some(bar) => bar.set_message(tensor.name.clone()),
+                None => eprintln!("{line}"),
+            }
+        }
+        Event::Progress { bytes } => {
+            if let Some(bar) = &bar {
+                bar.inc(bytes)
+            }
+        }
+    };
+    let result = pool.install(|| convert::write(plan, &job.input, &cli.output, &cancel, &mut report));
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    result?;
+    let secs = start.elapsed().as_secs_f64();
+    eprintln!(
+        "quantize: wrote {} ({}) in {secs:.1} s, {}/s of input",
+        cli.output.display(),
+        human_bytes(n_out),
+        human_bytes((n_in as f64 / secs) as u64)
+    );
+    Ok(())
+}
+
+fn dims(d: &[u64]) -> String {
+    format!("{{{}}}", d.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", "))
+}
+
+/// The plan on stdout: one line per tensor, then the total.
+fn print_plan(plan: &Plan) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    for t in &plan.tensors {
+        writeln!(
+            out,
+            "{:<40} {:<22} {:>5} -> {:<6} {:>12}  {}",
+            t.name,
+            dims(&t.dims),
+            t.source_type(),
+            t.ty.name(),
+            t.out_bytes(),
+            t.source_name
+        )?;
+    }
+    let size = plan.output_size();
+    writeln!(out, "output: {} tensors, {size} bytes ({})", plan.tensors.len(), human_bytes(size))
 }
