@@ -25,10 +25,10 @@ use ggml::gguf::{GgufFile, GgufHeader, Value};
 use ggml::kernels::Isa;
 use ggml::ops::elementwise::{add, scale};
 use ggml::ops::gelu::gelu_mul;
-use ggml::ops::norm::{rms_norm_heads, rms_norm_inplace};
+use ggml::ops::norm::rms_norm_heads;
 use ggml::ops::rope::{rope_neox_cached, RopeCache};
 
-use super::{find_vector, Input, Logits, Matrix, Metadata, ModelError};
+use super::{find_vector, norm_rows, norm_rows_inplace, Input, Logits, Matrix, Metadata, ModelError};
 use crate::kv_cache::{KvCache, KvCacheError, KvType, LayerSpec};
 
 const ARCH: &str = "gemma3";
@@ -256,7 +256,7 @@ impl Gemma3 {
             };
 
             // Attention. h: [n_tokens][n_embd]
-            let h = norm_rows(&x, n_embd, &layer.attn_norm, hp.rms_eps);
+            let h = norm_rows(&x, n_embd, Some(&layer.attn_norm), hp.rms_eps);
             let mut input = Input::new(&h, n_embd);
             // q: [n_tokens][n_head][head_dim]; k, v: [n_tokens][n_head_kv][head_dim]
             let mut q = input.project(self.isa, file, &layer.attn_q);
@@ -275,43 +275,30 @@ impl Gemma3 {
             let mut a = vec![0.0f32; q.len()];
             attention(self.isa, &shape, &q, &q_pos, cache.layer(il).slots(), &mut a);
             let mut out = Input::new(&a, q_row).project(self.isa, file, &layer.attn_output);
-            norm_rows_inplace(&mut out, n_embd, &layer.post_attention_norm, hp.rms_eps);
+            norm_rows_inplace(&mut out, n_embd, Some(&layer.post_attention_norm), hp.rms_eps);
             add(&mut x, &out);
 
             // Feed-forward. gate, up: [n_tokens][n_ff]
-            let h = norm_rows(&x, n_embd, &layer.ffn_norm, hp.rms_eps);
+            let h = norm_rows(&x, n_embd, Some(&layer.ffn_norm), hp.rms_eps);
             let mut input = Input::new(&h, n_embd);
             let mut gate = input.project(self.isa, file, &layer.ffn_gate);
             let up = input.project(self.isa, file, &layer.ffn_up);
             gelu_mul(&mut gate, &up);
             let mut out = Input::new(&gate, hp.n_ff).project(self.isa, file, &layer.ffn_down);
-            norm_rows_inplace(&mut out, n_embd, &layer.post_ffw_norm, hp.rms_eps);
+            norm_rows_inplace(&mut out, n_embd, Some(&layer.post_ffw_norm), hp.rms_eps);
             add(&mut x, &out);
         }
 
         if which == Logits::Last {
             x.drain(..(n_tokens - 1) * n_embd);
         }
-        norm_rows_inplace(&mut x, n_embd, &self.output_norm, hp.rms_eps);
+        norm_rows_inplace(&mut x, n_embd, Some(&self.output_norm), hp.rms_eps);
         // logits: [n_rows][n_vocab]
         let mut logits = Input::new(&x, n_embd).project(self.isa, file, &self.output);
         if let Some(c) = hp.final_logit_softcap {
             ggml::ops::elementwise::softcap(&mut logits, c);
         }
         logits
-    }
-}
-
-/// `rmsnorm(row) * w` for every row of `x: [n_rows][n]`.
-fn norm_rows(x: &[f32], n: usize, w: &[f32], eps: f32) -> Vec<f32> {
-    let mut y = x.to_vec();
-    norm_rows_inplace(&mut y, n, w, eps);
-    y
-}
-
-fn norm_rows_inplace(x: &mut [f32], n: usize, w: &[f32], eps: f32) {
-    for row in x.chunks_exact_mut(n) {
-        rms_norm_inplace(row, Some(w), eps);
     }
 }
 

@@ -34,11 +34,11 @@ use ggml::kernels::moe::{moe_ffn, GateUp};
 use ggml::kernels::Isa;
 use ggml::ops::elementwise::{add, mul, scale, softcap};
 use ggml::ops::gelu::gelu_mul;
-use ggml::ops::norm::{rms_norm_heads, rms_norm_inplace};
+use ggml::ops::norm::rms_norm_heads;
 use ggml::ops::rope::{rope_neox_cached, RopeCache};
 use ggml::ops::softmax::softmax_top_k;
 
-use super::{find_vector, ExpertStack, Input, Logits, Matrix, Metadata, ModelError};
+use super::{find_vector, norm_rows, norm_rows_inplace, ExpertStack, Input, Logits, Matrix, Metadata, ModelError};
 use crate::kv_cache::{KvCache, KvCacheError, KvType, LayerSpec};
 
 const ARCH: &str = "gemma4";
@@ -479,18 +479,5 @@ impl Gemma4 {
         moe_ffn(self.isa, gate_up, moe.down_exps.view(file), &h, &choices, k, &mut out)
             .expect("shapes checked at load");
         out
-    }
-}
-
-/// `rmsnorm(row) [* w]` for every row of `x: [n_rows][n]`.
-fn norm_rows(x: &[f32], n: usize, w: Option<&[f32]>, eps: f32) -> Vec<f32> {
-    let mut y = x.to_vec();
-    norm_rows_inplace(&mut y, n, w, eps);
-    y
-}
-
-fn norm_rows_inplace(x: &mut [f32], n: usize, w: Option<&[f32]>, eps: f32) {
-    for row in x.chunks_exact_mut(n) {
-        rms_norm_inplace(row, w, eps);
     }
 }

@@ -271,3 +271,16 @@ impl<'a> Input<'a> {
         out
     }
 }
+
+/// `rmsnorm(row) [* w]` for every row of `x: [n_rows][n]`.
+pub(crate) fn norm_rows(x: &[f32], n: usize, w: Option<&[f32]>, eps: f32) -> Vec<f32> {
+    let mut y = x.to_vec();
+    norm_rows_inplace(&mut y, n, w, eps);
+    y
+}
+
+pub(crate) fn norm_rows_inplace(x: &mut [f32], n: usize, w: Option<&[f32]>, eps: f32) {
+    for row in x.chunks_exact_mut(n) {
+        ggml::ops::norm::rms_norm_inplace(row, w, eps);
+    }
+}
