@@ -8,7 +8,7 @@
 
 use rayon::prelude::*;
 
-use super::tile::{TileFn, Tiles, ROWS, TOKENS};
+use super::tile::{Tiles, ROWS, TOKENS};
 use super::{dot_type, DotFn, Isa};
 use crate::quants::{quantize_row, QuantError};
 use crate::types::GgmlType;
@@ -55,12 +55,12 @@ impl QuantizedActs {
 const ROWS_PER_TASK: usize = 16;
 
 /// `by_row[r * n_tokens + t] = dot(W[r], a[t])`, over threads by blocks of rows. With `tiles`
-/// and at least [`TOKENS`] tokens, whole groups of [`ROWS`] rows go through the tile kernels:
-/// [`TOKENS`] tokens at a time (each weight block decoded once for several tokens), then any
-/// leftover tokens one at a time. The rest, and everything without tile kernels, goes pair by
+/// and at least [`TOKENS`] tokens, whole groups of [`ROWS`] rows go through the type's
+/// row-group kernel (each weight block decoded once for several tokens), on a copy of the
+/// activations in its layout. The rest, and everything without tile kernels, goes pair by
 /// pair with each weight row dotted with every token while it is in L1. (Matvecs stay pair by
 /// pair: one-token tiles measured no better there, and worse on the DRAM-bound output head.)
-pub(crate) fn dot_rows_with<W: Sync, A: Sync>(
+pub(crate) fn dot_rows_with<W: Sync, A: Sync + Copy>(
     dot: DotFn<W, A>,
     tiles: Option<Tiles<W, A>>,
     w: &[W],
@@ -73,17 +73,23 @@ pub(crate) fn dot_rows_with<W: Sync, A: Sync>(
     let (w_blocks, a_blocks) = (w.len() / rows.max(1), a.len() / stride);
     let w_row = |r: usize| &w[r * w_blocks..(r + 1) * w_blocks];
     let a_row = |t: usize| &a[t * a_blocks..(t + 1) * a_blocks];
+    let tiles = tiles.filter(|_| n_tokens >= TOKENS);
+    let prepared: Option<Vec<A>> = tiles.as_ref().and_then(|tiles| tiles.prepare).map(|prepare| {
+        let mut copy = a.to_vec();
+        prepare(&mut copy);
+        copy
+    });
+    let tile_acts = prepared.as_deref().unwrap_or(a);
     by_row.par_chunks_mut(ROWS_PER_TASK * stride).enumerate().for_each(|(task, chunk)| {
         let first = task * ROWS_PER_TASK;
         let mut tiled_rows = 0;
-        if let Some(tiles) = tiles.as_ref().filter(|_| n_tokens >= TOKENS) {
+        if let Some(tiles) = tiles.as_ref() {
             tiled_rows = chunk.len() / stride / ROWS * ROWS;
             for r0 in (0..tiled_rows).step_by(ROWS) {
-                let w_tile: [&[W]; ROWS] = std::array::from_fn(|i| w_row(first + r0 + i));
+                let w_group: [&[W]; ROWS] = std::array::from_fn(|i| w_row(first + r0 + i));
                 let out = &mut chunk[r0 * n_tokens..(r0 + ROWS) * n_tokens];
-                let many = n_tokens / TOKENS * TOKENS;
-                fill_tiles(tiles.many, &w_tile, &a_row, (0..many).step_by(TOKENS), n_tokens, out);
-                fill_tiles(tiles.one, &w_tile, &a_row, many..n_tokens, n_tokens, out);
+                // SAFETY: `group` came from `pick_tile!`, which checked the CPU's features.
+                unsafe { (tiles.group)(&w_group, tile_acts, n_tokens, out) };
             }
         }
         for (r, per_token) in chunk.chunks_mut(stride).enumerate().skip(tiled_rows) {
@@ -93,26 +99,6 @@ pub(crate) fn dot_rows_with<W: Sync, A: Sync>(
             }
         }
     });
-}
-
-/// `out[i * n_tokens + t] = w_tile[i] · a_row(t)` for the tiles of `T` tokens starting at
-/// each of `starts`.
-fn fill_tiles<'a, W, A: 'a, const T: usize>(
-    tile: TileFn<W, A, T>,
-    w_tile: &[&[W]; ROWS],
-    a_row: &impl Fn(usize) -> &'a [A],
-    starts: impl Iterator<Item = usize>,
-    n_tokens: usize,
-    out: &mut [f32],
-) {
-    for t0 in starts {
-        let a_tile: [&[A]; T] = std::array::from_fn(|j| a_row(t0 + j));
-        // SAFETY: `tile` came from `pick_tile!`, which checked the CPU's features.
-        let dots = unsafe { tile(w_tile, &a_tile) };
-        for (i, per_token) in dots.iter().enumerate() {
-            out[i * n_tokens + t0..][..T].copy_from_slice(per_token);
-        }
-    }
 }
 
 /// `out[t * rows + r] = W[r] · acts[t]` for weights `w` (`rows` rows of type `ty`).
@@ -185,8 +171,8 @@ mod tests {
     #[test]
     fn tiled_matmul_matches_the_scalar_path() {
         // 37 rows and 11 tokens: whole tiles plus leftover rows and tokens in every task.
-        let (rows, n, tokens) = (37, 96, 11);
-        for ty in [GgmlType::Q8_0, GgmlType::Q5_0] {
+        let (rows, tokens) = (37, 11);
+        for (ty, n) in [(GgmlType::Q8_0, 96), (GgmlType::Q5_0, 96), (GgmlType::Q4_K, 512)] {
             let mut w = vec![0u8; rows * ty.row_bytes(n as u64).unwrap() as usize];
             quantize_row(ty, &values(rows * n, 3), &mut w).unwrap();
             let acts = QuantizedActs::new(ty, &values(tokens * n, 4), n).unwrap();

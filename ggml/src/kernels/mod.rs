@@ -52,7 +52,8 @@ pub fn dot_type(ty: GgmlType) -> Option<GgmlType> {
 /// Expands [`vec_dot`] over every weight type with kernels: each listed module provides
 /// `dot_scalar(&[W], &[A]) -> f32` and, on x86-64, `dot_avx2` and `dot_avx512` with the same
 /// signature (target-feature functions, unsafe to call unless the CPU has the features).
-/// Modules marked `[tiled]` also provide `tile_avx512::<T>`, a [`tile::TileFn`] for `T` tokens.
+/// Modules marked `[tiled]` also provide `group_avx512`, a [`tile::GroupFn`], and `TILE_ACTS`,
+/// the activation layout it expects.
 macro_rules! dot_kernels {
     ($( $ty:ident => $module:ident ($w:ty, $a:ty) $([$tiled:ident])? ),* $(,)?) => {
         /// Whether [`vec_dot`] has kernels for weights of type `ty`.
@@ -134,7 +135,7 @@ macro_rules! pick_tile {
         match $isa {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 if cpu::detected().avx512 => {
-                Some(tile::Tiles { many: $module::tile_avx512::<{ tile::TOKENS }>, one: $module::tile_avx512::<1> })
+                Some(tile::Tiles { group: $module::group_avx512, prepare: $module::TILE_ACTS })
             }
             _ => None,
         }
@@ -143,7 +144,7 @@ macro_rules! pick_tile {
 
 dot_kernels! {
     Q8_0 => q8_0 (crate::quants::q8_0::BlockQ8_0, crate::quants::q8_0::BlockQ8_0) [tiled],
-    Q4_K => q4_k (crate::quants::q4_k::BlockQ4K, crate::quants::q8_k::BlockQ8K),
+    Q4_K => q4_k (crate::quants::q4_k::BlockQ4K, crate::quants::q8_k::BlockQ8K) [tiled],
     Q5_K => q5_k (crate::quants::q5_k::BlockQ5K, crate::quants::q8_k::BlockQ8K),
     Q6_K => q6_k (crate::quants::q6_k::BlockQ6K, crate::quants::q8_k::BlockQ8K),
     Q2_K => q2_k (crate::quants::q2_k::BlockQ2K, crate::quants::q8_k::BlockQ8K),

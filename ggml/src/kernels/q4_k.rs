@@ -55,16 +55,36 @@ pub fn dot_scalar(w: &[BlockQ4K], a: &[BlockQ8K]) -> f32 {
     sum
 }
 
+/// The activation layout of the tile kernels: in each block, 64-byte chunk `k` holds, for
+/// each sub-block `s` in order, its eight activations `8k..8k + 8` (so the lanes of a chunk
+/// keep their sub-block from chunk to chunk). `d` and `bsums` are unchanged.
+pub fn prepare_tile_acts(blocks: &mut [BlockQ8K]) {
+    for block in blocks {
+        let original = block.qs;
+        for k in 0..4 {
+            for s in 0..8 {
+                block.qs[64 * k + 8 * s..][..8].copy_from_slice(&original[32 * s + 8 * k..][..8]);
+            }
+        }
+    }
+}
+
+/// [`prepare_tile_acts`] for [`tile::Tiles`](crate::kernels::tile::Tiles).
+pub const TILE_ACTS: Option<fn(&mut [BlockQ8K])> = Some(prepare_tile_acts);
+
 #[cfg(target_arch = "x86_64")]
 pub(crate) use x86::min_sums;
 #[cfg(target_arch = "x86_64")]
-pub use x86::{dot_avx2, dot_avx512};
+pub use x86::{dot_avx2, dot_avx512, group_avx512};
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
 
+    use std::cell::RefCell;
+
     use super::{scales_and_mins, BlockQ4K, BlockQ8K};
+    use crate::kernels::tile::{ROWS, TOKENS};
     use crate::kernels::x86::{broadcast_32, f16_to_f32, hsum_f32x8, scale_halves, scaled_dot_512};
 
     /// `Σ_j mins[j] * (bsums[2j] + bsums[2j+1])` in eight i32 lanes (one `madd` against the
@@ -156,6 +176,145 @@ mod x86 {
             acc_min = _mm256_fmadd_ps(dmin, _mm256_cvtepi32_ps(msum), acc_min);
         }
         _mm512_reduce_add_ps(acc) - hsum_f32x8(acc_min)
+    }
+
+    /// One super-block of [`ROWS`] weight rows, unpacked for the tile kernels.
+    #[derive(Clone, Copy)]
+    struct Unpacked {
+        /// Chunk `k` of row `r`: the 64 nibbles whose lanes match [`super::prepare_tile_acts`].
+        q: [[__m512i; 4]; ROWS],
+        /// Lane `l`: the scale of sub-block `l / 2`, an i16 with a zero high half.
+        scales: [__m512i; ROWS],
+        /// i16 lane `i` (in both halves): the min of sub-block `i / 2`, against `bsums`.
+        mins: [__m512i; ROWS],
+        d: [__m512; ROWS],
+        dmin: [__m512; ROWS],
+    }
+
+    thread_local! {
+        /// The unpacked blocks of the row group in hand: for a 2816-wide row 11 blocks, 24 KiB.
+        static UNPACKED: RefCell<Vec<Unpacked>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// Row `r`'s block, unpacked. Chunk `k` takes qword `k` of each 32-byte group of `qs`
+    /// twice (eight bytes: their low nibbles belong to sub-block `2g`, their high nibbles to
+    /// `2g + 1`), so qword lane `j` of every chunk holds sub-block `j`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
+    fn unpack(w: [&BlockQ4K; ROWS]) -> Unpacked {
+        let low4 = _mm512_set1_epi8(0x0f);
+        let nibble_shifts = _mm512_setr_epi64(0, 4, 0, 4, 0, 4, 0, 4);
+        let mut u = Unpacked {
+            q: [[_mm512_setzero_si512(); 4]; ROWS],
+            scales: [_mm512_setzero_si512(); ROWS],
+            mins: [_mm512_setzero_si512(); ROWS],
+            d: [_mm512_setzero_ps(); ROWS],
+            dmin: [_mm512_setzero_ps(); ROWS],
+        };
+        for (r, w) in w.iter().enumerate() {
+            // SAFETY: `qs` is 128 bytes; unaligned loads.
+            let (lo, hi) =
+                unsafe { (_mm512_loadu_si512(w.qs.as_ptr().cast()), _mm512_loadu_si512(w.qs[64..].as_ptr().cast())) };
+            for k in 0..4i64 {
+                let idx = _mm512_setr_epi64(k, k, 4 + k, 4 + k, 8 + k, 8 + k, 12 + k, 12 + k);
+                let picked = _mm512_permutex2var_epi64(lo, idx, hi);
+                u.q[r][k as usize] = _mm512_and_si512(_mm512_srlv_epi64(picked, nibble_shifts), low4);
+            }
+            let (scales, mins) = scales_and_mins(&w.scales);
+            let scales = _mm_cvtsi64_si128(scales as i64);
+            u.scales[r] = _mm512_cvtepu8_epi32(_mm_unpacklo_epi8(scales, scales));
+            let mins = _mm_cvtsi64_si128(mins as i64);
+            u.mins[r] = _mm512_broadcast_i64x4(_mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mins, mins)));
+            u.d[r] = _mm512_set1_ps(f16_to_f32(w.d));
+            u.dmin[r] = _mm512_set1_ps(f16_to_f32(w.dmin));
+        }
+        u
+    }
+
+    /// `out[r * n_tokens + t] = w[r] · a[t]` for [`ROWS`] weight rows and every token of `a`
+    /// (`n_tokens` rows of activations in the layout of [`super::prepare_tile_acts`]). The
+    /// rows' blocks are unpacked once, then [`TOKENS`] tokens at a time (the rest one by one)
+    /// run against them: each activation chunk is loaded once for every row, and the four
+    /// chunks of a block accumulate in one `vpdpbusd` chain per (row, token), at most
+    /// 16 · 15 · 128 per lane, an i16, before one `vpmaddwd` applies the sub-block scales.
+    /// Every token's result is the same whatever the tile width.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA, F16C and AVX-512 F/BW/VL/VNNI.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub fn group_avx512(w: &[&[BlockQ4K]; ROWS], a: &[BlockQ8K], n_tokens: usize, out: &mut [f32]) {
+        let n = w[0].len();
+        assert!(w.iter().all(|row| row.len() == n) && a.len() == n * n_tokens && out.len() == ROWS * n_tokens);
+        UNPACKED.with_borrow_mut(|unpacked| {
+            unpacked.clear();
+            unpacked.extend((0..n).map(|b| unpack(w.map(|row| &row[b]))));
+            let mut t0 = 0;
+            while t0 + TOKENS <= n_tokens {
+                tokens::<TOKENS>(unpacked, a, t0, n_tokens, out);
+                t0 += TOKENS;
+            }
+            for t in t0..n_tokens {
+                tokens::<1>(unpacked, a, t, n_tokens, out);
+            }
+        });
+    }
+
+    /// Tokens `t0..t0 + T` against the unpacked rows.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    fn tokens<const T: usize>(unpacked: &[Unpacked], a: &[BlockQ8K], t0: usize, n_tokens: usize, out: &mut [f32]) {
+        let n = unpacked.len();
+        let a: [&[BlockQ8K]; T] = std::array::from_fn(|t| &a[(t0 + t) * n..][..n]);
+        let mut acc = [[_mm512_setzero_ps(); T]; ROWS];
+        // The min terms of tokens 2p and 2p + 1 share a vector: lanes 0..8 and 8..16.
+        let mut acc_min = [[_mm512_setzero_ps(); T]; ROWS];
+        for (b, u) in unpacked.iter().enumerate() {
+            let mut sumi = [[_mm512_setzero_si512(); T]; ROWS];
+            for k in 0..4 {
+                for t in 0..T {
+                    // SAFETY: 64 bytes at 64k of the 256-byte `qs`; unaligned load.
+                    let q8 = unsafe { _mm512_loadu_si512(a[t][b].qs[64 * k..].as_ptr().cast()) };
+                    for (sumi, q) in sumi.iter_mut().zip(&u.q) {
+                        sumi[t] = _mm512_dpbusd_epi32(sumi[t], q[k], q8);
+                    }
+                }
+            }
+            for t in 0..T {
+                let da = _mm512_set1_ps(a[t][b].d);
+                for r in 0..ROWS {
+                    let scaled = _mm512_cvtepi32_ps(_mm512_madd_epi16(sumi[r][t], u.scales[r]));
+                    acc[r][t] = _mm512_fmadd_ps(_mm512_mul_ps(scaled, u.d[r]), da, acc[r][t]);
+                }
+            }
+            for p in 0..T.div_ceil(2) {
+                let (first, second) = (&a[2 * p][b], a.get(2 * p + 1).map(|a| &a[b]));
+                // SAFETY: `bsums` is 32 bytes; unaligned loads.
+                let load = |x: &BlockQ8K| unsafe { _mm256_loadu_si256(x.bsums.as_ptr().cast()) };
+                let bsums = _mm512_inserti64x4::<1>(
+                    _mm512_castsi256_si512(load(first)),
+                    second.map_or(_mm256_setzero_si256(), load),
+                );
+                let da = _mm512_castpd_ps(_mm512_insertf64x4::<1>(
+                    _mm512_castpd256_pd512(_mm256_castps_pd(_mm256_set1_ps(first.d))),
+                    _mm256_castps_pd(_mm256_set1_ps(second.map_or(0.0, |x| x.d))),
+                ));
+                for (acc_min, (mins, dmin)) in acc_min.iter_mut().zip(u.mins.iter().zip(&u.dmin)) {
+                    let msum = _mm512_cvtepi32_ps(_mm512_madd_epi16(bsums, *mins));
+                    acc_min[p] = _mm512_fmadd_ps(msum, _mm512_mul_ps(*dmin, da), acc_min[p]);
+                }
+            }
+        }
+        for r in 0..ROWS {
+            for t in 0..T {
+                let pair = acc_min[r][t / 2];
+                let half = if t % 2 == 0 {
+                    _mm512_castps512_ps256(pair)
+                } else {
+                    _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(pair)))
+                };
+                out[r * n_tokens + t0 + t] = _mm512_reduce_add_ps(acc[r][t]) - hsum_f32x8(half);
+            }
+        }
     }
 }
 
