@@ -15,17 +15,17 @@ pub fn dot_scalar(w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 {
 }
 
 #[cfg(target_arch = "x86_64")]
-pub use x86::{dot_avx2, dot_avx512, group_avx512, tile_avx512};
+pub use x86::{dot_avx2, dot_avx512, group_avx512};
 
-/// The tile kernels take the activations as they are.
-pub const TILE_ACTS: Option<fn(&mut [crate::quants::q8_0::BlockQ8_0])> = None;
+/// The tile kernels take the activations biased to unsigned bytes.
+pub const TILE_ACTS: Option<fn(&mut [crate::quants::q8_0::BlockQ8_0])> = Some(crate::kernels::tile::bias_q8_0_acts);
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
 
     use super::BlockQ8_0;
-    use crate::kernels::tile::{by_tiles, tile_q8_avx512, SignedBytes, ROWS, TOKENS};
+    use crate::kernels::tile::{group_q8_avx512, SignedBytes, ROWS};
     use crate::kernels::x86::{f16_lookup, f16_product_x8, hsum_f32x8, sign_split};
 
     /// AVX2: `maddubs(|w|, a * sign(w))` gives 16 pairwise i16 sums (at most 2 * 128 * 127, no
@@ -86,22 +86,13 @@ mod x86 {
         }
     }
 
-    /// [`ROWS`] weight rows × `T` tokens at once (see [`tile_q8_avx512`]).
+    /// [`ROWS`] weight rows against every token (see [`group_q8_avx512`]).
     ///
     /// # Safety
     /// The CPU must support AVX2, FMA and AVX-512 F/BW/VL/VNNI.
     #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
-    pub fn tile_avx512<const T: usize>(w: &[&[BlockQ8_0]; ROWS], a: &[&[BlockQ8_0]; T]) -> [[f32; T]; ROWS] {
-        tile_q8_avx512(w, a)
-    }
-
-    /// [`ROWS`] weight rows against every token, through [`tile_avx512`].
-    ///
-    /// # Safety
-    /// The CPU must support AVX2, FMA and AVX-512 F/BW/VL/VNNI.
-    pub unsafe fn group_avx512(w: &[&[BlockQ8_0]; ROWS], a: &[BlockQ8_0], n_tokens: usize, out: &mut [f32]) {
-        // SAFETY: the caller guarantees the CPU features of the tile kernels.
-        unsafe { by_tiles(tile_avx512::<TOKENS>, tile_avx512::<1>, w, a, n_tokens, out) }
+    pub fn group_avx512(w: &[&[BlockQ8_0]; ROWS], a: &[BlockQ8_0], n_tokens: usize, out: &mut [f32]) {
+        group_q8_avx512(w, a, n_tokens, out)
     }
 }
 

@@ -1,26 +1,23 @@
-//! Micro-kernels for matrix products with several tokens (prompt processing): a tile of
-//! [`ROWS`] weight rows × [`TOKENS`] activation rows per call, so that each weight block is
-//! decoded once and used against every token of the tile from registers, and each activation
-//! block is loaded once for every row. A matvec has little reuse to gain and stays on the
-//! plain dot kernels.
+//! Kernels for matrix products with several tokens (prompt processing). A *row-group kernel*
+//! takes [`ROWS`] weight rows and every token: it unpacks the rows' blocks once into a small
+//! buffer (L1/L2-resident), then runs [`TOKENS`] tokens at a time against them (the rest one
+//! by one), so each weight block is decoded once per matmul rather than once per token, each
+//! activation chunk is loaded once for every row, and the accumulators stay in registers. A
+//! matvec has little reuse to gain and stays on the plain dot kernels.
 //!
-//! So far on AVX-512 VNNI, for the weight types whose dot type is Q8_0 and whose blocks decode
-//! to 32 signed bytes and one f16 scale (Q8_0, Q5_0, through [`tile_q8_avx512`]), and for
-//! Q4_K (its own tile, in `q4_k.rs`).
+//! So far on AVX-512 VNNI: for the weight types whose dot type is Q8_0 and whose blocks decode
+//! to 32 signed bytes and one f16 scale (Q8_0, Q5_0: [`group_q8_avx512`]), and for Q4_K (in
+//! `q4_k.rs`).
 
-/// Weight rows per tile.
+/// Weight rows per group.
 pub const ROWS: usize = 4;
-/// Activation rows (tokens) per tile.
+/// Tokens per tile inside a group.
 pub const TOKENS: usize = 4;
 
-/// `out[r][t] = w[r] · a[t]` for one tile of `T` tokens. All rows hold the same number of
-/// blocks. Unsafe to call because SIMD tiles need CPU features; `pick_tile!` only hands out
-/// ones this CPU has.
-pub(crate) type TileFn<W, A, const T: usize> = unsafe fn(&[&[W]; ROWS], &[&[A]; T]) -> [[f32; T]; ROWS];
-
 /// `out[r * n_tokens + t] = w[r] · a[t]` for a group of [`ROWS`] weight rows and all
-/// `n_tokens` activation rows of `a` (contiguous, in the type's tile layout). Unsafe to call
-/// because SIMD kernels need CPU features; `pick_tile!` only hands out ones this CPU has.
+/// `n_tokens` activation rows of `a` (contiguous, in the type's tile layout). Every token's
+/// results are the same bits whatever the number of tokens. Unsafe to call because SIMD
+/// kernels need CPU features; `pick_tile!` only hands out ones this CPU has.
 pub(crate) type GroupFn<W, A> = unsafe fn(&[&[W]; ROWS], &[A], usize, &mut [f32]);
 
 /// A type's tile kernels: the row-group kernel, and the rearrangement of the activations it
@@ -30,63 +27,24 @@ pub(crate) struct Tiles<W, A> {
     pub prepare: Option<fn(&mut [A])>,
 }
 
-/// A [`GroupFn`] from tile kernels: [`TOKENS`] tokens at a time through `many`, then the
-/// tokens left over through `one`, where the [`ROWS`] rows still share each activation
-/// block's load and scale.
-///
-/// # Safety
-/// `many` and `one` must be safe to call on this CPU.
-#[inline]
-pub(crate) unsafe fn by_tiles<W, A>(
-    many: TileFn<W, A, TOKENS>,
-    one: TileFn<W, A, 1>,
-    w: &[&[W]; ROWS],
-    a: &[A],
-    n_tokens: usize,
-    out: &mut [f32],
-) {
-    let n = w[0].len();
-    let whole = n_tokens / TOKENS * TOKENS;
-    for t0 in (0..whole).step_by(TOKENS) {
-        let a_tile: [&[A]; TOKENS] = std::array::from_fn(|j| &a[(t0 + j) * n..][..n]);
-        // SAFETY: the caller guarantees `many` runs on this CPU.
-        let dots = unsafe { many(w, &a_tile) };
-        for (r, per_token) in dots.iter().enumerate() {
-            out[r * n_tokens + t0..][..TOKENS].copy_from_slice(per_token);
-        }
+/// The Q8_0 activations as [`group_q8_avx512`] takes them: each byte `a + 128`, an unsigned
+/// byte (stored in the same block type).
+pub fn bias_q8_0_acts(blocks: &mut [crate::quants::q8_0::BlockQ8_0]) {
+    for block in blocks {
+        block.qs = block.qs.map(|q| q ^ i8::MIN);
     }
-    for t in whole..n_tokens {
-        // SAFETY: the caller guarantees `one` runs on this CPU.
-        let dots = unsafe { one(w, &[&a[t * n..][..n]]) };
-        for (r, [dot]) in dots.iter().enumerate() {
-            out[r * n_tokens + t] = *dot;
-        }
-    }
-}
-
-/// The reference tile: every (row, token) pair through the dot kernel `dot`.
-///
-/// # Safety
-/// `dot` must be safe to call on this CPU.
-#[cfg(test)]
-pub(crate) unsafe fn tile_with<W, A, const T: usize>(
-    dot: super::DotFn<W, A>,
-    w: &[&[W]; ROWS],
-    a: &[&[A]; T],
-) -> [[f32; T]; ROWS] {
-    // SAFETY: the caller guarantees `dot` runs on this CPU.
-    w.map(|w| a.map(|a| unsafe { dot(w, a) }))
 }
 
 #[cfg(target_arch = "x86_64")]
-pub(crate) use x86::{tile_q8_avx512, SignedBytes};
+pub(crate) use x86::{group_q8_avx512, SignedBytes};
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
+    use std::cell::RefCell;
 
-    use super::ROWS;
-    use crate::kernels::x86::{f16_lookup, hsum_f32x8};
+    use super::{ROWS, TOKENS};
+    use crate::kernels::x86::f16_lookup;
     use crate::quants::q8_0::BlockQ8_0;
 
     /// A weight block of 32 elements that decodes to signed bytes times one scale.
@@ -100,59 +58,115 @@ mod x86 {
         fn scale(&self) -> f32;
     }
 
-    /// The tile for weights decoding to signed bytes against Q8_0 activations.
-    ///
-    /// `vpdpbusd` multiplies unsigned by signed bytes. The single-pair kernels make the weight
-    /// unsigned with `sign` tricks that touch both operands — one extra µop per pair. Here the
-    /// activations are made unsigned instead, `a + 128` (an xor, once per token and block), and
-    /// the surplus `128 · Σw` (once per row and block) seeds the integer accumulator negated,
-    /// so each (row, token) pair costs one `vpdpbusd`, one conversion, one scale product and
-    /// one FMA. The per-lane arithmetic equals the single-pair AVX-512 kernels', so results
-    /// are bit-identical to them.
+    /// Two consecutive blocks (64 elements) of [`ROWS`] weight rows, unpacked: block `2i` in
+    /// the low 256 bits, `2i + 1` in the high ones (zero past the end of an odd row).
+    #[derive(Clone, Copy)]
+    struct Unpacked {
+        levels: [__m512i; ROWS],
+        /// `-128 · Σ w` over each group of four bytes: the surplus of the `a + 128` bias.
+        seeds: [__m512i; ROWS],
+        scales: [__m512; ROWS],
+    }
+
+    thread_local! {
+        /// The unpacked blocks of the row group in hand: for a 2816-wide row 44 pairs, 33 KiB.
+        static UNPACKED: RefCell<Vec<Unpacked>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// The 512 bits of two 256-bit halves.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn join(lo: __m256i, hi: __m256i) -> __m512i {
+        _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
+    }
+
+    /// The 512 bits of two eight-lane broadcasts.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn join_ps(lo: f32, hi: f32) -> __m512 {
+        _mm512_castpd_ps(_mm512_insertf64x4::<1>(
+            _mm512_castpd256_pd512(_mm256_castps_pd(_mm256_set1_ps(lo))),
+            _mm256_castps_pd(_mm256_set1_ps(hi)),
+        ))
+    }
+
+    /// Blocks `2i` and `2i + 1` of each row, unpacked.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
+    fn unpack<W: SignedBytes>(w: &[&[W]; ROWS], i: usize) -> Unpacked {
+        let zero = _mm512_setzero_si512();
+        let bias = _mm512_set1_epi8(i8::MIN);
+        let mut u = Unpacked { levels: [zero; ROWS], seeds: [zero; ROWS], scales: [_mm512_setzero_ps(); ROWS] };
+        for (r, row) in w.iter().enumerate() {
+            let (first, second) = (&row[2 * i], row.get(2 * i + 1));
+            // SAFETY: the CPU has the features `levels` needs (this function's).
+            let levels = unsafe { (first.levels(), second.map_or(_mm256_setzero_si256(), |b| b.levels())) };
+            u.levels[r] = join(levels.0, levels.1);
+            u.seeds[r] = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, bias, u.levels[r]));
+            u.scales[r] = join_ps(first.scale(), second.map_or(0.0, |b| b.scale()));
+        }
+        u
+    }
+
+    /// The row-group kernel for weights decoding to signed bytes against Q8_0 activations
+    /// given as `a + 128` ([`super::bias_q8_0_acts`]). `vpdpbusd` multiplies unsigned by
+    /// signed bytes; with the activations made unsigned, the surplus `128 · Σw` (once per row
+    /// and block, at unpacking) seeds the integer sum negated, so each (row, token) pair costs
+    /// one `vpdpbusd`, one conversion, one scale product and one FMA per two blocks.
     ///
     /// # Safety
     /// The CPU must support AVX2, FMA and AVX-512 F/BW/VL/VNNI.
+    #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(crate) fn group_q8_avx512<W: SignedBytes>(w: &[&[W]; ROWS], a: &[BlockQ8_0], n_tokens: usize, out: &mut [f32]) {
+        let n = w[0].len();
+        assert!(w.iter().all(|row| row.len() == n) && a.len() == n * n_tokens && out.len() == ROWS * n_tokens);
+        UNPACKED.with_borrow_mut(|unpacked| {
+            unpacked.clear();
+            unpacked.extend((0..n.div_ceil(2)).map(|i| unpack(w, i)));
+            let mut t0 = 0;
+            while t0 + TOKENS <= n_tokens {
+                tokens::<TOKENS>(unpacked, a, n, t0, n_tokens, out);
+                t0 += TOKENS;
+            }
+            for t in t0..n_tokens {
+                tokens::<1>(unpacked, a, n, t, n_tokens, out);
+            }
+        });
+    }
+
+    /// Tokens `t0..t0 + T` against the unpacked rows (`n` blocks each).
     #[inline]
     #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
-    pub(crate) fn tile_q8_avx512<W: SignedBytes, const T: usize>(
-        w: &[&[W]; ROWS],
-        a: &[&[BlockQ8_0]; T],
-    ) -> [[f32; T]; ROWS] {
-        let n = w[0].len();
-        // Equal lengths let the compiler drop the bounds checks in the loop.
-        let w = w.map(|row| &row[..n]);
-        let a = a.map(|row| &row[..n]);
-        let bias = _mm256_set1_epi8(0x80u8 as i8);
-        let zero = _mm256_setzero_si256();
-        let mut acc = [[_mm256_setzero_ps(); T]; ROWS];
-        for b in 0..n {
-            let (mut levels, mut scales, mut seeds) = ([zero; ROWS], [_mm256_setzero_ps(); ROWS], [zero; ROWS]);
-            for r in 0..ROWS {
-                // SAFETY: the CPU has the features `levels` needs (this function's).
-                levels[r] = unsafe { w[r][b].levels() };
-                scales[r] = _mm256_set1_ps(w[r][b].scale());
-                // -128 · Σw over each group of four lanes: vpdpbusd(0x80 bytes, w), negated.
-                seeds[r] = _mm256_sub_epi32(zero, _mm256_dpbusd_epi32(zero, bias, levels[r]));
-            }
+    fn tokens<const T: usize>(
+        unpacked: &[Unpacked],
+        a: &[BlockQ8_0],
+        n: usize,
+        t0: usize,
+        n_tokens: usize,
+        out: &mut [f32],
+    ) {
+        let a: [&[BlockQ8_0]; T] = std::array::from_fn(|t| &a[(t0 + t) * n..][..n]);
+        // SAFETY: each `qs` is 32 bytes; unaligned load.
+        let load = |b: &BlockQ8_0| unsafe { _mm256_loadu_si256(b.qs.as_ptr().cast()) };
+        let mut acc = [[_mm512_setzero_ps(); T]; ROWS];
+        for (i, u) in unpacked.iter().enumerate() {
             for t in 0..T {
-                // SAFETY: `qs` is exactly 32 bytes; loadu has no alignment requirement.
-                let qa = unsafe { _mm256_loadu_si256(a[t][b].qs.as_ptr().cast()) };
-                let unsigned = _mm256_xor_si256(qa, bias);
-                let da = _mm256_set1_ps(f16_lookup(a[t][b].d));
-                for r in 0..ROWS {
-                    let isum = _mm256_dpbusd_epi32(seeds[r], unsigned, levels[r]);
-                    let d = _mm256_mul_ps(scales[r], da);
-                    acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), d, acc[r][t]);
+                let (first, second) = (&a[t][2 * i], a[t].get(2 * i + 1));
+                // The zero levels past an odd row's end meet zero activations.
+                let qa = join(load(first), second.map_or(_mm256_setzero_si256(), load));
+                let da = join_ps(f16_lookup(first.d), second.map_or(0.0, |b| f16_lookup(b.d)));
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let isum = _mm512_dpbusd_epi32(u.seeds[r], qa, u.levels[r]);
+                    let d = _mm512_mul_ps(u.scales[r], da);
+                    acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), d, acc[t]);
                 }
             }
         }
-        let mut out = [[0f32; T]; ROWS];
-        for r in 0..ROWS {
-            for t in 0..T {
-                out[r][t] = hsum_f32x8(acc[r][t]);
+        for (r, acc) in acc.iter().enumerate() {
+            for (t, acc) in acc.iter().enumerate() {
+                out[r * n_tokens + t0 + t] = _mm512_reduce_add_ps(*acc);
             }
         }
-        out
     }
 }
 
@@ -163,55 +177,6 @@ mod tests {
     use crate::kernels::{cpu, q4_k, q5_0, q8_0, DotFn};
     use crate::quants::q8_0::BlockQ8_0;
     use crate::GgmlType;
-
-    /// `tile` against the scalar reference (within rounding) and against the single-pair
-    /// AVX-512 kernel `simd` (bit for bit: the per-lane arithmetic is the same), for weights of
-    /// type `ty` against activations of its dot type.
-    fn check<W: bytemuck::Pod, A: bytemuck::Pod, const T: usize>(
-        ty: GgmlType,
-        tile: TileFn<W, A, T>,
-        scalar: DotFn<W, A>,
-        simd: DotFn<W, A>,
-    ) {
-        if !cpu::detected().avx512 {
-            return;
-        }
-        let a_ty = crate::kernels::dot_type(ty).unwrap();
-        for n_blocks in [1, 3, 88] {
-            let n = n_blocks * ty.block_size();
-            let w: Vec<Vec<W>> = (0..ROWS as u64).map(|r| random_blocks(ty, n, 10 + r)).collect();
-            let a: Vec<Vec<A>> = (0..T as u64).map(|t| random_blocks(a_ty, n, 20 + t)).collect();
-            let w: [&[W]; ROWS] = std::array::from_fn(|r| &w[r][..]);
-            let a: [&[A]; T] = std::array::from_fn(|t| &a[t][..]);
-            // SAFETY: the AVX-512 level was detected above; the scalar kernel runs anywhere.
-            let (got, want, pairs) = unsafe { (tile(&w, &a), tile_with(scalar, &w, &a), tile_with(simd, &w, &a)) };
-            assert_eq!(got, pairs, "{ty:?} tile vs pairs, {n_blocks} blocks");
-            for r in 0..ROWS {
-                for t in 0..T {
-                    let mag = magnitude(ty, bytemuck::cast_slice(w[r]), a_ty, bytemuck::cast_slice(a[t]), n);
-                    assert_close(
-                        got[r][t],
-                        want[r][t],
-                        n_blocks,
-                        mag,
-                        &format!("{ty:?} tile ({r}, {t}), {n_blocks} blocks"),
-                    );
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn q8_0_tile_matches_the_references() {
-        check::<_, _, TOKENS>(GgmlType::Q8_0, q8_0::tile_avx512, q8_0::dot_scalar, q8_0::dot_avx512);
-        check::<_, _, 1>(GgmlType::Q8_0, q8_0::tile_avx512, q8_0::dot_scalar, q8_0::dot_avx512);
-    }
-
-    #[test]
-    fn q5_0_tile_matches_the_references() {
-        check::<_, _, TOKENS>(GgmlType::Q5_0, q5_0::tile_avx512, q5_0::dot_scalar, q5_0::dot_avx512);
-        check::<_, _, 1>(GgmlType::Q5_0, q5_0::tile_avx512, q5_0::dot_scalar, q5_0::dot_avx512);
-    }
 
     /// The row-group kernel `group` against the scalar reference on every (row, token) pair,
     /// for token counts with and without leftovers; and each token's results are the same bits
@@ -292,19 +257,25 @@ mod tests {
     #[test]
     fn extreme_bytes_stay_exact() {
         // -128 in either operand and ±127 everywhere: the a + 128 bias and its correction
-        // must stay exact in i32.
+        // must stay exact in i32. Three blocks: a whole pair and an odd one.
         if !cpu::detected().avx512 {
             return;
         }
         let block = |q: i8| BlockQ8_0 { d: half::f16::ONE, qs: [q; 32] };
         for (x, y) in [(-128, -128), (-128, 127), (127, -128), (127, 127), (-127, 5)] {
-            let w = [vec![block(x); 4], vec![block(y); 4], vec![block(x); 4], vec![block(0); 4]];
-            let a = [vec![block(y); 4], vec![block(x); 4], vec![block(-128); 4], vec![block(127); 4]];
+            let w = [vec![block(x); 3], vec![block(y); 3], vec![block(x); 3], vec![block(0); 3]];
+            let a = [vec![block(y); 3], vec![block(x); 3], vec![block(-128); 3], vec![block(127); 3]].concat();
+            let mut laid_out = a.clone();
+            bias_q8_0_acts(&mut laid_out);
             let w: [&[BlockQ8_0]; ROWS] = std::array::from_fn(|r| &w[r][..]);
-            let a: [&[BlockQ8_0]; TOKENS] = std::array::from_fn(|t| &a[t][..]);
+            let mut got = [0f32; ROWS * 4];
             // SAFETY: the AVX-512 level was detected above.
-            let (got, want) = unsafe { (q8_0::tile_avx512::<TOKENS>(&w, &a), tile_with(q8_0::dot_scalar, &w, &a)) };
-            assert_eq!(got, want, "bytes {x}, {y}");
+            unsafe { q8_0::group_avx512(&w, &laid_out, 4, &mut got) };
+            for (t, a) in a.chunks_exact(3).enumerate() {
+                for r in 0..ROWS {
+                    assert_eq!(got[r * 4 + t], q8_0::dot_scalar(w[r], a), "bytes {x}, {y}, row {r} token {t}");
+                }
+            }
         }
     }
 }
