@@ -1,7 +1,7 @@
 //! The `gemma` command line.
 
-use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::io::{BufWriter, IsTerminal, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -12,12 +12,13 @@ use gemma::info::ModelInfo;
 use gemma::jsonl::{self, JsonlError, JsonlOptions};
 use gemma::kv_cache::KvType;
 use gemma::repl::{self, ChatOptions};
-use gemma::run::{Generator, RunError, RunOptions};
+use gemma::run::{Generator, Prompt, RunError, RunOptions};
 use gemma::sample::SamplerConfig;
 use gemma::session::Session;
 use gemma::tokenizer::Tokenizer;
 use ggml::gguf::GgufFile;
 use indicatif::ProgressBar;
+use tempfile::NamedTempFile;
 
 #[derive(Parser)]
 #[command(name = "gemma", version, about = "Run Google's Gemma models from GGUF files")]
@@ -42,7 +43,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Generate text from a prompt (-p, -f, or stdin); the completion alone goes to stdout
+    /// Generate text from a prompt (-p, -f, --ids, or stdin); the completion alone goes to stdout
     Run(RunArgs),
     /// Chat with the model in the terminal (line editing, history, /help for commands)
     Chat(ChatArgs),
@@ -179,6 +180,15 @@ struct RunArgs {
     /// Read the prompt from a file
     #[arg(short = 'f', long = "file")]
     file: Option<PathBuf>,
+    /// The prompt as token ids instead of text ("2 105 ..." or "2,105,..."), run exactly as
+    /// given: no BOS is added
+    #[arg(long, value_name = "IDS", value_parser = parse_ids,
+          conflicts_with_all = ["prompt", "file", "chat", "no_special"])]
+    ids: Option<TokenIds>,
+    /// Write the logits of every prompt position to FILE: float32 little-endian,
+    /// [prompt tokens][vocabulary], row-major (with -n 0: score the prompt only)
+    #[arg(long, value_name = "FILE")]
+    logits_out: Option<PathBuf>,
     /// Tokens to generate at most
     #[arg(short = 'n', long = "n-predict", default_value_t = 128)]
     n_predict: usize,
@@ -206,7 +216,7 @@ struct RunArgs {
     /// Serve one JSON request per stdin line ({"prompt": ...} or {"messages": [...]}, plus
     /// id, n_predict, temperature, top_k, top_p, min_p, seed, stop) with one JSON response
     /// per stdout line
-    #[arg(long, conflicts_with_all = ["prompt", "file", "json"])]
+    #[arg(long, conflicts_with_all = ["prompt", "file", "json", "ids", "logits_out"])]
     jsonl: bool,
     /// No speed line or summary on stderr
     #[arg(short = 'q', long)]
@@ -234,6 +244,23 @@ struct ChatArgs {
     /// No banner and no stats line after each reply
     #[arg(short = 'q', long)]
     quiet: bool,
+}
+
+/// `--ids`: token ids as given on the command line.
+#[derive(Clone)]
+struct TokenIds(Vec<u32>);
+
+/// Decimal token ids separated by whitespace and/or commas.
+fn parse_ids(s: &str) -> Result<TokenIds, String> {
+    let ids = s
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|t| !t.is_empty())
+        .map(|t| t.parse().map_err(|_| format!("{t:?} is not a token id (decimal, separated by spaces or commas)")))
+        .collect::<Result<Vec<u32>, String>>()?;
+    if ids.is_empty() {
+        return Err("no token ids".into());
+    }
+    Ok(TokenIds(ids))
 }
 
 /// A mistake in how the command was called: exit code 2, as clap's own.
@@ -356,13 +383,23 @@ fn run_command(args: RunArgs) -> Result<()> {
         return Ok(());
     }
 
-    let prompt = match (args.prompt, args.file) {
-        (Some(p), _) => p,
-        (None, Some(f)) => std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?,
-        (None, None) => std::io::read_to_string(std::io::stdin()).context("reading the prompt from stdin")?,
+    let prompt = match (args.ids, args.prompt, args.file) {
+        (Some(TokenIds(ids)), ..) => Prompt::Ids(ids),
+        (None, Some(p), _) => Prompt::Text(p),
+        (None, None, Some(f)) => {
+            Prompt::Text(std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?)
+        }
+        (None, None, None) => {
+            Prompt::Text(std::io::read_to_string(std::io::stdin()).context("reading the prompt from stdin")?)
+        }
     };
     let gguf = GgufFile::open(&model)?;
-    let prompt = if args.chat { chat_prompt(&gguf, args.system, prompt, args.think)? } else { prompt };
+    let prompt = match prompt {
+        Prompt::Text(text) if args.chat => Prompt::Text(chat_prompt(&gguf, args.system, text, args.think)?),
+        prompt => prompt,
+    };
+    // Created before the model loads, so that a bad path fails at once.
+    let mut logits = args.logits_out.map(LogitsFile::create).transpose()?;
     let options = RunOptions {
         prompt,
         n_predict: args.n_predict,
@@ -377,11 +414,19 @@ fn run_command(args: RunArgs) -> Result<()> {
     let mut sink = std::io::sink();
     let out: &mut dyn Write = if args.json { &mut sink } else { &mut stdout };
     let loaded = load(gguf, !args.quiet && std::io::stdout().is_terminal());
-    let done = match loaded.and_then(|mut g| g.generate(&options, out)) {
-        // A closed pipe (`gemma run ... | head -c 100`) ends the run quietly.
-        Err(RunError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
-        r => r.with_context(|| model.display().to_string())?,
+    let logits_out = logits.as_mut().map(|f| &mut f.out as &mut dyn Write);
+    let done = match loaded.and_then(|mut g| g.generate(&options, out, logits_out)) {
+        // A closed pipe (`gemma run ... | head -c 100`) ends the run quietly; the logits,
+        // written before the first token, are complete.
+        Err(RunError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => None,
+        Err(e @ RunError::Logits(_)) => {
+            let path = logits.as_ref().map_or_else(String::new, |f| f.path.display().to_string());
+            return Err(anyhow::Error::new(e).context(path));
+        }
+        r => Some(r.with_context(|| model.display().to_string())?),
     };
+    let logits_path = logits.map(LogitsFile::finish).transpose()?;
+    let Some(done) = done else { return Ok(()) };
     if args.json {
         print(&(serde_json::to_string(&done)? + "\n"))?;
     }
@@ -395,8 +440,47 @@ fn run_command(args: RunArgs) -> Result<()> {
             t.generation_tokens_per_s,
             done.stop_reason.describe()
         );
+        if let Some(path) = logits_path {
+            eprintln!("logits of {} prompt positions written to {}", done.prompt_ids.len(), path.display());
+        }
     }
     Ok(())
+}
+
+/// `--logits-out`: written through a temporary file in the target's directory and renamed
+/// over the target by [`finish`](Self::finish), as `/save` and the GGUF writer do; a failed
+/// run drops it, which deletes it and leaves any earlier file untouched.
+struct LogitsFile {
+    path: PathBuf,
+    out: BufWriter<NamedTempFile>,
+}
+
+impl LogitsFile {
+    fn create(path: PathBuf) -> Result<LogitsFile> {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let tmp = NamedTempFile::new_in(dir)
+            .with_context(|| format!("{}: creating a temporary file in {}", path.display(), dir.display()))?;
+        Ok(LogitsFile { path, out: BufWriter::with_capacity(1 << 20, tmp) })
+    }
+
+    /// Flushes, syncs and moves the file into place; returns its path.
+    fn finish(self) -> Result<PathBuf> {
+        let LogitsFile { path, out } = self;
+        let context = || path.display().to_string();
+        let tmp = out.into_inner().map_err(|e| e.into_error()).with_context(context)?;
+        // A temporary file is private (0600); the logits are not (as quantize's output).
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644)).with_context(context)?;
+        }
+        tmp.as_file().sync_all().with_context(context)?;
+        tmp.persist(&path).map_err(|e| e.error).with_context(context)?;
+        Ok(path)
+    }
 }
 
 fn chat_command(args: ChatArgs) -> Result<()> {

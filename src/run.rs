@@ -34,20 +34,32 @@ pub enum RunError {
     PromptTooLong { prompt: usize, context: usize },
     #[error("the prompt is empty")]
     EmptyPrompt,
+    #[error("token id {id} is out of range: the vocabulary has {n_vocab} tokens")]
+    TokenOutOfRange { id: u32, n_vocab: usize },
     #[error("writing the completion: {0}")]
     Output(std::io::Error),
+    #[error("writing the logits: {0}")]
+    Logits(std::io::Error),
+}
+
+/// A prompt as text or as token ids.
+#[derive(Clone, Debug)]
+pub enum Prompt {
+    /// Text (already wrapped in the chat template if wanted), tokenized with BOS first.
+    Text(String),
+    /// Token ids, run exactly as given: no BOS is added.
+    Ids(Vec<u32>),
 }
 
 /// What to generate from one prompt.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
-    /// The prompt text (already wrapped in the chat template if wanted).
-    pub prompt: String,
+    pub prompt: Prompt,
     pub n_predict: usize,
     pub context: usize,
     /// Prompt tokens per forward pass.
     pub batch: usize,
-    /// Whether special-token text in the prompt (`<|turn>`) becomes special tokens.
+    /// Whether special-token text in a text prompt (`<|turn>`) becomes special tokens.
     pub parse_special: bool,
     pub sampling: SamplerConfig,
     /// Generation ends where one of these appears; it is not printed.
@@ -143,8 +155,20 @@ impl Generator {
     /// Generates from `options.prompt` and streams the completion's text to `out` as it is
     /// produced (UTF-8 safe: a character split across tokens is written whole). A fresh
     /// [`Session`] each time.
-    pub fn generate(&mut self, options: &RunOptions, out: &mut dyn Write) -> Result<Completion, RunError> {
-        let prompt = self.tokenize_prompt(&options.prompt, options.parse_special);
+    ///
+    /// With `logits`, the logits of every prompt position are written there first, as
+    /// float32 little-endian `[n_prompt][n_vocab]` (teacher-forced scoring; the whole prompt
+    /// then runs the output head, not only its last position).
+    pub fn generate(
+        &mut self,
+        options: &RunOptions,
+        out: &mut dyn Write,
+        logits: Option<&mut dyn Write>,
+    ) -> Result<Completion, RunError> {
+        let prompt = match &options.prompt {
+            Prompt::Text(text) => self.tokenize_prompt(text, options.parse_special),
+            Prompt::Ids(ids) => ids.clone(),
+        };
         if prompt.is_empty() {
             return Err(RunError::EmptyPrompt);
         }
@@ -158,7 +182,10 @@ impl Generator {
         let mut sampler = Sampler::new(options.sampling)?;
         let mut session = Session::new(self, options.context, options.kv_type, options.batch)?;
         let never = AtomicBool::new(false);
-        let prefill = session.prefill(&prompt, &never)?;
+        let prefill = match logits {
+            None => session.prefill(&prompt, &never)?,
+            Some(w) => session.prefill_scored(&prompt, &never, &mut |rows| write_f32_le(w, rows))?,
+        };
         let done = session.generate(&mut sampler, Some(options.n_predict), &options.stop, &never, &mut |piece| {
             out.write_all(piece.as_bytes())?;
             out.flush()
@@ -176,5 +203,11 @@ impl Generator {
 
 /// Loads `gguf` and generates once: `gemma run`.
 pub fn run(gguf: GgufFile, options: &RunOptions, out: &mut dyn Write) -> Result<Completion, RunError> {
-    Generator::load(gguf)?.generate(options, out)
+    Generator::load(gguf)?.generate(options, out, None)
+}
+
+/// `values` as float32 little-endian, in order.
+fn write_f32_le(out: &mut dyn Write, values: &[f32]) -> std::io::Result<()> {
+    let bytes: Vec<u8> = values.iter().flat_map(|x| x.to_le_bytes()).collect();
+    out.write_all(&bytes)
 }

@@ -41,6 +41,9 @@ pub struct Session<'g> {
     batch: usize,
 }
 
+/// Where [`Session::prefill_scored`] hands each batch's logits, `[batch][n_vocab]`.
+type ScoreSink<'a> = &'a mut dyn FnMut(&[f32]) -> io::Result<()>;
+
 /// What [`Session::prefill`] did with a prompt.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
 pub struct Prefill {
@@ -145,14 +148,43 @@ impl<'g> Session<'g> {
     /// `cancel` is checked between batches; a cancelled prefill leaves the cache holding the
     /// batches that ran and nothing to sample from.
     pub fn prefill(&mut self, prompt: &[u32], cancel: &AtomicBool) -> Result<Prefill, RunError> {
+        self.run_prompt(prompt, cancel, None)
+    }
+
+    /// Teacher-forced scoring: runs all of `prompt` from an empty cache as
+    /// [`prefill`](Self::prefill) would, and hands the logits of every position to `scores`,
+    /// one batch at a time in prompt order (`[batch][n_vocab]`). Slower than `prefill`, which
+    /// runs the output head for the last position only.
+    pub fn prefill_scored(
+        &mut self,
+        prompt: &[u32],
+        cancel: &AtomicBool,
+        scores: &mut dyn FnMut(&[f32]) -> io::Result<()>,
+    ) -> Result<Prefill, RunError> {
+        self.run_prompt(prompt, cancel, Some(scores))
+    }
+
+    fn run_prompt(
+        &mut self,
+        prompt: &[u32],
+        cancel: &AtomicBool,
+        mut scores: Option<ScoreSink<'_>>,
+    ) -> Result<Prefill, RunError> {
         if prompt.is_empty() {
             return Err(RunError::EmptyPrompt);
         }
         if prompt.len() > self.context {
             return Err(RunError::PromptTooLong { prompt: prompt.len(), context: self.context });
         }
+        // Ids come from users too (`gemma run --ids`); one past the embedding table is an
+        // error, not a panic inside the model.
+        let n_vocab = self.generator.model.n_vocab();
+        if let Some(&id) = prompt.iter().find(|&&id| id as usize >= n_vocab) {
+            return Err(RunError::TokenOutOfRange { id, n_vocab });
+        }
         let start = Instant::now();
-        let keep = common_prefix(&self.ids, prompt).min(prompt.len() - 1);
+        // Scoring needs every position's logits, so it reuses nothing.
+        let keep = if scores.is_some() { 0 } else { common_prefix(&self.ids, prompt).min(prompt.len() - 1) };
         let held = self.ids.len();
         if keep < held {
             // `keep`, or 0 where a sliding ring no longer holds what position `keep` must see.
@@ -161,6 +193,7 @@ impl<'g> Session<'g> {
         }
         let reused = self.ids.len();
         self.logits.clear();
+        let which = if scores.is_some() { Logits::All } else { Logits::Last };
         let mut cancelled = false;
         for chunk in prompt[reused..].chunks(self.batch) {
             if cancel.load(Ordering::Relaxed) {
@@ -169,8 +202,14 @@ impl<'g> Session<'g> {
                 break;
             }
             let pos = self.ids.len();
-            self.logits = self.generator.model.forward(chunk, pos, &mut self.cache, Logits::Last);
+            // [chunk.len()][n_vocab] for `Logits::All`, [n_vocab] for `Logits::Last`
+            let mut logits = self.generator.model.forward(chunk, pos, &mut self.cache, which);
             self.ids.extend_from_slice(chunk);
+            if let Some(scores) = scores.as_mut() {
+                scores(&logits).map_err(RunError::Logits)?;
+                logits.drain(..logits.len() - n_vocab);
+            }
+            self.logits = logits;
         }
         Ok(Prefill {
             prompt_tokens: prompt.len(),
@@ -372,6 +411,37 @@ mod tests {
         let again = session.prefill(&p, &NEVER).unwrap();
         assert_eq!((again.reused, again.prefilled), (p.len() - 1, 1));
         assert_eq!(greedy(&mut session, 4).ids, first);
+    }
+
+    /// Scoring hands over every position's logits batch by batch, reuses no cached prefix,
+    /// and keeps the last row for sampling as `prefill` does; ids past the vocabulary are an
+    /// error before anything runs.
+    #[test]
+    fn a_scored_prefill_gives_every_position() {
+        let mut gen = generator("tiny-gemma4-moe.gguf");
+        let n_vocab = gen.model.n_vocab();
+        let p = gen.tokenize_prompt("Hello world, once more with feeling", true);
+        let mut session = Session::new(&mut gen, 64, KvType::F32, 3).unwrap();
+        session.prefill(&p, &NEVER).unwrap();
+        let last = session.logits.clone();
+        let mut rows = Vec::new();
+        let scored = session
+            .prefill_scored(&p, &NEVER, &mut |batch| {
+                rows.extend_from_slice(batch);
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!((scored.reused, scored.prefilled, scored.dropped), (0, p.len(), p.len()));
+        assert_eq!(rows.len(), p.len() * n_vocab);
+        assert_eq!(session.logits, rows[rows.len() - n_vocab..]);
+        // The output head over one row or many: only rounding apart.
+        let max_diff = last.iter().zip(&session.logits).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        assert!(max_diff < 1e-4, "{max_diff}");
+
+        let bad = [p[0], n_vocab as u32];
+        let err = session.prefill(&bad, &NEVER).unwrap_err();
+        assert!(matches!(err, RunError::TokenOutOfRange { id, n_vocab: n } if id as usize == n_vocab && n == n_vocab));
+        assert_eq!(session.n_cached(), p.len(), "nothing ran");
     }
 
     #[test]
