@@ -39,6 +39,24 @@ impl QuantizedActs {
         Ok(acts)
     }
 
+    /// The rows `which` of `self`, in that order: activations quantized once and shared by
+    /// several products (the experts of a token).
+    pub fn gather(&self, which: impl ExactSizeIterator<Item = usize>) -> QuantizedActs {
+        let n_rows = which.len();
+        let mut acts = QuantizedActs {
+            ty: self.ty,
+            n: self.n,
+            n_rows,
+            row_bytes: self.row_bytes,
+            buf: vec![0u64; (self.row_bytes * n_rows).div_ceil(8)],
+        };
+        let bytes = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut acts.buf)[..self.row_bytes * n_rows];
+        for (out, t) in bytes.chunks_exact_mut(self.row_bytes).zip(which) {
+            out.copy_from_slice(self.row(t));
+        }
+        acts
+    }
+
     /// The quantized bytes of all rows.
     pub fn bytes(&self) -> &[u8] {
         &bytemuck::cast_slice::<u64, u8>(&self.buf)[..self.n_rows * self.row_bytes]
@@ -124,12 +142,23 @@ pub fn matmul(
     // Rows-major scratch, transposed into the token-major output afterwards.
     let mut by_row = vec![0f32; rows * acts.n_rows];
     super::dot_rows(ty, isa, w, rows, acts.bytes(), acts.n_rows, &mut by_row)?;
-    for r in 0..rows {
-        for t in 0..acts.n_rows {
-            out[t * rows + r] = by_row[r * acts.n_rows + t];
+    transpose(&by_row, rows, acts.n_rows, out);
+    Ok(())
+}
+
+/// `out[t * rows + r] = by_row[r * n_tokens + t]`, in 16 × 16 blocks so that both sides
+/// stay in a few cache lines at a time.
+fn transpose(by_row: &[f32], rows: usize, n_tokens: usize, out: &mut [f32]) {
+    const BLOCK: usize = 16;
+    for r0 in (0..rows).step_by(BLOCK) {
+        for t0 in (0..n_tokens).step_by(BLOCK) {
+            for r in r0..(r0 + BLOCK).min(rows) {
+                for t in t0..(t0 + BLOCK).min(n_tokens) {
+                    out[t * rows + r] = by_row[r * n_tokens + t];
+                }
+            }
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]

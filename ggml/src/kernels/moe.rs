@@ -9,7 +9,8 @@
 //! ```
 //!
 //! Pairs are grouped by expert so each chosen expert's weights stream from memory once per
-//! batch, against all of its tokens at once; the inputs are quantized once per token.
+//! batch, against all of its tokens at once; the inputs are quantized once per token, for all
+//! of its experts.
 
 use super::matmul::{matmul, QuantizedActs};
 use super::Isa;
@@ -114,9 +115,14 @@ pub fn moe_ffn(
         }
     }
 
+    // Each token's input quantized once, for all of its experts.
+    let x_acts = QuantizedActs::new(gate_up.input_type(), x, h)?;
+    let x_up_acts = match gate_up {
+        GateUp::Split { gate, up } if up.ty != gate.ty => Some(QuantizedActs::new(up.ty, x, h)?),
+        _ => None,
+    };
     for (e, pairs) in by_expert.iter().enumerate().filter(|(_, p)| !p.is_empty()) {
-        let xs: Vec<f32> = pairs.iter().flat_map(|&(t, _)| x[t * h..(t + 1) * h].iter().copied()).collect();
-        let acts = QuantizedActs::new(gate_up.input_type(), &xs, h)?;
+        let acts = x_acts.gather(pairs.iter().map(|&(t, _)| t));
         let m = pairs.len();
         // gate and up outputs, token-major: [m][width] each.
         let (mut gate, mut up) = (vec![0f32; m * width], vec![0f32; m * width]);
@@ -132,7 +138,7 @@ pub fn moe_ffn(
             }
             GateUp::Split { gate: g, up: u } => {
                 matmul(g.ty, isa, g.expert(e), width, &acts, &mut gate)?;
-                let up_acts = if u.ty == g.ty { None } else { Some(QuantizedActs::new(u.ty, &xs, h)?) };
+                let up_acts = x_up_acts.as_ref().map(|all| all.gather(pairs.iter().map(|&(t, _)| t)));
                 matmul(u.ty, isa, u.expert(e), width, up_acts.as_ref().unwrap_or(&acts), &mut up)?;
             }
         }

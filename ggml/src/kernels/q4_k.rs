@@ -57,7 +57,8 @@ pub fn dot_scalar(w: &[BlockQ4K], a: &[BlockQ8K]) -> f32 {
 
 /// The activation layout of the tile kernels: in each block, 64-byte chunk `k` holds, for
 /// each sub-block `s` in order, its eight activations `8k..8k + 8` (so the lanes of a chunk
-/// keep their sub-block from chunk to chunk). `d` and `bsums` are unchanged.
+/// keep their sub-block from chunk to chunk), and the 32 bytes of `bsums` hold eight f32
+/// instead: `d · Σ a` over each sub-block, the factor of its min term. `d` is unchanged.
 pub fn prepare_tile_acts(blocks: &mut [BlockQ8K]) {
     for block in blocks {
         let original = block.qs;
@@ -66,6 +67,9 @@ pub fn prepare_tile_acts(blocks: &mut [BlockQ8K]) {
                 block.qs[64 * k + 8 * s..][..8].copy_from_slice(&original[32 * s + 8 * k..][..8]);
             }
         }
+        let sums: [f32; 8] =
+            std::array::from_fn(|s| block.d * (block.bsums[2 * s] as i32 + block.bsums[2 * s + 1] as i32) as f32);
+        block.bsums = bytemuck::cast(sums);
     }
 }
 
@@ -183,16 +187,14 @@ mod x86 {
     struct Unpacked {
         /// Chunk `k` of row `r`: the 64 nibbles whose lanes match [`super::prepare_tile_acts`].
         q: [[__m512i; 4]; ROWS],
-        /// Lane `l`: the scale of sub-block `l / 2`, an i16 with a zero high half.
-        scales: [__m512i; ROWS],
-        /// i16 lane `i` (in both halves): the min of sub-block `i / 2`, against `bsums`.
-        mins: [__m512i; ROWS],
-        d: [__m512; ROWS],
-        dmin: [__m512; ROWS],
+        /// Lane `l`: `d` times the scale of sub-block `l / 2`.
+        scales: [__m512; ROWS],
+        /// Lanes 0..8: `dmin` times the min of each sub-block; lanes 8..16: zero.
+        mins: [__m512; ROWS],
     }
 
     thread_local! {
-        /// The unpacked blocks of the row group in hand: for a 2816-wide row 11 blocks, 24 KiB.
+        /// The unpacked blocks of the row group in hand: for a 2816-wide row 11 blocks, 17 KiB.
         static UNPACKED: RefCell<Vec<Unpacked>> = const { RefCell::new(Vec::new()) };
     }
 
@@ -206,10 +208,8 @@ mod x86 {
         let nibble_shifts = _mm512_setr_epi64(0, 4, 0, 4, 0, 4, 0, 4);
         let mut u = Unpacked {
             q: [[_mm512_setzero_si512(); 4]; ROWS],
-            scales: [_mm512_setzero_si512(); ROWS],
-            mins: [_mm512_setzero_si512(); ROWS],
-            d: [_mm512_setzero_ps(); ROWS],
-            dmin: [_mm512_setzero_ps(); ROWS],
+            scales: [_mm512_setzero_ps(); ROWS],
+            mins: [_mm512_setzero_ps(); ROWS],
         };
         for (r, w) in w.iter().enumerate() {
             // SAFETY: `qs` is 128 bytes; unaligned loads.
@@ -222,11 +222,10 @@ mod x86 {
             }
             let (scales, mins) = scales_and_mins(&w.scales);
             let scales = _mm_cvtsi64_si128(scales as i64);
-            u.scales[r] = _mm512_cvtepu8_epi32(_mm_unpacklo_epi8(scales, scales));
-            let mins = _mm_cvtsi64_si128(mins as i64);
-            u.mins[r] = _mm512_broadcast_i64x4(_mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mins, mins)));
-            u.d[r] = _mm512_set1_ps(f16_to_f32(w.d));
-            u.dmin[r] = _mm512_set1_ps(f16_to_f32(w.dmin));
+            let scales = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_unpacklo_epi8(scales, scales)));
+            u.scales[r] = _mm512_mul_ps(scales, _mm512_set1_ps(f16_to_f32(w.d)));
+            let mins = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(mins as i64)));
+            u.mins[r] = _mm512_zextps256_ps512(_mm256_mul_ps(mins, _mm256_set1_ps(f16_to_f32(w.dmin))));
         }
         u
     }
@@ -235,9 +234,11 @@ mod x86 {
     /// (`n_tokens` rows of activations in the layout of [`super::prepare_tile_acts`]). The
     /// rows' blocks are unpacked once, then [`TOKENS`] tokens at a time (the rest one by one)
     /// run against them: each activation chunk is loaded once for every row, and the four
-    /// chunks of a block accumulate in one `vpdpbusd` chain per (row, token), at most
-    /// 16 · 15 · 128 per lane, an i16, before one `vpmaddwd` applies the sub-block scales.
-    /// Every token's result is the same whatever the tile width.
+    /// chunks of a block accumulate in one `vpdpbusd` chain per (row, token), exact in i32.
+    /// Per block, a pair then costs a conversion, a product by the scaled sub-block scales, an
+    /// FMA by the activations' `d`, and one FMA for all eight min terms (the activation side
+    /// of those prepared once per matmul). Every token's result is the same whatever the
+    /// tile width.
     ///
     /// # Safety
     /// The CPU must support AVX2, FMA, F16C and AVX-512 F/BW/VL/VNNI.
@@ -266,8 +267,6 @@ mod x86 {
         let n = unpacked.len();
         let a: [&[BlockQ8K]; T] = std::array::from_fn(|t| &a[(t0 + t) * n..][..n]);
         let mut acc = [[_mm512_setzero_ps(); T]; ROWS];
-        // The min terms of tokens 2p and 2p + 1 share a vector: lanes 0..8 and 8..16.
-        let mut acc_min = [[_mm512_setzero_ps(); T]; ROWS];
         for (b, u) in unpacked.iter().enumerate() {
             let mut sumi = [[_mm512_setzero_si512(); T]; ROWS];
             for k in 0..4 {
@@ -281,38 +280,17 @@ mod x86 {
             }
             for t in 0..T {
                 let da = _mm512_set1_ps(a[t][b].d);
-                for r in 0..ROWS {
-                    let scaled = _mm512_cvtepi32_ps(_mm512_madd_epi16(sumi[r][t], u.scales[r]));
-                    acc[r][t] = _mm512_fmadd_ps(_mm512_mul_ps(scaled, u.d[r]), da, acc[r][t]);
-                }
-            }
-            for p in 0..T.div_ceil(2) {
-                let (first, second) = (&a[2 * p][b], a.get(2 * p + 1).map(|a| &a[b]));
-                // SAFETY: `bsums` is 32 bytes; unaligned loads.
-                let load = |x: &BlockQ8K| unsafe { _mm256_loadu_si256(x.bsums.as_ptr().cast()) };
-                let bsums = _mm512_inserti64x4::<1>(
-                    _mm512_castsi256_si512(load(first)),
-                    second.map_or(_mm256_setzero_si256(), load),
-                );
-                let da = _mm512_castpd_ps(_mm512_insertf64x4::<1>(
-                    _mm512_castpd256_pd512(_mm256_castps_pd(_mm256_set1_ps(first.d))),
-                    _mm256_castps_pd(_mm256_set1_ps(second.map_or(0.0, |x| x.d))),
-                ));
-                for (acc_min, (mins, dmin)) in acc_min.iter_mut().zip(u.mins.iter().zip(&u.dmin)) {
-                    let msum = _mm512_cvtepi32_ps(_mm512_madd_epi16(bsums, *mins));
-                    acc_min[p] = _mm512_fmadd_ps(msum, _mm512_mul_ps(*dmin, da), acc_min[p]);
+                // SAFETY: `bsums` holds eight f32 in this layout (32 bytes); unaligned load.
+                let sums = _mm512_zextps256_ps512(unsafe { _mm256_loadu_ps(a[t][b].bsums.as_ptr().cast()) });
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let scaled = _mm512_mul_ps(_mm512_cvtepi32_ps(sumi[r][t]), u.scales[r]);
+                    acc[t] = _mm512_fnmadd_ps(u.mins[r], sums, _mm512_fmadd_ps(scaled, da, acc[t]));
                 }
             }
         }
-        for r in 0..ROWS {
-            for t in 0..T {
-                let pair = acc_min[r][t / 2];
-                let half = if t % 2 == 0 {
-                    _mm512_castps512_ps256(pair)
-                } else {
-                    _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(pair)))
-                };
-                out[r * n_tokens + t0 + t] = _mm512_reduce_add_ps(acc[r][t]) - hsum_f32x8(half);
+        for (r, acc) in acc.iter().enumerate() {
+            for (t, acc) in acc.iter().enumerate() {
+                out[r * n_tokens + t0 + t] = _mm512_reduce_add_ps(*acc);
             }
         }
     }

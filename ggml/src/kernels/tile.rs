@@ -232,7 +232,7 @@ mod tests {
     #[test]
     fn q4_k_extreme_sums_stay_exact() {
         // Every nibble 15, every scale and min 63, activations -128 or 127: the sixteen-product
-        // lane sums reach ±30720 and must survive the i16 scale step.
+        // lane sums reach ±30720 and every block the same min term.
         if !cpu::detected().avx512 {
             return;
         }
