@@ -8,8 +8,9 @@
 //! `--stop`) and `think` (Gemma 4 thinking). Unknown fields are errors, so that a misspelt
 //! option is not silently ignored.
 //!
-//! The answer is `{"id", "text", "prompt_tokens", "cached_tokens", "completion_tokens",
-//! "stop_reason", "timings"}`; a request that cannot be served — bad JSON, a missing prompt,
+//! The answer is `{"id", "text", "prompt_tokens", "prompt_ids", "cached_tokens",
+//! "completion_tokens", "stop_reason", "timings"}` (`prompt_ids`: the token ids the model ran,
+//! as `gemma run --json` gives them, to check a rendered chat); a request that cannot be served — bad JSON, a missing prompt,
 //! a prompt longer than the context, bad sampling values — is answered by `{"id", "error"}` and
 //! the next line is read. Only reading stdin or writing stdout failing ends the stream early.
 //!
@@ -93,6 +94,8 @@ struct Response {
     id: Value,
     text: String,
     prompt_tokens: usize,
+    /// The prompt as the model ran it: BOS, the rendered template's special tokens.
+    prompt_ids: Vec<u32>,
     /// Prompt tokens that were already in the cache from the previous request.
     cached_tokens: usize,
     completion_tokens: usize,
@@ -209,6 +212,7 @@ fn answer(
     Ok(Response {
         id: id.clone(),
         prompt_tokens: prompt.len(),
+        prompt_ids: prompt,
         cached_tokens: prefill.reused,
         completion_tokens: done.ids.len(),
         stop_reason: done.stop_reason,

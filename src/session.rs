@@ -13,15 +13,18 @@
 //! [`Session::generate`] samples from there: end-of-generation tokens, `n_predict`, stop
 //! strings, a full context and a cancellation flag (checked before every token, so Ctrl-C stops
 //! a reply within one token) end it. Text streams out UTF-8 safe as it is produced.
+//!
+//! The same flag stops a prefill between two layers of a batch (one batch of 512 tokens is
+//! most of a minute on the full 26B-A4B on a small CPU): the batch's partial keys and values
+//! are dropped, and the cache holds the batches before it, which the next prompt reuses.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use crate::kv_cache::{KvCache, KvType};
-use crate::model::Logits;
+use crate::model::{Cancel, Cancelled, Logits};
 use crate::run::{Generator, RunError, StopReason, Timings};
 use crate::sample::Sampler;
 use crate::stop::StopStrings;
@@ -145,9 +148,9 @@ impl<'g> Session<'g> {
     /// [`generate`](Self::generate). The last token always runs, even when the cache already
     /// held the whole prompt, because its logits are what the first sample needs.
     ///
-    /// `cancel` is checked between batches; a cancelled prefill leaves the cache holding the
-    /// batches that ran and nothing to sample from.
-    pub fn prefill(&mut self, prompt: &[u32], cancel: &AtomicBool) -> Result<Prefill, RunError> {
+    /// `cancel` is checked before every layer; a cancelled prefill leaves the cache holding the
+    /// batches that ran whole (none of the one it stopped) and nothing to sample from.
+    pub fn prefill(&mut self, prompt: &[u32], cancel: &dyn Cancel) -> Result<Prefill, RunError> {
         self.run_prompt(prompt, cancel, None)
     }
 
@@ -158,7 +161,7 @@ impl<'g> Session<'g> {
     pub fn prefill_scored(
         &mut self,
         prompt: &[u32],
-        cancel: &AtomicBool,
+        cancel: &dyn Cancel,
         scores: &mut dyn FnMut(&[f32]) -> io::Result<()>,
     ) -> Result<Prefill, RunError> {
         self.run_prompt(prompt, cancel, Some(scores))
@@ -167,7 +170,7 @@ impl<'g> Session<'g> {
     fn run_prompt(
         &mut self,
         prompt: &[u32],
-        cancel: &AtomicBool,
+        cancel: &dyn Cancel,
         mut scores: Option<ScoreSink<'_>>,
     ) -> Result<Prefill, RunError> {
         if prompt.is_empty() {
@@ -196,14 +199,18 @@ impl<'g> Session<'g> {
         let which = if scores.is_some() { Logits::All } else { Logits::Last };
         let mut cancelled = false;
         for chunk in prompt[reused..].chunks(self.batch) {
-            if cancel.load(Ordering::Relaxed) {
-                cancelled = true;
-                self.logits.clear();
-                break;
-            }
             let pos = self.ids.len();
             // [chunk.len()][n_vocab] for `Logits::All`, [n_vocab] for `Logits::Last`
-            let mut logits = self.generator.model.forward(chunk, pos, &mut self.cache, which);
+            let mut logits = match self.generator.model.forward_cancellable(chunk, pos, &mut self.cache, which, cancel)
+            {
+                Ok(logits) => logits,
+                Err(Cancelled { kept }) => {
+                    self.ids.truncate(kept);
+                    self.logits.clear();
+                    cancelled = true;
+                    break;
+                }
+            };
             self.ids.extend_from_slice(chunk);
             if let Some(scores) = scores.as_mut() {
                 scores(&logits).map_err(RunError::Logits)?;
@@ -214,7 +221,9 @@ impl<'g> Session<'g> {
         Ok(Prefill {
             prompt_tokens: prompt.len(),
             reused,
-            prefilled: self.ids.len() - reused,
+            // Saturating: a cancel that had to clear the cache keeps less than `reused`
+            // (see `Cancelled::kept`).
+            prefilled: self.ids.len().saturating_sub(reused),
             dropped: held - reused.min(held),
             cancelled,
             time: start.elapsed(),
@@ -232,7 +241,7 @@ impl<'g> Session<'g> {
         sampler: &mut Sampler,
         n_predict: Option<usize>,
         stop: &[String],
-        cancel: &AtomicBool,
+        cancel: &dyn Cancel,
         out: &mut dyn FnMut(&str) -> io::Result<()>,
     ) -> Result<Generation, RunError> {
         let start = Instant::now();
@@ -253,7 +262,7 @@ impl<'g> Session<'g> {
             out(&piece).map_err(RunError::Output)
         };
         let stop_reason = loop {
-            if self.logits.is_empty() || cancel.load(Ordering::Relaxed) {
+            if self.logits.is_empty() || cancel.is_cancelled() {
                 break StopReason::Cancelled;
             }
             if n_predict.is_some_and(|n| ids.len() >= n) {
@@ -292,10 +301,12 @@ pub fn common_prefix(a: &[u32], b: &[u32]) -> usize {
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;
+    use std::sync::atomic::AtomicBool;
 
     use ggml::gguf::GgufFile;
 
     use super::*;
+    use crate::model::CancelAfter;
     use crate::sample::SamplerConfig;
 
     fn generator(name: &str) -> Generator {
@@ -465,5 +476,43 @@ mod tests {
         assert!(cancelled.cancelled);
         let g = session.generate(&mut sampler, None, &[], &NEVER, &mut |_| Ok(())).unwrap();
         assert_eq!(g.stop_reason, StopReason::Cancelled, "nothing to sample after a cancelled prefill");
+    }
+
+    /// Ctrl-C in the middle of a batch's forward pass, after the rings have wrapped: the
+    /// layers that ran drop the batch again, the cache holds the batches before it, and the
+    /// next prefill runs from there to the logits and greedy tokens of a fresh session.
+    #[test]
+    fn a_prefill_cancelled_between_layers_resumes_like_a_fresh_session() {
+        for model in ["tiny-gemma4-moe.gguf", "tiny-gemma4-dense.gguf"] {
+            let mut gen = generator(model);
+            let p = gen.tokenize_prompt("Count: one two three four five six seven eight nine ten.", true);
+            // Batches of 4: batch 6 (positions 20..24) is past the window of 16.
+            assert!(p.len() > 28, "{model}: {} tokens", p.len());
+            let mut session = Session::new(&mut gen, 128, KvType::F32, 4).unwrap();
+            let n_layer = session.cache.n_layers();
+            // Five batches run whole; the sixth stops before its last layer.
+            let cancel = CancelAfter::new(5 * n_layer + n_layer - 1);
+            let cut = session.prefill(&p, &cancel).unwrap();
+            assert!(cut.cancelled, "{model}");
+            assert_eq!((cut.reused, cut.prefilled, session.n_cached()), (0, 20, 20), "{model}");
+            for il in 0..n_layer {
+                assert_eq!(session.cache.layer(il).n_positions(), 20, "{model}: layer {il}");
+            }
+            assert!(session.logits.is_empty(), "nothing to sample from");
+            assert!(cancel.is_cancelled(), "{model}: the flag fired inside the sixth pass");
+
+            let resumed = session.prefill(&p, &NEVER).unwrap();
+            assert_eq!((resumed.reused, resumed.prefilled, resumed.dropped), (20, p.len() - 20, 0), "{model}");
+            let logits = session.logits.clone();
+            let tokens = greedy(&mut session, 8).ids;
+            drop(session);
+
+            let mut fresh = Session::new(&mut gen, 128, KvType::F32, 4).unwrap();
+            fresh.prefill(&p, &NEVER).unwrap();
+            let max_diff = logits.iter().zip(&fresh.logits).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+            // Only the order of the rewound rings' slots differs, so only summation order.
+            assert!(max_diff < 1e-4, "{model}: logits differ by {max_diff}");
+            assert_eq!(greedy(&mut fresh, 8).ids, tokens, "{model}");
+        }
     }
 }

@@ -71,6 +71,7 @@ fn jsonl_answers_each_line_and_matches_single_runs() {
         assert_eq!(response["id"], id);
         assert_eq!(response["text"], single["text"], "{prompt}");
         assert_eq!(response["prompt_tokens"], single["prompt_ids"].as_array().unwrap().len());
+        assert_eq!(response["prompt_ids"], single["prompt_ids"]);
         assert_eq!(response["completion_tokens"], 8);
         assert_eq!(response["stop_reason"], "length");
         assert!(response["timings"]["generation_tokens_per_s"].as_f64().unwrap() > 0.0);

@@ -28,7 +28,9 @@ use ggml::ops::gelu::gelu_mul;
 use ggml::ops::norm::rms_norm_heads;
 use ggml::ops::rope::{rope_neox_cached, RopeCache};
 
-use super::{find_vector, norm_rows, norm_rows_inplace, Input, Logits, Matrix, Metadata, ModelError};
+use super::{
+    find_vector, norm_rows, norm_rows_inplace, Cancel, Cancelled, Input, Logits, Matrix, Metadata, ModelError, Never,
+};
 use crate::kv_cache::{KvCache, KvCacheError, KvType, LayerSpec};
 
 const ARCH: &str = "gemma3";
@@ -228,6 +230,22 @@ impl Gemma3 {
     /// must hold exactly `pos` positions), and returns the logits `[n_rows][n_vocab]` of every
     /// token or of the last one.
     pub fn forward(&mut self, tokens: &[u32], pos: usize, cache: &mut KvCache, which: Logits) -> Vec<f32> {
+        let Ok(logits) = self.forward_cancellable(tokens, pos, cache, which, &Never) else {
+            unreachable!("Never does not cancel")
+        };
+        logits
+    }
+
+    /// [`forward`](Self::forward), or stops before a layer once `cancel` fires, with the cache
+    /// rewound to `pos` ([`Cancelled`]).
+    pub fn forward_cancellable(
+        &mut self,
+        tokens: &[u32],
+        pos: usize,
+        cache: &mut KvCache,
+        which: Logits,
+        cancel: &dyn Cancel,
+    ) -> Result<Vec<f32>, Cancelled> {
         let hp = &self.hparams;
         let (n_tokens, n_embd) = (tokens.len(), hp.n_embd);
         let file = self.gguf.bytes();
@@ -245,6 +263,9 @@ impl Gemma3 {
         }
 
         for (il, layer) in self.layers.iter().enumerate() {
+            if cancel.is_cancelled() {
+                return Err(Cancelled::rewind(cache, pos));
+            }
             let sliding = hp.sliding[il];
             let rope = if sliding { &rope_sliding } else { &rope_global };
             let shape = AttnShape {
@@ -298,13 +319,14 @@ impl Gemma3 {
         if let Some(c) = hp.final_logit_softcap {
             ggml::ops::elementwise::softcap(&mut logits, c);
         }
-        logits
+        Ok(logits)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::CancelAfter;
     use ggml::gguf::write::assign_offsets;
     use ggml::gguf::{GgufWriter, TensorInfo};
     use ggml::GgmlType;
@@ -411,6 +433,31 @@ mod tests {
         assert_eq!(batched.len(), tokens.len() * 8);
         for (i, (a, b)) in batched.iter().zip(&stepped).enumerate() {
             assert!((a - b).abs() <= 1e-4 * a.abs().max(1.0), "[{i}] {a} vs {b}");
+        }
+    }
+
+    /// A pass cancelled before its second layer, after the first (sliding, window 4) has
+    /// appended the batch and wrapped its ring: the cache is back at the batch's start on both
+    /// layers, and running the batch again gives the logits of a pass never cancelled.
+    #[test]
+    fn a_cancelled_pass_leaves_the_cache_as_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut model = Gemma3::load(tiny_gguf(dir.path(), "tiny.gguf", &[])).unwrap();
+        let tokens = [2u32, 5, 1, 7, 3, 3, 6, 4, 1, 2, 0, 5];
+        let mut cache = model.new_cache_of(32, KvType::F32).unwrap();
+        model.forward(&tokens[..8], 0, &mut cache, Logits::All);
+        let cancel = CancelAfter::new(1);
+        let err = model.forward_cancellable(&tokens[8..], 8, &mut cache, Logits::All, &cancel).unwrap_err();
+        assert_eq!(err, Cancelled { kept: 8 });
+        assert_eq!((cache.layer(0).n_positions(), cache.layer(1).n_positions()), (8, 8));
+        let resumed = model.forward(&tokens[8..], 8, &mut cache, Logits::All);
+
+        let mut cache = model.new_cache_of(32, KvType::F32).unwrap();
+        model.forward(&tokens[..8], 0, &mut cache, Logits::All);
+        let whole = model.forward(&tokens[8..], 8, &mut cache, Logits::All);
+        // Only the order of the ring's slots differs, so only the softmax's summation order.
+        for (i, (a, b)) in resumed.iter().zip(&whole).enumerate() {
+            assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "[{i}] {a} vs {b}");
         }
     }
 }

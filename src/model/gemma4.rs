@@ -38,7 +38,10 @@ use ggml::ops::norm::rms_norm_heads;
 use ggml::ops::rope::{rope_neox_cached, RopeCache};
 use ggml::ops::softmax::softmax_top_k;
 
-use super::{find_vector, norm_rows, norm_rows_inplace, ExpertStack, Input, Logits, Matrix, Metadata, ModelError};
+use super::{
+    find_vector, norm_rows, norm_rows_inplace, Cancel, Cancelled, ExpertStack, Input, Logits, Matrix, Metadata,
+    ModelError, Never,
+};
 use crate::kv_cache::{KvCache, KvCacheError, KvType, LayerSpec};
 
 const ARCH: &str = "gemma4";
@@ -362,6 +365,22 @@ impl Gemma4 {
     /// must hold exactly `pos` positions), and returns the logits `[n_rows][n_vocab]` of every
     /// token or of the last one.
     pub fn forward(&mut self, tokens: &[u32], pos: usize, cache: &mut KvCache, which: Logits) -> Vec<f32> {
+        let Ok(logits) = self.forward_cancellable(tokens, pos, cache, which, &Never) else {
+            unreachable!("Never does not cancel")
+        };
+        logits
+    }
+
+    /// [`forward`](Self::forward), or stops before a layer once `cancel` fires, with the cache
+    /// rewound to `pos` ([`Cancelled`]).
+    pub fn forward_cancellable(
+        &mut self,
+        tokens: &[u32],
+        pos: usize,
+        cache: &mut KvCache,
+        which: Logits,
+        cancel: &dyn Cancel,
+    ) -> Result<Vec<f32>, Cancelled> {
         let hp = &self.hparams;
         let (n_tokens, n_embd) = (tokens.len(), hp.n_embd);
         let file = self.gguf.bytes();
@@ -381,6 +400,9 @@ impl Gemma4 {
         }
 
         for (il, layer) in self.layers.iter().enumerate() {
+            if cancel.is_cancelled() {
+                return Err(Cancelled::rewind(cache, pos));
+            }
             let (hd, n_head, n_head_kv) = (hp.head_dim(il), hp.n_head[il], hp.n_head_kv[il]);
             let rope = if hp.sliding[il] { &rope_swa } else { &rope_full };
 
@@ -447,7 +469,7 @@ impl Gemma4 {
         if let Some(c) = hp.final_logit_softcap {
             softcap(&mut logits, c);
         }
-        logits
+        Ok(logits)
     }
 
     /// The experts' output for the post-attention stream `x_mid: [n_tokens][n_embd]`: each token

@@ -5,13 +5,15 @@
 //! missing key), finding tensors and checking their shapes (an error names the tensor), and
 //! the quantized matrix product that projections go through (weights stay quantized in the
 //! map; activations are quantized once per weight dot type and reused by every projection of
-//! the same input that shares it).
+//! the same input that shares it), and stopping a pass between layers ([`Cancel`]).
 
 pub mod gemma3;
 pub mod gemma4;
 
 pub use gemma3::Gemma3;
 pub use gemma4::Gemma4;
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use ggml::gguf::{GgufFile, GgufHeader, MetadataError, Value};
 use ggml::kernels::matmul::{matmul, QuantizedActs};
@@ -46,6 +48,70 @@ pub enum ModelError {
 pub enum Logits {
     All,
     Last,
+}
+
+/// A request to stop a forward pass (Ctrl-C in the chat), checked before every layer: on the
+/// full 26B-A4B one prompt batch takes most of a minute on a small CPU, one layer a few seconds.
+pub trait Cancel {
+    fn is_cancelled(&self) -> bool;
+}
+
+/// The flag a signal handler sets: one relaxed load per check.
+impl Cancel for AtomicBool {
+    fn is_cancelled(&self) -> bool {
+        self.load(Ordering::Relaxed)
+    }
+}
+
+/// Never cancels: the uncancellable `forward`s.
+pub(crate) struct Never;
+
+impl Cancel for Never {
+    fn is_cancelled(&self) -> bool {
+        false
+    }
+}
+
+/// A forward pass stopped by its [`Cancel`] before its last layer. The layers that had run
+/// appended the batch's keys and values; they are dropped again, so the cache holds what it
+/// held before the pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the forward pass was cancelled")]
+pub struct Cancelled {
+    /// Positions the cache holds now: the batch's first position, as before the pass. (A
+    /// sliding ring is sized to hold every key the batch's first token sees beside the whole
+    /// batch, so it can always rewind one batch; were it not, [`KvCache::truncate`] would clear
+    /// the cache and this would be 0.)
+    pub kept: usize,
+}
+
+impl Cancelled {
+    /// Rewinds `cache`, which some layers have extended past `pos` by a partial pass, to `pos`.
+    pub(crate) fn rewind(cache: &mut KvCache, pos: usize) -> Cancelled {
+        Cancelled { kept: cache.truncate(pos) }
+    }
+}
+
+/// Fires at check number `n + 1`: stops a pass at a chosen layer in tests.
+#[cfg(test)]
+pub(crate) struct CancelAfter {
+    checks_left: std::cell::Cell<usize>,
+}
+
+#[cfg(test)]
+impl CancelAfter {
+    pub fn new(n: usize) -> CancelAfter {
+        CancelAfter { checks_left: std::cell::Cell::new(n) }
+    }
+}
+
+#[cfg(test)]
+impl Cancel for CancelAfter {
+    fn is_cancelled(&self) -> bool {
+        let left = self.checks_left.get();
+        self.checks_left.set(left.saturating_sub(1));
+        left == 0
+    }
 }
 
 /// A loaded model of any supported architecture.
@@ -100,6 +166,22 @@ impl Model {
         match self {
             Model::Gemma3(m) => m.forward(tokens, pos, cache, which),
             Model::Gemma4(m) => m.forward(tokens, pos, cache, which),
+        }
+    }
+
+    /// [`forward`](Self::forward), stopped before the next layer once `cancel` fires; the
+    /// cache is then as it was before the pass ([`Cancelled`]).
+    pub fn forward_cancellable(
+        &mut self,
+        tokens: &[u32],
+        pos: usize,
+        cache: &mut KvCache,
+        which: Logits,
+        cancel: &dyn Cancel,
+    ) -> Result<Vec<f32>, Cancelled> {
+        match self {
+            Model::Gemma3(m) => m.forward_cancellable(tokens, pos, cache, which, cancel),
+            Model::Gemma4(m) => m.forward_cancellable(tokens, pos, cache, which, cancel),
         }
     }
 }

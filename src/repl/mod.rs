@@ -7,7 +7,8 @@
 //! and a one-line stats footer follows each reply on stderr.
 //!
 //! Ctrl-C: while a reply is generated, a SIGINT handler sets the session's cancellation flag and
-//! the reply stops within one token (what was generated stays in the conversation); at the
+//! the reply stops within one token (what was generated stays in the conversation), or, while
+//! the prompt is still being read, within one layer (the message is dropped); at the
 //! prompt rustyline reads it as a key (the terminal is raw there): with text it clears the line,
 //! on an empty line it asks to press it again to leave.
 //!
