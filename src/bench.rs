@@ -87,6 +87,9 @@ impl Bench {
             info.file_type.as_ref().map_or("?", |f| f.name)
         );
         let load_ms = started.elapsed().as_secs_f64() * 1e3;
+        // All weights mapped before the timed runs, as llama.cpp does at load: the background
+        // prefetch is done during the first warm-up.
+        model.prefetch();
         Ok(Bench { model, label: Label { name, file_size: info.file_size, n_params: info.n_params }, load_ms })
     }
 

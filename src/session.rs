@@ -218,6 +218,8 @@ impl<'g> Session<'g> {
             }
             self.logits = logits;
         }
+        // The first token can be sampled now: map the rest of the weights for generation.
+        self.generator.model.prefetch();
         Ok(Prefill {
             prompt_tokens: prompt.len(),
             reused,

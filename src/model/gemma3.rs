@@ -176,7 +176,7 @@ impl Layer {
 
 pub struct Gemma3 {
     pub hparams: Hparams,
-    gguf: GgufFile,
+    pub(crate) gguf: GgufFile,
     /// `{n_embd, n_vocab}`: the input embedding, one row per token.
     token_embd: Matrix,
     layers: Vec<Layer>,

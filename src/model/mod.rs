@@ -132,6 +132,15 @@ impl Model {
         }
     }
 
+    /// Starts mapping the whole file in the background ([`GgufFile::prefetch`]), once. Called
+    /// after the first prompt, so that it does not compete with the time to first token.
+    pub fn prefetch(&self) {
+        match self {
+            Model::Gemma3(m) => m.gguf.prefetch(),
+            Model::Gemma4(m) => m.gguf.prefetch(),
+        }
+    }
+
     pub fn n_vocab(&self) -> usize {
         match self {
             Model::Gemma3(m) => m.hparams.n_vocab,

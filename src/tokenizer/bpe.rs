@@ -13,8 +13,18 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 
+use rayon::prelude::*;
+
 use super::fxhash::FxBuildHasher;
 use super::Vocab;
+
+/// A merge `"left right"` split at the first space after the first byte; `None` for a line
+/// without one or with nothing right of it.
+fn split(merge: &str) -> Option<(&str, &str)> {
+    let space = merge.as_bytes().iter().skip(1).position(|&b| b == b' ')?;
+    let (left, right) = (&merge[..space + 1], &merge[space + 2..]);
+    (!right.is_empty()).then_some((left, right))
+}
 
 /// No symbol id: a string that occurs in no merge.
 const NONE: u32 = u32::MAX;
@@ -40,28 +50,29 @@ impl BpeMerges {
             extra: HashMap::default(),
             pairs: HashMap::with_capacity_and_hasher(merges.len(), FxBuildHasher::default()),
         };
-        let mut joined = String::new();
-        for (rank, merge) in merges.iter().enumerate() {
-            let Some(space) = merge.as_bytes().iter().skip(1).position(|&b| b == b' ') else { continue };
-            let (left, right) = (&merge[..space + 1], &merge[space + 2..]);
-            if right.is_empty() {
-                continue;
-            }
-            let l = table.intern(vocab, left);
-            let r = table.intern(vocab, right);
-            joined.clear();
-            joined.push_str(left);
-            joined.push_str(right);
-            let result = table.intern(vocab, &joined);
+        // The vocabulary look-ups of the three strings of every merge (half a million for
+        // Gemma 4, most of the time to load its tokenizer) run on all threads; the strings
+        // that are not tokens are interned after, in rank order.
+        let found: Vec<Option<[Option<u32>; 3]>> = merges
+            .par_iter()
+            .map(|merge| {
+                let (left, right) = split(merge)?;
+                let joined = [left, right].concat();
+                Some([vocab.id(left), vocab.id(right), vocab.id(&joined)])
+            })
+            .collect();
+        for (rank, (merge, ids)) in merges.iter().zip(found).enumerate() {
+            let (Some((left, right)), Some([l, r, result])) = (split(merge), ids) else { continue };
+            let l = l.unwrap_or_else(|| table.intern_extra(left));
+            let r = r.unwrap_or_else(|| table.intern_extra(right));
+            let result = result.unwrap_or_else(|| table.intern_extra(&[left, right].concat()));
             table.pairs.entry(pack(l, r)).or_insert((rank as u32, result));
         }
         table
     }
 
-    fn intern(&mut self, vocab: &Vocab, s: &str) -> u32 {
-        if let Some(id) = vocab.id(s) {
-            return id;
-        }
+    /// The id of `s`, a string that is not a token.
+    fn intern_extra(&mut self, s: &str) -> u32 {
         let next = self.n_vocab + self.extra.len() as u32;
         *self.extra.entry(s.to_string()).or_insert(next)
     }
