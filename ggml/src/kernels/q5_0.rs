@@ -61,27 +61,53 @@ mod x86 {
         hsum_f32x8(acc)
     }
 
-    /// AVX-512: the fifth bits become a byte mask directly (`qh` is a 32-bit mask register
-    /// value), a masked subtract makes the signed levels, and `vpdpbusd` does the multiply and
-    /// 4-way add.
+    /// AVX-512: two blocks per 512-bit vector. Their 32 bytes of nibbles become 64 levels in
+    /// element order (one shift, one qword permute); the two `qh` words form one 64-bit mask,
+    /// and a masked subtract makes the signed levels `q - 16`. The sign moves onto the
+    /// activations (`|w| * (a * sign(w))`, as `_mm256_sign_epi8` does on AVX2), `vpdpbusd`
+    /// sums four products per lane, and one FMA applies both blocks' scales (lanes 0..8 and
+    /// 8..16). An odd last block goes through [`dot_avx2`]'s 256-bit form.
     ///
     /// # Safety
     /// The CPU must support AVX2, FMA, F16C and AVX-512 F/BW/VL/VNNI.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     pub fn dot_avx512(w: &[BlockQ5_0], a: &[BlockQ8_0]) -> f32 {
-        let sixteen = _mm256_set1_epi8(16);
-        let mut acc = _mm256_setzero_ps();
-        for (w, a) in w.iter().zip(a) {
-            let clear = !u32::from_le_bytes(w.qh);
-            let nib = nibbles_32(&w.qs);
-            let qw = _mm256_mask_sub_epi8(nib, clear, nib, sixteen);
-            // SAFETY: `qs` is exactly 32 bytes; loadu has no alignment requirement.
-            let qa = unsafe { _mm256_loadu_si256(a.qs.as_ptr().cast()) };
-            let (abs_w, signed_a) = sign_split(qw, qa);
-            let isum = _mm256_dpbusd_epi32(_mm256_setzero_si256(), abs_w, signed_a);
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), f16_product_x8(w.d, a.d), acc);
+        let low4 = _mm512_set1_epi8(0x0f);
+        let sixteen = _mm512_set1_epi8(16);
+        // 128-bit lanes [w0.qs, w1.qs, w0.qs >> 4, w1.qs >> 4] to [w0 lo, w0 hi, w1 lo, w1 hi].
+        let order = _mm512_setr_epi64(0, 1, 4, 5, 2, 3, 6, 7);
+        let mut acc = _mm512_setzero_ps();
+        let pairs = w.chunks_exact(2).zip(a.chunks_exact(2));
+        for (w, a) in pairs {
+            // SAFETY: `qs` is 16 bytes in each weight block and 32 in each activation block;
+            // unaligned loads.
+            let (qs, qa) = unsafe {
+                (
+                    _mm256_loadu2_m128i(w[1].qs.as_ptr().cast(), w[0].qs.as_ptr().cast()),
+                    _mm512_inserti64x4::<1>(
+                        _mm512_castsi256_si512(_mm256_loadu_si256(a[0].qs.as_ptr().cast())),
+                        _mm256_loadu_si256(a[1].qs.as_ptr().cast()),
+                    ),
+                )
+            };
+            let both = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(qs), _mm256_srli_epi16::<4>(qs));
+            let nib = _mm512_and_si512(_mm512_permutexvar_epi64(order, both), low4);
+            let fifth = u32::from_le_bytes(w[0].qh) as u64 | (u32::from_le_bytes(w[1].qh) as u64) << 32;
+            let qw = _mm512_mask_sub_epi8(nib, !fifth, nib, sixteen);
+            let negative = _mm512_movepi8_mask(qw);
+            let signed_a = _mm512_mask_sub_epi8(qa, negative, _mm512_setzero_si512(), qa);
+            let isum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_abs_epi8(qw), signed_a);
+            let s0 = f16_lookup(w[0].d) * f16_lookup(a[0].d);
+            let s1 = f16_lookup(w[1].d) * f16_lookup(a[1].d);
+            let scales = _mm512_mask_broadcastss_ps(_mm512_set1_ps(s0), 0xff00, _mm_set_ss(s1));
+            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), scales, acc);
         }
-        hsum_f32x8(acc)
+        let mut sum = _mm512_reduce_add_ps(acc);
+        if w.len() % 2 == 1 {
+            let last = w.len() - 1;
+            sum += dot_avx2(&w[last..], &a[last..]);
+        }
+        sum
     }
 
     impl SignedBytes for BlockQ5_0 {
