@@ -204,15 +204,15 @@ fn greedy_continuations_match_llama_cpp() {
         "La tour Eiffel a été construite pour",
     ];
     const N: usize = 32;
-    /// Largest margin (in logits) we call a near-tie. Measured: llama.cpp's own flash and
-    /// non-flash paths agree on only 2 of these 10 continuations, and at our first divergences
-    /// llama.cpp's preferred token leads by 0.01 to 0.35.
-    const NEAR_TIE: f32 = 0.5;
+    // A near-tie is a margin (in logits) smaller than llama.cpp's disagreement with itself:
+    // the largest change of any logit between its flash and non-flash attention paths, over
+    // the steps where their continuations still agree. (Measured on these prompts: 2.79,
+    // and the two paths agree on only 2 of the 10 continuations.)
     let gguf = GgufFile::open(model_path()).unwrap();
     let tokenizer = Tokenizer::from_gguf(&gguf.header).unwrap();
     let mut ours = Gemma3::load(gguf).unwrap();
     let n_vocab = ours.hparams.n_vocab;
-    let (mut identical, mut identical_no_fa, mut wide) = (0, 0, Vec::new());
+    let (mut identical, mut identical_no_fa, mut divergences, mut self_noise) = (0, 0, Vec::new(), 0f32);
     for prompt in PROMPTS {
         let ids = tokenizer.encode(prompt, true, true);
         let context = ids.len() + N;
@@ -236,8 +236,12 @@ fn greedy_continuations_match_llama_cpp() {
         let mut theirs = Llama::load(&model_path(), true, context);
         let (b, b_logits) = greedy(&mut |t, p| theirs.decode(t, p));
         let mut no_fa = Llama::load(&model_path(), false, context);
-        let (c, _) = greedy(&mut |t, p| no_fa.decode(t, p));
+        let (c, c_logits) = greedy(&mut |t, p| no_fa.decode(t, p));
         identical_no_fa += (c == b) as usize;
+        let shared = c.iter().zip(&b).position(|(x, y)| x != y).map_or(N, |i| i + 1);
+        for (fa, no) in b_logits.iter().zip(&c_logits).take(shared) {
+            self_noise = fa.iter().zip(no).map(|(x, y)| (x - y).abs()).fold(self_noise, f32::max);
+        }
         match a.iter().zip(&b).position(|(x, y)| x != y) {
             None => identical += 1,
             Some(i) => {
@@ -247,9 +251,7 @@ fn greedy_continuations_match_llama_cpp() {
                 println!(
                     "{prompt:?}: first divergence at token {i}: ours {x} by {ours_margin:.3}, llama.cpp {y} by {their_margin:.3}"
                 );
-                if ours_margin.max(their_margin) > NEAR_TIE {
-                    wide.push((prompt, i, ours_margin, their_margin));
-                }
+                divergences.push((prompt, i, ours_margin, their_margin));
             }
         }
     }
@@ -257,6 +259,8 @@ fn greedy_continuations_match_llama_cpp() {
         "greedy {N}-token continuations identical to llama.cpp's: ours {identical}/10, llama.cpp without flash \
          attention {identical_no_fa}/10"
     );
+    println!("llama.cpp flash vs non-flash attention: largest logit change {self_noise:.3} (the near-tie bound)");
     assert!(identical + 2 >= identical_no_fa, "ours {identical}/10 vs llama.cpp's own {identical_no_fa}/10");
+    let wide: Vec<_> = divergences.iter().filter(|d| d.2.max(d.3) > self_noise).collect();
     assert!(wide.is_empty(), "divergences that are not near-ties: {wide:?}");
 }

@@ -6,6 +6,7 @@
 //! - [`kernels`]: dot products (scalar, AVX2, AVX-512), matmul and the MoE feed-forward.
 //! - [`ops`]: the f32 element-wise ops of the forward pass (RMSNorm, GELU, softmax, RoPE, ...).
 //! - [`attention`]: streaming (online-softmax) attention over an f16 KV cache.
+//! - [`parallel`]: the spinning thread pool every parallel kernel runs on.
 //!
 //! Nothing here knows about any particular model.
 
@@ -13,6 +14,7 @@ pub mod attention;
 pub mod gguf;
 pub mod kernels;
 pub mod ops;
+pub mod parallel;
 pub mod quants;
 pub mod types;
 

@@ -41,6 +41,7 @@
 use rayon::prelude::*;
 
 use crate::kernels::Isa;
+use crate::parallel::for_each_chunk_mut;
 
 mod kv;
 pub use kv::{KvElem, KvRows, KvSlots};
@@ -124,7 +125,7 @@ fn for_each_pair<T: KvElem>(
     let capacity = shape.check(q, q_pos, kv, out);
     let d = shape.head_dim;
     let head_len = capacity * d;
-    out.par_chunks_mut(d).enumerate().for_each(|(i, out)| {
+    for_each_chunk_mut(out, d, |i, out| {
         let (t, h) = (i / shape.n_head, i % shape.n_head);
         let kv_head = h / shape.group();
         let rows = kv_head * head_len..(kv_head + 1) * head_len;
@@ -275,7 +276,7 @@ fn attention_split<T: KvElem>(
 
     if n_chunks == 1 {
         // Accumulate straight into `out`, then divide by the sums.
-        out.par_chunks_mut(unit_len).enumerate().for_each(|(u, out)| {
+        for_each_chunk_mut(out, unit_len, |u, out| {
             let mut state = vec![Running::EMPTY; group];
             run(u, 0, out, &mut state);
             for (out, state) in out.chunks_exact_mut(d).zip(&state) {
@@ -295,7 +296,7 @@ fn attention_split<T: KvElem>(
         .for_each(|(i, (acc, state))| run(i / n_chunks, i % n_chunks, acc, state));
     // Merge per (token, head): rescale each chunk to the overall maximum, as the streaming
     // loop does when its maximum grows. Output row `i` is unit `i / group`, head `i % group`.
-    out.par_chunks_mut(d).enumerate().for_each(|(i, out)| {
+    for_each_chunk_mut(out, d, |i, out| {
         let (u, j) = (i / group, i % group);
         let part = |chunk: usize| (u * n_chunks + chunk) * group + j;
         let max = (0..n_chunks).map(|c| states[part(c)].max).fold(f32::NEG_INFINITY, f32::max);

@@ -6,10 +6,9 @@
 //! dotted with every token before moving on, so with several tokens (prompt processing) a
 //! weight row is read from memory once and reused from L1.
 
-use rayon::prelude::*;
-
 use super::tile::{Tiles, ROWS, TOKENS};
 use super::{dot_type, DotFn, Isa};
+use crate::parallel::for_each_chunk_mut;
 use crate::quants::{quantize_row, QuantError};
 use crate::types::GgmlType;
 
@@ -98,7 +97,7 @@ pub(crate) fn dot_rows_with<W: Sync, A: Sync + Copy>(
         copy
     });
     let tile_acts = prepared.as_deref().unwrap_or(a);
-    by_row.par_chunks_mut(ROWS_PER_TASK * stride).enumerate().for_each(|(task, chunk)| {
+    for_each_chunk_mut(by_row, ROWS_PER_TASK * stride, |task, chunk| {
         let first = task * ROWS_PER_TASK;
         let mut tiled_rows = 0;
         if let Some(tiles) = tiles.as_ref() {

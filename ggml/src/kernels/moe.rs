@@ -12,11 +12,10 @@
 //! batch, against all of its tokens at once; the inputs are quantized once per token, for all
 //! of its experts.
 
-use rayon::prelude::*;
-
 use super::matmul::{matmul, QuantizedActs};
 use super::Isa;
 use crate::ops::gelu::gelu_mul_with;
+use crate::parallel::for_each_chunk_mut;
 use crate::quants::QuantError;
 use crate::types::GgmlType;
 
@@ -122,15 +121,30 @@ pub fn moe_ffn(
         GateUp::Split { gate, up } if up.ty != gate.ty => Some(QuantizedActs::new(up.ty, x, h)?),
         _ => None,
     };
-    // The chosen experts run side by side, each streaming its own weights (for one token,
-    // eight experts over the threads instead of sixteen small parallel matmuls in a row);
-    // the matmuls inside still split their rows over idle threads.
+    // With at least as many chosen experts as threads, the experts run side by side, each
+    // streaming its own weights on one thread (for one token: eight experts over the threads
+    // instead of sixteen small parallel matmuls in a row). With fewer, one after another,
+    // each matmul split over all threads.
     let active: Vec<(usize, &[(usize, f32)])> =
         by_expert.iter().enumerate().filter(|(_, p)| !p.is_empty()).map(|(e, p)| (e, &p[..])).collect();
-    let outputs: Vec<Vec<f32>> = active
-        .par_iter()
-        .map(|&(e, pairs)| expert_ffn(isa, gate_up, down, e, pairs, &x_acts, x_up_acts.as_ref()))
-        .collect::<Result<_, _>>()?;
+    let run =
+        |&(e, pairs): &(usize, &[(usize, f32)])| expert_ffn(isa, gate_up, down, e, pairs, &x_acts, x_up_acts.as_ref());
+    let outputs: Vec<Result<Vec<f32>, QuantError>> = if active.len() >= rayon::current_num_threads() {
+        // Longest first (tasks are claimed in order), so no thread is left with a big expert
+        // at the end while the others wait.
+        let mut order: Vec<usize> = (0..active.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(active[i].1.len()));
+        let mut by_size: Vec<_> = order.iter().map(|_| Ok(Vec::new())).collect();
+        for_each_chunk_mut(&mut by_size, 1, |j, slot| slot[0] = run(&active[order[j]]));
+        let mut outputs: Vec<_> = active.iter().map(|_| Ok(Vec::new())).collect();
+        for (&i, y) in order.iter().zip(by_size) {
+            outputs[i] = y;
+        }
+        outputs
+    } else {
+        active.iter().map(run).collect()
+    };
+    let outputs: Vec<Vec<f32>> = outputs.into_iter().collect::<Result<_, _>>()?;
     // Summed in expert order, as a sequential loop would.
     for (&(_, pairs), y) in active.iter().zip(&outputs) {
         for (i, &(t, w)) in pairs.iter().enumerate() {

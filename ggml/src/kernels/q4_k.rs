@@ -161,7 +161,9 @@ mod x86 {
         for (w, a) in w.iter().zip(a) {
             let (scales, mins) = scales_and_mins(&w.scales);
             let sc = _mm512_cvtepu8_epi32(_mm_cvtsi64_si128(scales as i64));
-            let mut sumi = _mm512_setzero_si512();
+            // Two chains of `vpdpwssd` (even and odd chunks), so that a block's four do not
+            // wait on each other.
+            let mut sumi = [_mm512_setzero_si512(); 2];
             for k in 0..4 {
                 // SAFETY: 32 bytes at 32k of the 128-byte `qs`, 64 bytes at 64k of the 256-byte
                 // `a.qs`; unaligned loads.
@@ -171,8 +173,9 @@ mod x86 {
                 let q = _mm512_and_si512(_mm512_srlv_epi64(q4, shifts), low4);
                 let (s0, s1) = (2 * k as i32, 2 * k as i32 + 1);
                 let idx = _mm512_setr_epi32(s0, s0, s0, s0, s0, s0, s0, s0, s1, s1, s1, s1, s1, s1, s1, s1);
-                sumi = scaled_dot_512(sumi, q, q8, _mm512_permutexvar_epi32(idx, sc));
+                sumi[k % 2] = scaled_dot_512(sumi[k % 2], q, q8, _mm512_permutexvar_epi32(idx, sc));
             }
+            let sumi = _mm512_add_epi32(sumi[0], sumi[1]);
             let msum = min_sums(mins, &a.bsums);
             let d = _mm512_set1_ps(f16_to_f32(w.d) * a.d);
             let dmin = _mm256_set1_ps(f16_to_f32(w.dmin) * a.d);
