@@ -12,7 +12,8 @@
 //! worker:  spin (then park) until the generation moves → take tasks → ack
 //! ```
 //!
-//! Tasks are claimed one at a time from an atomic counter, so uneven tasks balance. The pool
+//! Each thread starts on its own contiguous run of tasks and then helps with the others'
+//! (claimed one at a time from atomic counters), so uneven tasks balance. The pool
 //! has as many threads as rayon's current pool (`-t`, or `ThreadPool::install`), the caller
 //! included. A call from inside a task runs its tasks inline (the outer level already keeps
 //! every thread busy); a call while another thread holds the pool goes to rayon.
@@ -88,29 +89,57 @@ fn run(n_tasks: usize, f: &(dyn Fn(usize) + Sync)) {
 }
 
 /// One call's tasks; lives on the caller's stack until every worker has acknowledged it.
+///
+/// The tasks are cut into one contiguous part per thread. Each thread takes its own part's
+/// tasks in order, then helps with the others' parts: neighbouring tasks touch neighbouring
+/// memory (a matmul's rows), so each thread streams one long run of weights, which the
+/// hardware prefetchers follow, instead of hopping between short ones.
 struct Job<'a> {
     f: &'a (dyn Fn(usize) + Sync),
     n_tasks: usize,
-    next: AtomicUsize,
+    /// Per part: how many of its tasks have been claimed.
+    claimed: Box<[Counter]>,
     panicked: AtomicBool,
 }
 
 impl Job<'_> {
-    /// Claims and runs tasks until none are left; a panic stops this thread's share and is
-    /// re-raised by the caller.
-    fn work(&self) {
-        let result = catch_unwind(AssertUnwindSafe(|| loop {
-            let i = self.next.fetch_add(1, Ordering::Relaxed);
-            if i >= self.n_tasks {
-                break;
+    fn new(f: &(dyn Fn(usize) + Sync), n_tasks: usize, parts: usize) -> Job<'_> {
+        let claimed = (0..parts).map(|_| Counter(AtomicUsize::new(0))).collect();
+        Job { f, n_tasks, claimed, panicked: AtomicBool::new(false) }
+    }
+
+    /// Part `p`'s tasks.
+    fn part(&self, p: usize) -> std::ops::Range<usize> {
+        let parts = self.claimed.len();
+        p * self.n_tasks / parts..(p + 1) * self.n_tasks / parts
+    }
+
+    /// Claims and runs tasks until none are left, starting with part `me`; a panic stops
+    /// this thread's share and is re-raised by the caller.
+    fn work(&self, me: usize) {
+        let parts = self.claimed.len();
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            for p in (me..parts).chain(0..me) {
+                let range = self.part(p);
+                loop {
+                    let i = range.start + self.claimed[p].0.fetch_add(1, Ordering::Relaxed);
+                    if i >= range.end {
+                        break;
+                    }
+                    (self.f)(i);
+                }
             }
-            (self.f)(i);
         }));
         if result.is_err() {
             self.panicked.store(true, Ordering::Relaxed);
         }
     }
 }
+
+/// A counter alone on its cache lines (two, for the adjacent-line prefetcher), so that the
+/// threads claiming from their own parts do not pull one line back and forth.
+#[repr(align(128))]
+struct Counter(AtomicUsize);
 
 /// What the caller and the workers share.
 struct Shared {
@@ -153,7 +182,7 @@ impl Pool {
     }
 
     fn run(&self, n_tasks: usize, f: &(dyn Fn(usize) + Sync)) {
-        let job = Job { f, n_tasks, next: AtomicUsize::new(0), panicked: AtomicBool::new(false) };
+        let job = Job::new(f, n_tasks, self.workers.len() + 1);
         let shared = &self.shared;
         shared.acks.store(0, Ordering::Relaxed);
         // The lifetime is erased for the workers; `job` outlives its use, as this function
@@ -162,7 +191,7 @@ impl Pool {
         shared.generation.fetch_add(1, Ordering::SeqCst);
         self.wake();
         IN_POOL.set(true);
-        job.work();
+        job.work(0);
         IN_POOL.set(false);
         wait_until(|| shared.acks.load(Ordering::Acquire) == self.workers.len());
         shared.job.store(std::ptr::null_mut(), Ordering::Relaxed);
@@ -215,7 +244,7 @@ fn worker(shared: &Shared, w: usize) {
         // SAFETY: the generation moved after the caller published its job, and the caller
         // keeps the job alive until this worker's ack below.
         let job = unsafe { &*shared.job.load(Ordering::Acquire) };
-        job.work();
+        job.work(w + 1);
         shared.acks.fetch_add(1, Ordering::Release);
     }
 }

@@ -141,7 +141,10 @@ mod x86 {
             // Each scale as an i16 in the low half of an i32 lane, zero in the high half.
             let sc32 = _mm512_cvtepu16_epi32(sc16);
             let offset = _mm256_slli_epi32::<5>(scaled_bsums(sc16, &a.bsums));
-            let mut sumi = _mm512_zextsi256_si512(_mm256_sub_epi32(_mm256_setzero_si256(), offset));
+            // Two chains of `vpdpwssd` (one per bit-pair position), so that a block's four do
+            // not wait on each other.
+            let mut sumi =
+                [_mm512_zextsi256_si512(_mm256_sub_epi32(_mm256_setzero_si256(), offset)), _mm512_setzero_si512()];
             for half in 0..2 {
                 // SAFETY: 64 bytes at 64 * half of the 128-byte `ql`, 32 at 32 * half of the
                 // 64-byte `qh`; unaligned loads.
@@ -177,9 +180,10 @@ mod x86 {
                         s + 3,
                         s + 3,
                     );
-                    sumi = scaled_dot_512(sumi, q, q8, _mm512_permutexvar_epi32(idx, sc32));
+                    sumi[p] = scaled_dot_512(sumi[p], q, q8, _mm512_permutexvar_epi32(idx, sc32));
                 }
             }
+            let sumi = _mm512_add_epi32(sumi[0], sumi[1]);
             let d = _mm512_set1_ps(f16_to_f32(w.d) * a.d);
             acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(sumi), acc);
         }
