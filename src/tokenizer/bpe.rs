@@ -13,94 +13,48 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 
-use rayon::prelude::*;
-
 use super::fxhash::FxBuildHasher;
 use super::Vocab;
 
-/// A merge `"left right"` split at the first space after the first byte; `None` for a line
-/// without one or with nothing right of it.
-fn split(merge: &str) -> Option<(&str, &str)> {
-    let space = merge.as_bytes().iter().skip(1).position(|&b| b == b' ')?;
-    let (left, right) = (&merge[..space + 1], &merge[space + 2..]);
-    (!right.is_empty()).then_some((left, right))
-}
-
-/// No symbol id: a string that occurs in no merge.
+/// No symbol: the end of the linked list.
 const NONE: u32 = u32::MAX;
 
-/// The merge table, on interned strings: an id below the vocabulary size is that token's id;
-/// strings that are merge parts or results without being tokens get ids after the vocabulary.
+/// The merge table: each merge line `"left right"` with its rank (its index; a line listed
+/// twice keeps its first rank). Symbols are spans of the input text, which never holds a
+/// plain space (spaces arrive escaped to `▁`), so `left + " " + right` of two adjacent symbols
+/// names at most one line, and only the line that splits there. Keyed by the line itself,
+/// loading is one hash insert per merge (half a million for Gemma 4, no vocabulary look-ups);
+/// the merged symbols' token ids are looked up once, when a run is done.
 #[derive(Debug)]
 pub struct BpeMerges {
-    n_vocab: u32,
-    /// Interned strings that are not tokens.
-    extra: HashMap<String, u32, FxBuildHasher>,
-    /// (left id, right id) packed into a u64 -> (rank, id of the merged string). A pair listed
-    /// twice keeps its first (lowest) rank.
-    pairs: HashMap<u64, (u32, u32), FxBuildHasher>,
+    ranks: HashMap<Box<str>, u32, FxBuildHasher>,
 }
 
 impl BpeMerges {
-    /// Parse merges `"left right"`: split at the first space after the first byte; the rank is
-    /// the index.
-    pub fn new(vocab: &Vocab, merges: &[String]) -> BpeMerges {
-        let mut table = BpeMerges {
-            n_vocab: vocab.len() as u32,
-            extra: HashMap::default(),
-            pairs: HashMap::with_capacity_and_hasher(merges.len(), FxBuildHasher::default()),
-        };
-        // The vocabulary look-ups of the three strings of every merge (half a million for
-        // Gemma 4, most of the time to load its tokenizer) run on all threads; the strings
-        // that are not tokens are interned after, in rank order.
-        let found: Vec<Option<[Option<u32>; 3]>> = merges
-            .par_iter()
-            .map(|merge| {
-                let (left, right) = split(merge)?;
-                let joined = [left, right].concat();
-                Some([vocab.id(left), vocab.id(right), vocab.id(&joined)])
-            })
-            .collect();
-        for (rank, (merge, ids)) in merges.iter().zip(found).enumerate() {
-            let (Some((left, right)), Some([l, r, result])) = (split(merge), ids) else { continue };
-            let l = l.unwrap_or_else(|| table.intern_extra(left));
-            let r = r.unwrap_or_else(|| table.intern_extra(right));
-            let result = result.unwrap_or_else(|| table.intern_extra(&[left, right].concat()));
-            table.pairs.entry(pack(l, r)).or_insert((rank as u32, result));
+    pub fn new(merges: &[String]) -> BpeMerges {
+        let mut ranks = HashMap::with_capacity_and_hasher(merges.len(), FxBuildHasher::default());
+        for (rank, merge) in merges.iter().enumerate() {
+            ranks.entry(merge.as_str().into()).or_insert(rank as u32);
         }
-        table
+        BpeMerges { ranks }
     }
 
-    /// The id of `s`, a string that is not a token.
-    fn intern_extra(&mut self, s: &str) -> u32 {
-        let next = self.n_vocab + self.extra.len() as u32;
-        *self.extra.entry(s.to_string()).or_insert(next)
-    }
-
-    /// The symbol id of `s`, or NONE when no merge involves it and it is not a token.
-    fn lookup(&self, vocab: &Vocab, s: &str) -> u32 {
-        vocab.id(s).or_else(|| self.extra.get(s).copied()).unwrap_or(NONE)
-    }
-
-    /// (rank, merged id) of the pair.
-    fn merge(&self, left: u32, right: u32) -> Option<(u32, u32)> {
-        if left == NONE || right == NONE {
-            return None;
-        }
-        self.pairs.get(&pack(left, right)).copied()
+    /// The rank of merging `left` and `right`, if a line names them (`key` is scratch space).
+    fn rank(&self, key: &mut String, left: &str, right: &str) -> Option<u32> {
+        key.clear();
+        key.push_str(left);
+        key.push(' ');
+        key.push_str(right);
+        self.ranks.get(key.as_str()).copied()
     }
 
     pub fn len(&self) -> usize {
-        self.pairs.len()
+        self.ranks.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.pairs.is_empty()
+        self.ranks.is_empty()
     }
-}
-
-fn pack(left: u32, right: u32) -> u64 {
-    (left as u64) << 32 | right as u64
 }
 
 /// Append the tokens of `text` (a raw fragment, spaces already `▁`) to `out`.
@@ -127,7 +81,12 @@ struct Symbol {
     len: u32,
     prev: u32,
     next: u32,
-    id: u32,
+}
+
+impl Symbol {
+    fn text(self, run: &str) -> &str {
+        &run[self.start as usize..(self.start + self.len) as usize]
+    }
 }
 
 /// A candidate merge: ordered by rank, then by position of the left symbol.
@@ -138,21 +97,17 @@ struct Candidate {
     right: u32,
     /// Bytes the pair covered when queued; differs once either side has changed.
     len: u32,
-    result: u32,
 }
 
 /// BPE over one newline-free run (or a newline run that is not a token).
 fn encode_run(vocab: &Vocab, merges: &BpeMerges, run: &str, out: &mut Vec<u32>) {
     let mut symbols: Vec<Symbol> = Vec::with_capacity(run.len());
     for (i, (start, c)) in run.char_indices().enumerate() {
-        let len = c.len_utf8();
-        let id = merges.lookup(vocab, &run[start..start + len]);
         symbols.push(Symbol {
             start: start as u32,
-            len: len as u32,
+            len: c.len_utf8() as u32,
             prev: (i as u32).wrapping_sub(1),
             next: i as u32 + 1,
-            id,
         });
     }
     let n = symbols.len() as u32;
@@ -161,13 +116,14 @@ fn encode_run(vocab: &Vocab, merges: &BpeMerges, run: &str, out: &mut Vec<u32>) 
     }
 
     let mut heap = BinaryHeap::new();
-    let push = |heap: &mut BinaryHeap<Reverse<Candidate>>, symbols: &[Symbol], left: u32, right: u32| {
+    let mut key = String::new();
+    let mut push = |heap: &mut BinaryHeap<Reverse<Candidate>>, symbols: &[Symbol], left: u32, right: u32| {
         if left == NONE || right == NONE {
             return;
         }
         let (l, r) = (symbols[left as usize], symbols[right as usize]);
-        if let Some((rank, result)) = merges.merge(l.id, r.id) {
-            heap.push(Reverse(Candidate { rank, left, right, len: l.len + r.len, result }));
+        if let Some(rank) = merges.rank(&mut key, l.text(run), r.text(run)) {
+            heap.push(Reverse(Candidate { rank, left, right, len: l.len + r.len }));
         }
     };
     for i in 1..n {
@@ -181,7 +137,6 @@ fn encode_run(vocab: &Vocab, merges: &BpeMerges, run: &str, out: &mut Vec<u32>) 
         }
         let left = &mut symbols[c.left as usize];
         left.len += r.len;
-        left.id = c.result;
         left.next = r.next;
         symbols[c.right as usize].len = 0;
         if r.next != NONE {
@@ -191,14 +146,14 @@ fn encode_run(vocab: &Vocab, merges: &BpeMerges, run: &str, out: &mut Vec<u32>) 
         push(&mut heap, &symbols, c.left, r.next);
     }
 
+    // Each final symbol is its token, or (a character or merge result outside the
+    // vocabulary) its bytes' `<0xXX>` tokens.
     let mut i = if n == 0 { NONE } else { 0 };
     while i != NONE {
         let s = symbols[i as usize];
-        if s.id < merges.n_vocab {
-            out.push(s.id);
-        } else {
-            let piece = &run.as_bytes()[s.start as usize..(s.start + s.len) as usize];
-            out.extend(piece.iter().filter_map(|&b| vocab.byte_token(b)));
+        match vocab.id(s.text(run)) {
+            Some(id) => out.push(id),
+            None => out.extend(s.text(run).bytes().filter_map(|b| vocab.byte_token(b))),
         }
         i = s.next;
     }
@@ -211,7 +166,7 @@ mod tests {
 
     fn run(vocab: &Vocab, merges: &[&str], text: &str) -> Vec<u32> {
         let merges: Vec<String> = merges.iter().map(|s| s.to_string()).collect();
-        let table = BpeMerges::new(vocab, &merges);
+        let table = BpeMerges::new(&merges);
         let mut out = Vec::new();
         encode(vocab, &table, text, &mut out);
         out

@@ -243,7 +243,7 @@ impl Tokenizer {
 
         let scheme = if is_bpe {
             let merges = string_array(header, keys::MERGES)?;
-            Scheme::Bpe(BpeMerges::new(&vocab, merges))
+            Scheme::Bpe(BpeMerges::new(merges))
         } else {
             Scheme::Spm
         };
