@@ -20,6 +20,10 @@ use ggml::GgmlType;
 use llama_cpp_sys_2 as sys;
 use rayon::prelude::*;
 
+mod support;
+
+use support::pseudo_random;
+
 /// (name, input width n, output rows) of the 26B-A4B matrices.
 const SHAPES: [(&str, usize, usize); 7] = [
     ("attn_q (sliding)", 2816, 4096),
@@ -32,18 +36,6 @@ const SHAPES: [(&str, usize, usize); 7] = [
 ];
 
 const TYPES: [GgmlType; 4] = [GgmlType::Q4_K, GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::Q6_K];
-
-fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
-}
 
 /// Median wall times of `ours` and `theirs`, run alternately (so that load from other processes
 /// on this shared machine hits both alike) for about `budget`.

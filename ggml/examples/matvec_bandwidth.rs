@@ -18,6 +18,11 @@ use ggml::kernels::Isa;
 use ggml::quants::quantize_row;
 use ggml::GgmlType;
 
+#[path = "../benches/support/mod.rs"]
+mod support;
+
+use support::pseudo_random;
+
 /// (type, row width) as the 26B-A4B uses them: expert and attention rows of 2816, the 704-wide
 /// rows of the experts' down projection.
 const CASES: [(GgmlType, usize); 5] = [
@@ -27,18 +32,6 @@ const CASES: [(GgmlType, usize); 5] = [
     (GgmlType::Q5_0, 704),
     (GgmlType::Q8_0, 2816),
 ];
-
-fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
-}
 
 fn main() {
     let mut args = std::env::args().skip(1);
