@@ -30,6 +30,12 @@ use rayon::prelude::*;
 /// How long an idle worker watches for the next job before it parks.
 const SPIN: Duration = Duration::from_micros(200);
 
+/// The pool's thread count, the caller included: rayon's current pool's (`-t`, or
+/// `ThreadPool::install`). Work split for the pool should be sized by this.
+pub fn threads() -> usize {
+    rayon::current_num_threads()
+}
+
 /// `f(i)` for every `i` in `0..n_tasks`, on all threads of the pool.
 pub fn for_each(n_tasks: usize, f: impl Fn(usize) + Sync) {
     run(n_tasks, &f)
@@ -72,8 +78,8 @@ thread_local! {
 static POOL: Mutex<Option<Pool>> = Mutex::new(None);
 
 fn run(n_tasks: usize, f: &(dyn Fn(usize) + Sync)) {
-    let threads = rayon::current_num_threads();
-    if n_tasks <= 1 || threads <= 1 || IN_POOL.get() {
+    let n_threads = threads();
+    if n_tasks <= 1 || n_threads <= 1 || IN_POOL.get() {
         return (0..n_tasks).for_each(f);
     }
     let mut guard = match POOL.try_lock() {
@@ -81,9 +87,9 @@ fn run(n_tasks: usize, f: &(dyn Fn(usize) + Sync)) {
         Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
         Err(TryLockError::WouldBlock) => return (0..n_tasks).into_par_iter().for_each(f),
     };
-    if guard.as_ref().is_none_or(|pool| pool.workers.len() + 1 != threads) {
+    if guard.as_ref().is_none_or(|pool| pool.workers.len() + 1 != n_threads) {
         *guard = None; // joins the old workers first
-        *guard = Some(Pool::new(threads - 1));
+        *guard = Some(Pool::new(n_threads - 1));
     }
     guard.as_ref().expect("just built").run(n_tasks, f);
 }

@@ -201,7 +201,7 @@ const MIN_CHUNK_KEYS: usize = 256;
 /// Key chunks per (token, KV head): enough units to give every thread about four, without
 /// chunks under [`MIN_CHUNK_KEYS`] keys; 1 (no split) when the pairs alone suffice.
 fn key_chunks(n_pairs: usize, n_keys: usize) -> usize {
-    let want = 4 * rayon::current_num_threads();
+    let want = 4 * crate::parallel::threads();
     want.div_ceil(n_pairs.max(1)).min(n_keys / MIN_CHUNK_KEYS).max(1)
 }
 

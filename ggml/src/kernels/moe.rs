@@ -129,7 +129,7 @@ pub fn moe_ffn(
         by_expert.iter().enumerate().filter(|(_, p)| !p.is_empty()).map(|(e, p)| (e, &p[..])).collect();
     let run =
         |&(e, pairs): &(usize, &[(usize, f32)])| expert_ffn(isa, gate_up, down, e, pairs, &x_acts, x_up_acts.as_ref());
-    let outputs: Vec<Result<Vec<f32>, QuantError>> = if active.len() >= rayon::current_num_threads() {
+    let outputs: Vec<Result<Vec<f32>, QuantError>> = if active.len() >= crate::parallel::threads() {
         // Longest first (tasks are claimed in order), so no thread is left with a big expert
         // at the end while the others wait.
         let mut order: Vec<usize> = (0..active.len()).collect();
