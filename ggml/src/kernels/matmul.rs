@@ -200,7 +200,7 @@ mod tests {
     fn tiled_matmul_matches_the_scalar_path() {
         // 37 rows and 11 tokens: whole tiles plus leftover rows and tokens in every task.
         let (rows, tokens) = (37, 11);
-        for (ty, n) in [(GgmlType::Q8_0, 96), (GgmlType::Q5_0, 96), (GgmlType::Q4_K, 512)] {
+        for (ty, n) in [(GgmlType::Q8_0, 96), (GgmlType::Q5_0, 96), (GgmlType::Q4_K, 512), (GgmlType::Q6_K, 512)] {
             let mut w = vec![0u8; rows * ty.row_bytes(n as u64).unwrap() as usize];
             quantize_row(ty, &values(rows * n, 3), &mut w).unwrap();
             let acts = QuantizedActs::new(ty, &values(tokens * n, 4), n).unwrap();

@@ -146,7 +146,7 @@ dot_kernels! {
     Q8_0 => q8_0 (crate::quants::q8_0::BlockQ8_0, crate::quants::q8_0::BlockQ8_0) [tiled],
     Q4_K => q4_k (crate::quants::q4_k::BlockQ4K, crate::quants::q8_k::BlockQ8K) [tiled],
     Q5_K => q5_k (crate::quants::q5_k::BlockQ5K, crate::quants::q8_k::BlockQ8K),
-    Q6_K => q6_k (crate::quants::q6_k::BlockQ6K, crate::quants::q8_k::BlockQ8K),
+    Q6_K => q6_k (crate::quants::q6_k::BlockQ6K, crate::quants::q8_k::BlockQ8K) [tiled],
     Q2_K => q2_k (crate::quants::q2_k::BlockQ2K, crate::quants::q8_k::BlockQ8K),
     Q3_K => q3_k (crate::quants::q3_k::BlockQ3K, crate::quants::q8_k::BlockQ8K),
     IQ4_XS => iq4_xs (crate::quants::iq4_xs::BlockIQ4XS, crate::quants::q8_k::BlockQ8K),

@@ -38,14 +38,33 @@ pub fn dot_scalar(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
     sum
 }
 
+/// The activation layout of the tile kernel: in each block, 64-byte chunk `k` holds, for each
+/// sub-block `s` of 16 in order, its four activations `4k..4k + 4` (so each 32-bit lane of a
+/// chunk keeps its sub-block from chunk to chunk). `d` and `bsums` are unchanged.
+pub fn prepare_tile_acts(blocks: &mut [BlockQ8K]) {
+    for block in blocks {
+        let original = block.qs;
+        for k in 0..4 {
+            for s in 0..16 {
+                block.qs[64 * k + 4 * s..][..4].copy_from_slice(&original[16 * s + 4 * k..][..4]);
+            }
+        }
+    }
+}
+
+/// [`prepare_tile_acts`] for [`tile::Tiles`](crate::kernels::tile::Tiles).
+pub const TILE_ACTS: Option<fn(&mut [BlockQ8K])> = Some(prepare_tile_acts);
+
 #[cfg(target_arch = "x86_64")]
-pub use x86::{dot_avx2, dot_avx512};
+pub use x86::{dot_avx2, dot_avx512, group_avx512};
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
+    use std::cell::RefCell;
 
     use super::{BlockQ6K, BlockQ8K};
+    use crate::kernels::tile::{ROWS, TOKENS};
     use crate::kernels::x86::{broadcast_32, f16_to_f32, hsum_f32x8, scale_halves, scaled_dot_512};
 
     /// `Σ_sub scale * bsum` of a super-block in eight i32 lanes; `sc16` holds the sixteen scales
@@ -119,21 +138,40 @@ mod x86 {
         hsum_f32x8(acc)
     }
 
-    /// AVX-512 VNNI: 64 bytes of `ql` give 64 quants in element order at once (low nibbles:
-    /// quants 0..64 of the half, high nibbles: 64..128); the matching `qh` bytes, in both
-    /// halves of a vector, are rotated per 256-bit half to bring the right bit pair to bits
-    /// 4..6. `vpdpbusd` (four products per lane, at most 4 * 63 * 127, an i16) then `vpdpwssd`
-    /// by the sub-block scale.
-    ///
-    /// # Safety
-    /// The CPU must support AVX2, FMA, F16C and AVX-512 F/BW/VL/VNNI.
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    pub fn dot_avx512(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
+    /// The 256 unsigned 6-bit quants of a block in element order, 64 per vector: the 64 bytes
+    /// of a half's `ql` give 64 quants at once (low nibbles: quants 0..64 of the half, high
+    /// nibbles: 64..128); the matching `qh` bytes, in both halves of a vector, are rotated per
+    /// 256-bit half to bring the right bit pair to bits 4..6.
+    #[inline]
+    #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl")]
+    fn quants_in_order(w: &BlockQ6K) -> [__m512i; 4] {
         let low4 = _mm512_set1_epi8(0x0f);
         let top = _mm512_set1_epi8(0x30);
         // Left rotations of 64-bit lanes: bits 0..2 (low half) and 2..4 (high half) to 4..6,
         // then bits 4..6 and 6..8.
         let rot = [_mm512_setr_epi64(4, 4, 4, 4, 2, 2, 2, 2), _mm512_setr_epi64(0, 0, 0, 0, 62, 62, 62, 62)];
+        std::array::from_fn(|c| {
+            let (half, p) = (c / 2, c % 2);
+            // SAFETY: 64 bytes at 64 * half of the 128-byte `ql`, 32 at 32 * half of the
+            // 64-byte `qh`; unaligned loads.
+            let (ql, qh) = unsafe {
+                (_mm512_loadu_si512(w.ql.as_ptr().add(64 * half).cast()), broadcast_32(w.qh.as_ptr().add(32 * half)))
+            };
+            let low = if p == 0 { ql } else { _mm512_srli_epi16::<4>(ql) };
+            let high = _mm512_rolv_epi64(qh, rot[p]);
+            // low & 0x0f | high & 0x30
+            _mm512_ternarylogic_epi32::<0xf8>(_mm512_and_si512(low, low4), high, top)
+        })
+    }
+
+    /// AVX-512 VNNI: the quants in element order ([`quants_in_order`]) against 64 contiguous
+    /// activations, `vpdpbusd` (four products per lane, at most 4 * 63 * 127, an i16) then
+    /// `vpdpwssd` by the sub-block scale.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA, F16C and AVX-512 F/BW/VL/VNNI.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub fn dot_avx512(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
         let mut acc = _mm512_setzero_ps();
         for (w, a) in w.iter().zip(a) {
             // SAFETY: `scales` is 16 bytes; loadu has no alignment requirement.
@@ -141,53 +179,159 @@ mod x86 {
             // Each scale as an i16 in the low half of an i32 lane, zero in the high half.
             let sc32 = _mm512_cvtepu16_epi32(sc16);
             let offset = _mm256_slli_epi32::<5>(scaled_bsums(sc16, &a.bsums));
-            // Two chains of `vpdpwssd` (one per bit-pair position), so that a block's four do
-            // not wait on each other.
+            // Two chains of `vpdpwssd` (even and odd vectors), so that a block's four do not
+            // wait on each other.
             let mut sumi =
                 [_mm512_zextsi256_si512(_mm256_sub_epi32(_mm256_setzero_si256(), offset)), _mm512_setzero_si512()];
-            for half in 0..2 {
-                // SAFETY: 64 bytes at 64 * half of the 128-byte `ql`, 32 at 32 * half of the
-                // 64-byte `qh`; unaligned loads.
-                let (ql, qh) = unsafe {
-                    (
-                        _mm512_loadu_si512(w.ql.as_ptr().add(64 * half).cast()),
-                        broadcast_32(w.qh.as_ptr().add(32 * half)),
-                    )
-                };
-                for (p, &rot) in rot.iter().enumerate() {
-                    let low = if p == 0 { ql } else { _mm512_srli_epi16::<4>(ql) };
-                    let high = _mm512_rolv_epi64(qh, rot);
-                    // low & 0x0f | high & 0x30
-                    let q = _mm512_ternarylogic_epi32::<0xf8>(_mm512_and_si512(low, low4), high, top);
-                    // SAFETY: 64 bytes at 128 * half + 64 * p of the 256-byte `a.qs`.
-                    let q8 = unsafe { _mm512_loadu_si512(a.qs.as_ptr().add(128 * half + 64 * p).cast()) };
-                    let s = (8 * half + 4 * p) as i32;
-                    let idx = _mm512_setr_epi32(
-                        s,
-                        s,
-                        s,
-                        s,
-                        s + 1,
-                        s + 1,
-                        s + 1,
-                        s + 1,
-                        s + 2,
-                        s + 2,
-                        s + 2,
-                        s + 2,
-                        s + 3,
-                        s + 3,
-                        s + 3,
-                        s + 3,
-                    );
-                    sumi[p] = scaled_dot_512(sumi[p], q, q8, _mm512_permutexvar_epi32(idx, sc32));
-                }
+            for (c, q) in quants_in_order(w).into_iter().enumerate() {
+                // SAFETY: 64 bytes at 64 * c of the 256-byte `a.qs`.
+                let q8 = unsafe { _mm512_loadu_si512(a.qs.as_ptr().add(64 * c).cast()) };
+                let s = 4 * c as i32;
+                let idx = _mm512_setr_epi32(
+                    s,
+                    s,
+                    s,
+                    s,
+                    s + 1,
+                    s + 1,
+                    s + 1,
+                    s + 1,
+                    s + 2,
+                    s + 2,
+                    s + 2,
+                    s + 2,
+                    s + 3,
+                    s + 3,
+                    s + 3,
+                    s + 3,
+                );
+                sumi[c % 2] = scaled_dot_512(sumi[c % 2], q, q8, _mm512_permutexvar_epi32(idx, sc32));
             }
             let sumi = _mm512_add_epi32(sumi[0], sumi[1]);
             let d = _mm512_set1_ps(f16_to_f32(w.d) * a.d);
             acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(sumi), acc);
         }
         _mm512_reduce_add_ps(acc)
+    }
+    /// One super-block of [`ROWS`] weight rows, unpacked for the tile kernel.
+    #[derive(Clone, Copy)]
+    struct Unpacked {
+        /// Chunk `k` of row `r`: lane `s` holds quants `16s + 4k..16s + 4k + 4`, matching
+        /// [`super::prepare_tile_acts`].
+        q: [[__m512i; 4]; ROWS],
+        /// Lane `s`: `d` times the scale of sub-block `s`.
+        scales: [__m512; ROWS],
+    }
+
+    thread_local! {
+        /// The unpacked blocks of the row group in hand: for a 2816-wide row 11 blocks, 13 KiB.
+        static UNPACKED: RefCell<Vec<Unpacked>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// Row `r`'s block, unpacked: the in-order quants (vector `c` holds sub-blocks `4c..4c + 4`,
+    /// four lanes each) transposed so that lane `s` of every chunk holds sub-block `s`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
+    fn unpack(w: [&BlockQ6K; ROWS]) -> Unpacked {
+        let mut u = Unpacked { q: [[_mm512_setzero_si512(); 4]; ROWS], scales: [_mm512_setzero_ps(); ROWS] };
+        for (r, w) in w.iter().enumerate() {
+            let v = quants_in_order(w);
+            for k in 0..4i32 {
+                // Lane s takes lane 4 (s % 4) + k of vector s / 4: lanes 0..8 from v[0] and
+                // v[1] (indices 16.. name the second operand), lanes 8..16 from v[2] and v[3].
+                let idx = _mm512_setr_epi32(
+                    k,
+                    4 + k,
+                    8 + k,
+                    12 + k,
+                    16 + k,
+                    20 + k,
+                    24 + k,
+                    28 + k,
+                    k,
+                    4 + k,
+                    8 + k,
+                    12 + k,
+                    16 + k,
+                    20 + k,
+                    24 + k,
+                    28 + k,
+                );
+                let low = _mm512_permutex2var_epi32(v[0], idx, v[1]);
+                let high = _mm512_permutex2var_epi32(v[2], idx, v[3]);
+                u.q[r][k as usize] = _mm512_mask_blend_epi32(0xff00, low, high);
+            }
+            // SAFETY: `scales` is 16 bytes; unaligned load.
+            let scales = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(unsafe { _mm_loadu_si128(w.scales.as_ptr().cast()) }));
+            u.scales[r] = _mm512_mul_ps(scales, _mm512_set1_ps(f16_to_f32(w.d)));
+        }
+        u
+    }
+
+    /// `out[r * n_tokens + t] = w[r] · a[t]` for [`ROWS`] weight rows and every token of `a`
+    /// (`n_tokens` rows of activations in the layout of [`super::prepare_tile_acts`]). The
+    /// rows' blocks are unpacked once, then [`TOKENS`] tokens at a time (the rest one by one)
+    /// run against them. Per (row, token, block): four `vpdpbusd` of the unsigned quants into
+    /// one i32 lane per sub-block, seeded with the offset `-32 · bsum` (exact), then a
+    /// conversion, a product by the scaled sub-block scales and an FMA by the activations'
+    /// `d`. Every token's result is the same whatever the tile width.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA, F16C and AVX-512 F/BW/VL/VNNI.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub fn group_avx512(w: &[&[BlockQ6K]; ROWS], a: &[BlockQ8K], n_tokens: usize, out: &mut [f32]) {
+        let n = w[0].len();
+        assert!(w.iter().all(|row| row.len() == n) && a.len() == n * n_tokens && out.len() == ROWS * n_tokens);
+        UNPACKED.with_borrow_mut(|unpacked| {
+            unpacked.clear();
+            unpacked.extend((0..n).map(|b| unpack(w.map(|row| &row[b]))));
+            let mut t0 = 0;
+            while t0 + TOKENS <= n_tokens {
+                tokens::<TOKENS>(unpacked, a, t0, n_tokens, out);
+                t0 += TOKENS;
+            }
+            for t in t0..n_tokens {
+                tokens::<1>(unpacked, a, t, n_tokens, out);
+            }
+        });
+    }
+
+    /// Tokens `t0..t0 + T` against the unpacked rows.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    fn tokens<const T: usize>(unpacked: &[Unpacked], a: &[BlockQ8K], t0: usize, n_tokens: usize, out: &mut [f32]) {
+        let n = unpacked.len();
+        let a: [&[BlockQ8K]; T] = std::array::from_fn(|t| &a[(t0 + t) * n..][..n]);
+        let mut acc = [[_mm512_setzero_ps(); T]; ROWS];
+        for (b, u) in unpacked.iter().enumerate() {
+            for t in 0..T {
+                let a = &a[t][b];
+                // SAFETY: `qs` is 256 bytes and `bsums` 32; unaligned loads.
+                let (q8, bsums) = unsafe {
+                    (
+                        std::array::from_fn::<_, 4, _>(|k| _mm512_loadu_si512(a.qs[64 * k..].as_ptr().cast())),
+                        _mm256_loadu_si256(a.bsums.as_ptr().cast()),
+                    )
+                };
+                // -32 · Σ a per sub-block: what the unsigned quants count in excess.
+                let seed =
+                    _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32::<5>(_mm512_cvtepi16_epi32(bsums)));
+                let da = _mm512_set1_ps(a.d);
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let mut sumi = seed;
+                    for (q, q8) in u.q[r].iter().zip(&q8) {
+                        sumi = _mm512_dpbusd_epi32(sumi, *q, *q8);
+                    }
+                    let scaled = _mm512_mul_ps(_mm512_cvtepi32_ps(sumi), u.scales[r]);
+                    acc[t] = _mm512_fmadd_ps(scaled, da, acc[t]);
+                }
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            for (t, acc) in acc.iter().enumerate() {
+                out[r * n_tokens + t0 + t] = _mm512_reduce_add_ps(*acc);
+            }
+        }
     }
 }
 

@@ -6,8 +6,8 @@
 //! matvec has little reuse to gain and stays on the plain dot kernels.
 //!
 //! So far on AVX-512 VNNI: for the weight types whose dot type is Q8_0 and whose blocks decode
-//! to 32 signed bytes and one f16 scale (Q8_0, Q5_0: [`group_q8_avx512`]), and for Q4_K (in
-//! `q4_k.rs`).
+//! to 32 signed bytes and one f16 scale (Q8_0, Q5_0: [`group_q8_avx512`]), and for Q4_K and
+//! Q6_K (in `q4_k.rs`, `q6_k.rs`).
 
 /// Weight rows per group.
 pub const ROWS: usize = 4;
@@ -174,7 +174,7 @@ mod x86 {
 mod tests {
     use super::*;
     use crate::kernels::testing::{assert_close, magnitude, random_blocks};
-    use crate::kernels::{cpu, q4_k, q5_0, q8_0, DotFn};
+    use crate::kernels::{cpu, q4_k, q5_0, q6_k, q8_0, DotFn};
     use crate::quants::q8_0::BlockQ8_0;
     use crate::GgmlType;
 
@@ -227,6 +227,7 @@ mod tests {
         check_group(GgmlType::Q8_0, q8_0::group_avx512, q8_0::TILE_ACTS, q8_0::dot_scalar);
         check_group(GgmlType::Q5_0, q5_0::group_avx512, q5_0::TILE_ACTS, q5_0::dot_scalar);
         check_group(GgmlType::Q4_K, q4_k::group_avx512, q4_k::TILE_ACTS, q4_k::dot_scalar);
+        check_group(GgmlType::Q6_K, q6_k::group_avx512, q6_k::TILE_ACTS, q6_k::dot_scalar);
     }
 
     #[test]
@@ -248,6 +249,34 @@ mod tests {
         for (t, a) in a.chunks_exact(2).enumerate() {
             let want = q4_k::dot_scalar(&w, a);
             for r in 0..ROWS {
+                let g = got[r * 5 + t];
+                assert!((g - want).abs() <= 1e-6 * want.abs(), "row {r} token {t}: {g} vs {want}");
+            }
+        }
+    }
+
+    #[test]
+    fn q6_k_extreme_sums_stay_exact() {
+        // Quants all 63 or all 0 (q - 32 at either end), scales at -128 and 127, activations
+        // -128 or 127: the seeded lane sums reach ±65536 and the offset 32 · 2048.
+        if !cpu::detected().avx512 {
+            return;
+        }
+        use crate::quants::{q6_k::BlockQ6K, q8_k::BlockQ8K};
+        let block =
+            |bits: u8, scale: i8| BlockQ6K { ql: [bits; 128], qh: [bits; 64], scales: [scale; 16], d: half::f16::ONE };
+        let rows = [[block(0xff, 127); 2], [block(0, 127); 2], [block(0xff, -128); 2], [block(0, -128); 2]];
+        let act = |q: i8| [BlockQ8K { d: 1.0, qs: [q; 256], bsums: [16 * q as i16; 16] }; 2];
+        let a: Vec<BlockQ8K> = [act(-128), act(127), act(-128), act(1), act(127)].concat();
+        let mut laid_out = a.clone();
+        q6_k::prepare_tile_acts(&mut laid_out);
+        let w: [&[BlockQ6K]; ROWS] = std::array::from_fn(|r| &rows[r][..]);
+        let mut got = [0f32; ROWS * 5];
+        // SAFETY: the AVX-512 level was detected above.
+        unsafe { q6_k::group_avx512(&w, &laid_out, 5, &mut got) };
+        for (t, a) in a.chunks_exact(2).enumerate() {
+            for r in 0..ROWS {
+                let want = q6_k::dot_scalar(w[r], a);
                 let g = got[r * 5 + t];
                 assert!((g - want).abs() <= 1e-6 * want.abs(), "row {r} token {t}: {g} vs {want}");
             }
