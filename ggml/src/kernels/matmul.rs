@@ -32,10 +32,21 @@ impl QuantizedActs {
         let n_rows = x.len() / n;
         let mut acts = QuantizedActs { ty, n, n_rows, row_bytes, buf: vec![0u64; (row_bytes * n_rows).div_ceil(8)] };
         let bytes = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut acts.buf)[..row_bytes * n_rows];
-        for (x, out) in x.chunks_exact(n).zip(bytes.chunks_exact_mut(row_bytes)) {
-            quantize_row(ty, x, out)?;
+        // Rows in parallel, a few per task (a prompt batch is thousands of rows of experts).
+        const ROWS_PER_TASK: usize = 8;
+        let failed = std::sync::Mutex::new(None);
+        for_each_chunk_mut(bytes, ROWS_PER_TASK * row_bytes, |task, out| {
+            let x = &x[task * ROWS_PER_TASK * n..];
+            for (x, out) in x.chunks_exact(n).zip(out.chunks_exact_mut(row_bytes)) {
+                if let Err(e) = quantize_row(ty, x, out) {
+                    *failed.lock().unwrap() = Some(e);
+                }
+            }
+        });
+        match failed.into_inner().unwrap() {
+            Some(e) => Err(e),
+            None => Ok(acts),
         }
-        Ok(acts)
     }
 
     /// The rows `which` of `self`, in that order: activations quantized once and shared by
@@ -145,19 +156,21 @@ pub fn matmul(
     Ok(())
 }
 
-/// `out[t * rows + r] = by_row[r * n_tokens + t]`, in 16 × 16 blocks so that both sides
-/// stay in a few cache lines at a time.
+/// `out[t * rows + r] = by_row[r * n_tokens + t]`, over threads by runs of [`BLOCK`] tokens,
+/// in `BLOCK` × `BLOCK` blocks so that both sides stay in a few cache lines at a time.
 fn transpose(by_row: &[f32], rows: usize, n_tokens: usize, out: &mut [f32]) {
     const BLOCK: usize = 16;
-    for r0 in (0..rows).step_by(BLOCK) {
-        for t0 in (0..n_tokens).step_by(BLOCK) {
+    for_each_chunk_mut(out, BLOCK * rows, |task, out| {
+        let t0 = task * BLOCK;
+        let tokens = out.len() / rows;
+        for r0 in (0..rows).step_by(BLOCK) {
             for r in r0..(r0 + BLOCK).min(rows) {
-                for t in t0..(t0 + BLOCK).min(n_tokens) {
-                    out[t * rows + r] = by_row[r * n_tokens + t];
+                for t in 0..tokens {
+                    out[t * rows + r] = by_row[r * n_tokens + t0 + t];
                 }
             }
         }
-    }
+    });
 }
 
 #[cfg(test)]
