@@ -44,6 +44,8 @@ use crate::kernels::Isa;
 use crate::parallel::for_each_chunk_mut;
 
 mod kv;
+#[cfg(target_arch = "x86_64")]
+mod tiled;
 pub use kv::{KvElem, KvRows, KvSlots};
 
 /// The shape of one attention layer's computation.
@@ -188,6 +190,20 @@ fn reference_rows<T: KvElem>(shape: &AttnShape, q: &[f32], q_pos: &[usize], kv: 
 /// sliding layers, 8 on full ones). In decode, where that gives too few units for the threads,
 /// the keys are also split into chunks whose partial results are merged at the end.
 pub fn attention(isa: Isa, shape: &AttnShape, q: &[f32], q_pos: &[usize], kv: KvSlots, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 && crate::kernels::cpu::detected().avx512 && tiled::usable(shape, q_pos.len()) {
+        match kv {
+            // SAFETY (both): the guard checked that this CPU has AVX2, FMA, F16C and AVX-512
+            // F/BW/VL/VNNI.
+            KvSlots::F16(rows) => unsafe {
+                tiled::attention(shape, q, q_pos, &rows, shape.check(q, q_pos, &rows, out), out)
+            },
+            KvSlots::F32(rows) => unsafe {
+                tiled::attention(shape, q, q_pos, &rows, shape.check(q, q_pos, &rows, out), out)
+            },
+        }
+        return;
+    }
     let n_chunks = key_chunks(q_pos.len() * shape.n_kv_head, kv.pos().len());
     match kv {
         KvSlots::F16(rows) => attention_split(isa, shape, q, q_pos, rows, out, n_chunks),

@@ -80,16 +80,17 @@ impl<T: KvElem> Case<T> {
     }
 }
 
-/// Every streaming path against the f64 reference, on random data (ring-ordered slots, GQA
-/// groups of 2 and 8, 1 and 5 query tokens, 1 to 3000 keys, causal only and with windows
-/// of 1024 and 3). The output is a convex combination of V rows, and the f32 rounding of
+/// Every streaming path (and with several tokens on AVX-512, the tiled one) against the f64
+/// reference, on random data (ring-ordered slots, GQA groups of 1, 2, 4 and 8, 1, 5 and 17
+/// query tokens: blocks whole and partial, 1 to 3000 keys: tiles whole and partial, causal
+/// only and with windows of 1024 and 3). The output is a convex combination of V rows, and the f32 rounding of
 /// the scores, exponentials and running sums perturbs each weight by a relative ~1e-6 at
 /// these sizes (worst seen: 2.3e-6 · max |v| with f16 K/V, 1.3e-6 with f32; the element
 /// type hardly enters, since the reference reads the same stored values): require
 /// `max |got - want| <= 1e-5 · max |v|`.
 fn streaming_matches_reference<T: KvElem>(head_dim: usize) {
-    for (n_kv_head, group) in [(2, 2), (1, 8)] {
-        for n_tokens in [1, 5] {
+    for (n_kv_head, group) in [(2, 2), (1, 8), (1, 4), (3, 1)] {
+        for n_tokens in [1, 5, 17] {
             for n_keys in [1, 2, 37, 3000] {
                 // One key count also checks that the scale is applied.
                 let scale = if n_keys == 37 { 0.5 } else { 1.0 };

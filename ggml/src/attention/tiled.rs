@@ -1,0 +1,294 @@
+//! Attention for several query tokens (prompt processing) on AVX-512: blocks of query rows
+//! against tiles of keys, as flash attention does.
+//!
+//! A *block* is [`LANES`] query rows of one KV head — whole GQA groups of consecutive tokens
+//! (8 tokens of 2 heads on Gemma 4 sliding layers, 2 of 8 on full ones) — held transposed, so
+//! that one f32 lane of a 512-bit vector is one query row. Then for each key the scores of all
+//! the block's rows are `d` FMAs (`Σ_e k[e] · qᵀ[e]`, no horizontal sums), the online-softmax
+//! bookkeeping (maximum, `e^(s - max)`, running sum) is one vector operation for all rows, and
+//! each K and V row is widened to f32 once per block instead of once per token.
+//!
+//! Keys go by tiles of [`TILE`] visible ones (in slot order, invisible slots skipped): their
+//! scores, the tile's maximum per row, one rescale of each row's accumulator by
+//! `e^(old max - new max)`, then `acc += Σ_j p_j · v_j` with four rows sharing each V load.
+//! The mask is the one of [`AttnShape::visible`], computed per key for all lanes from the
+//! positions stored with the slots.
+//!
+//! The portable streaming path of `mod.rs` is the reference this is tested against (with the
+//! f64 [`super::attention_reference`]); both reach the same sums in a different order.
+
+use std::arch::x86_64::*;
+
+use super::{AttnShape, KvElem, KvRows};
+use crate::parallel::for_each_chunk_mut;
+
+/// Query rows per block: one per f32 lane.
+const LANES: usize = 16;
+/// Visible keys per tile.
+const TILE: usize = 16;
+
+/// Whether the tiled path handles this call: several tokens, GQA groups that fit a block, and
+/// rows of whole vectors.
+pub(super) fn usable(shape: &AttnShape, n_tokens: usize) -> bool {
+    n_tokens > 1 && shape.group() <= LANES && shape.head_dim.is_multiple_of(16)
+}
+
+/// [`super::attention`] for a call [`usable`] accepts, with blocks as units of parallel work:
+/// each unit is the tokens of one block and all their heads, a contiguous run of `out`.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA, F16C and AVX-512 F/BW/VL/VNNI.
+pub(super) unsafe fn attention<T: KvElem>(
+    shape: &AttnShape,
+    q: &[f32],
+    q_pos: &[usize],
+    kv: &KvRows<T>,
+    capacity: usize,
+    out: &mut [f32],
+) {
+    let tokens_per_block = LANES / shape.group();
+    for_each_chunk_mut(out, tokens_per_block * shape.n_head * shape.head_dim, |b, out| {
+        // SAFETY: the caller checked the CPU's features.
+        unsafe { block_tokens(shape, q, q_pos, kv, capacity, b * tokens_per_block, out) }
+    });
+}
+
+/// The query rows of one block, its KV head's rows and scratch for one tile.
+struct Block<'a, T> {
+    shape: &'a AttnShape,
+    k: &'a [T],
+    v: &'a [T],
+    /// `qᵀ`, `[d][LANES]`: element `e` of every row's query (times the scale), 0 in unused lanes.
+    qt: Vec<f32>,
+    /// The position of each row's token; -1 in unused lanes, so that no key is visible there.
+    q_pos: __m512i,
+    /// The lowest visible key position minus one, per lane (`q_pos - window`).
+    lowest: __m512i,
+    /// `[LANES][d]`: each row's unnormalized output.
+    acc: Vec<f32>,
+    /// The running maximum and sum of `e^(s - max)` per lane.
+    max: __m512,
+    sum: __m512,
+    /// One tile: its keys and values widened to f32 (`[TILE][d]`), its slots and masks, and the
+    /// weights `p` per key (`[TILE][LANES]`).
+    k_tile: Vec<f32>,
+    v_tile: Vec<f32>,
+    slots: Vec<(usize, __mmask16)>,
+    p: Vec<f32>,
+    /// `e^(old max - new max)` per lane, for the tile in hand.
+    rescale: [f32; LANES],
+}
+
+/// Tokens `t0..` (as many as `out` holds, at most a block's worth) and all heads.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA, F16C and AVX-512 F/BW/VL/VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn block_tokens<T: KvElem>(
+    shape: &AttnShape,
+    q: &[f32],
+    q_pos: &[usize],
+    kv: &KvRows<T>,
+    capacity: usize,
+    t0: usize,
+    out: &mut [f32],
+) {
+    let (d, group, n_head) = (shape.head_dim, shape.group(), shape.n_head);
+    let n_tokens = out.len() / (n_head * d);
+    let rows = n_tokens * group;
+    let head_len = capacity * d;
+    let mut block = Block {
+        shape,
+        k: &[],
+        v: &[],
+        qt: vec![0.0; d * LANES],
+        q_pos: _mm512_set1_epi32(-1),
+        lowest: _mm512_set1_epi32(-1),
+        acc: vec![0.0; LANES * d],
+        max: _mm512_set1_ps(f32::NEG_INFINITY),
+        sum: _mm512_setzero_ps(),
+        k_tile: vec![0.0; TILE * d],
+        v_tile: vec![0.0; TILE * d],
+        slots: Vec::with_capacity(TILE),
+        p: vec![0.0; TILE * LANES],
+        rescale: [0.0; LANES],
+    };
+    // Row `i` of a block is token `t0 + i / group`, query head `kv_head · group + i % group`.
+    let lane_pos: [i32; LANES] = std::array::from_fn(|i| {
+        if i < rows {
+            i32::try_from(q_pos[t0 + i / group]).expect("positions fit an i32")
+        } else {
+            -1
+        }
+    });
+    // SAFETY: 16 i32; unaligned load.
+    block.q_pos = unsafe { _mm512_loadu_si512(lane_pos.as_ptr().cast()) };
+    let window = shape.window.map_or(i32::MAX, |w| i32::try_from(w).unwrap_or(i32::MAX));
+    // q_pos - window, saturating at -1 (below every key).
+    block.lowest = _mm512_max_epi32(_mm512_sub_epi32(block.q_pos, _mm512_set1_epi32(window)), _mm512_set1_epi32(-1));
+    for kv_head in 0..shape.n_kv_head {
+        let row = |i: usize| ((t0 + i / group) * n_head + kv_head * group + i % group) * d;
+        block.qt.fill(0.0);
+        for i in 0..rows {
+            for (e, &x) in q[row(i)..row(i) + d].iter().enumerate() {
+                block.qt[e * LANES + i] = x * shape.scale;
+            }
+        }
+        block.k = &kv.k[kv_head * head_len..(kv_head + 1) * head_len];
+        block.v = &kv.v[kv_head * head_len..(kv_head + 1) * head_len];
+        block.acc.fill(0.0);
+        block.max = _mm512_set1_ps(f32::NEG_INFINITY);
+        block.sum = _mm512_setzero_ps();
+        block.slots.clear();
+        for slot in 0..kv.pos.len() {
+            let k_pos = _mm512_set1_epi32(kv.pos[slot] as i32);
+            let mask = _mm512_cmple_epi32_mask(k_pos, block.q_pos) & _mm512_cmpgt_epi32_mask(k_pos, block.lowest);
+            if mask != 0 {
+                block.slots.push((slot, mask));
+                if block.slots.len() == TILE {
+                    block.tile();
+                }
+            }
+        }
+        if !block.slots.is_empty() {
+            block.tile();
+        }
+        // out = acc / sum (0 for a row that saw no key).
+        let mut sums = [0f32; LANES];
+        // SAFETY: 16 f32; unaligned store.
+        unsafe { _mm512_storeu_ps(sums.as_mut_ptr(), block.sum) };
+        for (i, (&sum, acc)) in sums.iter().zip(block.acc.chunks_exact(d)).enumerate().take(rows) {
+            let o = row(i) - t0 * n_head * d;
+            let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
+            for (o, &a) in out[o..o + d].iter_mut().zip(acc) {
+                *o = a * inv;
+            }
+        }
+    }
+}
+
+impl<T: KvElem> Block<'_, T> {
+    /// The keys in `slots` (at most [`TILE`]) against every row, then `slots` is emptied.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    fn tile(&mut self) {
+        let d = self.shape.head_dim;
+        let n = self.slots.len();
+        // Widen the tile's K and V rows; a partial tile's last group of four keys is padded
+        // with zero rows (their lanes are masked off below).
+        let padded = n.next_multiple_of(4);
+        for (j, &(slot, _)) in self.slots.iter().enumerate() {
+            widen(&self.k[slot * d..(slot + 1) * d], &mut self.k_tile[j * d..(j + 1) * d]);
+            widen(&self.v[slot * d..(slot + 1) * d], &mut self.v_tile[j * d..(j + 1) * d]);
+        }
+        self.k_tile[n * d..padded * d].fill(0.0);
+
+        // Scores, four keys at a time: s_j = Σ_e k_j[e] · qᵀ[e], in two chains per key.
+        let neg_inf = _mm512_set1_ps(f32::NEG_INFINITY);
+        let mut scores = [neg_inf; TILE];
+        for j0 in (0..padded).step_by(4) {
+            let mut acc = [[_mm512_setzero_ps(); 2]; 4];
+            let k = self.k_tile[j0 * d..(j0 + 4) * d].as_ptr();
+            let qt = self.qt.as_ptr();
+            for e in (0..d).step_by(2) {
+                // SAFETY: e + 1 < d (d is even): rows e and e + 1 of qᵀ ([d][LANES]) and
+                // elements e, e + 1 of each of the four key rows (4 · d from `k`) are in
+                // bounds; unaligned loads.
+                unsafe {
+                    let qt = [_mm512_loadu_ps(qt.add(e * LANES)), _mm512_loadu_ps(qt.add((e + 1) * LANES))];
+                    for (j, acc) in acc.iter_mut().enumerate() {
+                        let k = k.add(j * d + e);
+                        acc[0] = _mm512_fmadd_ps(_mm512_set1_ps(*k), qt[0], acc[0]);
+                        acc[1] = _mm512_fmadd_ps(_mm512_set1_ps(*k.add(1)), qt[1], acc[1]);
+                    }
+                }
+            }
+            for (j, acc) in acc.iter().enumerate().take(n.saturating_sub(j0)) {
+                let mask = self.slots[j0 + j].1;
+                scores[j0 + j] = _mm512_mask_mov_ps(neg_inf, mask, _mm512_add_ps(acc[0], acc[1]));
+            }
+        }
+
+        // The online softmax for all rows at once. A lane that has seen no visible key yet
+        // keeps max = -inf; it subtracts 0 instead, so no -inf - -inf appears.
+        let tile_max = scores[..n].iter().fold(neg_inf, |m, &s| _mm512_max_ps(m, s));
+        let new_max = _mm512_max_ps(self.max, tile_max);
+        let seen = _mm512_cmp_ps_mask::<_CMP_NEQ_OQ>(new_max, neg_inf);
+        let shift = _mm512_maskz_mov_ps(seen, new_max);
+        let had = _mm512_cmp_ps_mask::<_CMP_NEQ_OQ>(self.max, neg_inf);
+        let rescale = _mm512_maskz_mov_ps(had, exp(_mm512_sub_ps(self.max, shift)));
+        let mut sum = _mm512_mul_ps(self.sum, rescale);
+        for (j, &(_, mask)) in self.slots.iter().enumerate() {
+            let p = _mm512_maskz_mov_ps(mask, exp(_mm512_sub_ps(scores[j], shift)));
+            sum = _mm512_add_ps(sum, p);
+            // SAFETY: 16 f32 at row j of the [TILE][LANES] weights; unaligned store.
+            unsafe { _mm512_storeu_ps(self.p[j * LANES..].as_mut_ptr(), p) };
+        }
+        self.sum = sum;
+        self.max = new_max;
+        // SAFETY: 16 f32; unaligned store.
+        unsafe { _mm512_storeu_ps(self.rescale.as_mut_ptr(), rescale) };
+
+        // acc_i = acc_i · rescale_i + Σ_j p_j[i] · v_j, four rows at a time sharing each V
+        // load. Unused lanes have p = 0 and stay 0.
+        let (v, p) = (self.v_tile.as_ptr(), self.p.as_ptr());
+        for i0 in (0..LANES).step_by(4) {
+            for c in (0..d).step_by(16) {
+                let acc = self.acc[i0 * d + c..].as_mut_ptr();
+                // SAFETY: rows i0..i0 + 4 (< LANES) of the [LANES][d] accumulators, columns
+                // c..c + 16 (c + 16 <= d); rows j < n <= TILE of the [TILE][d] values and the
+                // [TILE][LANES] weights; unaligned loads and stores.
+                unsafe {
+                    let mut o: [__m512; 4] = std::array::from_fn(|r| {
+                        _mm512_mul_ps(_mm512_loadu_ps(acc.add(r * d)), _mm512_set1_ps(self.rescale[i0 + r]))
+                    });
+                    for j in 0..n {
+                        let v = _mm512_loadu_ps(v.add(j * d + c));
+                        let p = p.add(j * LANES + i0);
+                        for (r, o) in o.iter_mut().enumerate() {
+                            *o = _mm512_fmadd_ps(_mm512_set1_ps(*p.add(r)), v, *o);
+                        }
+                    }
+                    for (r, o) in o.iter().enumerate() {
+                        _mm512_storeu_ps(acc.add(r * d), *o);
+                    }
+                }
+            }
+        }
+        self.slots.clear();
+    }
+}
+
+/// `dst = src` widened to f32, for rows whose length is a multiple of 16.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn widen<T: KvElem>(src: &[T], dst: &mut [f32]) {
+    for (s, d) in src.chunks_exact(16).zip(dst.chunks_exact_mut(16)) {
+        // SAFETY: 16 elements on each side; this function's features are the load's.
+        unsafe { _mm512_storeu_ps(d.as_mut_ptr(), T::load_f32x16(s.as_ptr())) };
+    }
+}
+
+/// `e^x` per lane, within 2 ulp of the exact value for x in [-87, 88] (and 0 below -104):
+/// `x = n ln 2 + r` with `|r| <= ln 2 / 2` (ln 2 split in two so that `n ln 2` is exact in its
+/// high part), `e^r` by its Taylor series to degree 7 (truncation error below `r^8 / 8!`,
+/// 5e-9 relative), then `· 2^n` by `vscalefps`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(super) fn exp(x: __m512) -> __m512 {
+    const LN2_HIGH: f32 = 0.693_359_4; // 0.693359375: 9 significant bits, so n · it is exact
+    const LN2_LOW: f32 = -2.121_944_4e-4; // ln 2 - LN2_HIGH
+    let x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-104.0)), _mm512_set1_ps(88.5));
+    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(
+        x,
+        _mm512_set1_ps(std::f32::consts::LOG2_E),
+    ));
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HIGH), x);
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LOW), r);
+    // 1/k! for k = 7 down to 0, by Horner's rule.
+    const INV_FACTORIAL: [f32; 8] = [1.0 / 5040.0, 1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0];
+    let mut p = _mm512_set1_ps(INV_FACTORIAL[0]);
+    for &c in &INV_FACTORIAL[1..] {
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+    }
+    _mm512_scalef_ps(p, n)
+}
