@@ -248,3 +248,27 @@ fn kv_slots_wrap_either_type() {
     assert!(matches!(KvSlots::new(&k32, &k32, &pos), KvSlots::F32(r) if r.v.as_ptr() == k32.as_ptr()));
     assert_eq!(KvSlots::new(&k32, &k32, &pos).pos(), [3]);
 }
+
+/// A token's output is the same bits whichever batch of two or more tokens it comes in: one
+/// call over 17 tokens against calls over 2, 7 and 8 of them (GQA groups of 1, 2 and 8, so
+/// blocks of 16, 8 and 2 tokens split differently).
+#[test]
+fn outputs_do_not_depend_on_the_batch() {
+    for group in [1, 2, 8] {
+        let shape = AttnShape { n_head: 2 * group, n_kv_head: 2, head_dim: 256, scale: 1.0, window: Some(40) };
+        let case = Case::<f16>::random(shape, 17, 100, 33, 9);
+        let row = shape.n_head * shape.head_dim;
+        for isa in Isa::available() {
+            let mut all = vec![f32::NAN; case.q.len()];
+            attention(isa, &shape, &case.q, &case.q_pos, case.rows().into(), &mut all);
+            let mut t0 = 0;
+            for n in [2, 7, 8] {
+                let (q, q_pos) = (&case.q[t0 * row..(t0 + n) * row], &case.q_pos[t0..t0 + n]);
+                let mut part = vec![f32::NAN; n * row];
+                attention(isa, &shape, q, q_pos, case.rows().into(), &mut part);
+                assert_eq!(part[..], all[t0 * row..(t0 + n) * row], "{isa:?} group {group}, tokens {t0}..{}", t0 + n);
+                t0 += n;
+            }
+        }
+    }
+}

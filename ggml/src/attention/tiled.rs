@@ -8,11 +8,19 @@
 //! bookkeeping (maximum, `e^(s - max)`, running sum) is one vector operation for all rows, and
 //! each K and V row is widened to f32 once per block instead of once per token.
 //!
-//! Keys go by tiles of [`TILE`] visible ones (in slot order, invisible slots skipped): their
-//! scores, the tile's maximum per row, one rescale of each row's accumulator by
-//! `e^(old max - new max)`, then `acc += Σ_j p_j · v_j` with four rows sharing each V load.
+//! Keys go by tiles of [`TILE`] consecutive slots (those no row of the block sees are
+//! skipped): their scores, the tile's maximum per row, one rescale of each row's accumulator
+//! by `e^(old max - new max)`, then `acc += Σ_j p_j · v_j` with four rows sharing each V load.
 //! The mask is the one of [`AttnShape::visible`], computed per key for all lanes from the
 //! positions stored with the slots.
+//!
+//! **Batch invariance.** A row's result does not depend on the other rows of its block, so a
+//! token gets the same bits in any prompt batch of two or more tokens (a rewound cache
+//! re-running part of a prompt matches a fresh run exactly): every operation is per lane,
+//! the tiles are fixed slot ranges, and in a tile a row sees nothing of (or a key it does not
+//! see) its weights are exactly 0, its maximum stays and its rescale is `e^0 = 1`. (A V row
+//! holding ±inf would turn the 0 weights of the rows that do not see it into NaN; an f16
+//! cache overflows only past 65504.)
 //!
 //! The portable streaming path of `mod.rs` is the reference this is tested against (with the
 //! f64 [`super::attention_reference`]); both reach the same sums in a different order.
@@ -24,7 +32,7 @@ use crate::parallel::for_each_chunk_mut;
 
 /// Query rows per block: one per f32 lane.
 const LANES: usize = 16;
-/// Visible keys per tile.
+/// Slots per tile.
 const TILE: usize = 16;
 
 /// Whether the tiled path handles this call: several tokens, GQA groups that fit a block, and
@@ -139,19 +147,19 @@ fn block_tokens<T: KvElem>(
         block.acc.fill(0.0);
         block.max = _mm512_set1_ps(f32::NEG_INFINITY);
         block.sum = _mm512_setzero_ps();
-        block.slots.clear();
-        for slot in 0..kv.pos.len() {
-            let k_pos = _mm512_set1_epi32(kv.pos[slot] as i32);
-            let mask = _mm512_cmple_epi32_mask(k_pos, block.q_pos) & _mm512_cmpgt_epi32_mask(k_pos, block.lowest);
-            if mask != 0 {
-                block.slots.push((slot, mask));
-                if block.slots.len() == TILE {
-                    block.tile();
+        // Tiles are fixed runs of TILE slots, whatever the block holds, so that each row's
+        // sums come out the same bits in any batch (see the module notes).
+        for first in (0..kv.pos.len()).step_by(TILE) {
+            for slot in first..(first + TILE).min(kv.pos.len()) {
+                let k_pos = _mm512_set1_epi32(kv.pos[slot] as i32);
+                let mask = _mm512_cmple_epi32_mask(k_pos, block.q_pos) & _mm512_cmpgt_epi32_mask(k_pos, block.lowest);
+                if mask != 0 {
+                    block.slots.push((slot, mask));
                 }
             }
-        }
-        if !block.slots.is_empty() {
-            block.tile();
+            if !block.slots.is_empty() {
+                block.tile();
+            }
         }
         // out = acc / sum (0 for a row that saw no key).
         let mut sums = [0f32; LANES];
@@ -168,7 +176,8 @@ fn block_tokens<T: KvElem>(
 }
 
 impl<T: KvElem> Block<'_, T> {
-    /// The keys in `slots` (at most [`TILE`]) against every row, then `slots` is emptied.
+    /// The keys in `slots` (the visible ones of a tile's slots) against every row, then
+    /// `slots` is emptied.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     fn tile(&mut self) {
         let d = self.shape.head_dim;
