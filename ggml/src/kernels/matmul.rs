@@ -104,7 +104,7 @@ pub(crate) fn dot_rows_with<W: Sync, A: Sync + Copy>(
     let tiles = tiles.filter(|_| n_tokens >= TOKENS);
     let prepared: Option<Vec<A>> = tiles.as_ref().and_then(|tiles| tiles.prepare).map(|prepare| {
         let mut copy = a.to_vec();
-        prepare(&mut copy);
+        prepare(&mut copy, a_blocks);
         copy
     });
     let tile_acts = prepared.as_deref().unwrap_or(a);

@@ -59,7 +59,7 @@ pub fn dot_scalar(w: &[BlockQ4K], a: &[BlockQ8K]) -> f32 {
 /// each sub-block `s` in order, its eight activations `8k..8k + 8` (so the lanes of a chunk
 /// keep their sub-block from chunk to chunk), and the 32 bytes of `bsums` hold eight f32
 /// instead: `d · Σ a` over each sub-block, the factor of its min term. `d` is unchanged.
-pub fn prepare_tile_acts(blocks: &mut [BlockQ8K]) {
+pub fn prepare_tile_acts(blocks: &mut [BlockQ8K], _n: usize) {
     for block in blocks {
         let original = block.qs;
         for k in 0..4 {
@@ -74,7 +74,7 @@ pub fn prepare_tile_acts(blocks: &mut [BlockQ8K]) {
 }
 
 /// [`prepare_tile_acts`] for [`tile::Tiles`](crate::kernels::tile::Tiles).
-pub const TILE_ACTS: Option<fn(&mut [BlockQ8K])> = Some(prepare_tile_acts);
+pub const TILE_ACTS: Option<crate::kernels::tile::PrepareFn<BlockQ8K>> = Some(prepare_tile_acts);
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) use x86::min_sums;

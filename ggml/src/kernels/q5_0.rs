@@ -27,7 +27,8 @@ pub fn dot_scalar(w: &[BlockQ5_0], a: &[BlockQ8_0]) -> f32 {
 pub use x86::{dot_avx2, dot_avx512, group_avx512};
 
 /// The tile kernels take the activations biased to unsigned bytes.
-pub const TILE_ACTS: Option<fn(&mut [crate::quants::q8_0::BlockQ8_0])> = Some(crate::kernels::tile::bias_q8_0_acts);
+pub const TILE_ACTS: Option<crate::kernels::tile::PrepareFn<crate::quants::q8_0::BlockQ8_0>> =
+    Some(crate::kernels::tile::prepare_q8_0_acts);
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
@@ -131,8 +132,8 @@ mod x86 {
     /// [`ROWS`] weight rows against every token (see [`group_q8_avx512`]).
     ///
     /// # Safety
-    /// The CPU must support AVX2, FMA and AVX-512 F/BW/VL/VNNI.
-    #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
+    /// The CPU must support AVX2, FMA, F16C and AVX-512 F/BW/VL/VNNI.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     pub fn group_avx512(w: &[&[BlockQ5_0]; ROWS], a: &[BlockQ8_0], n_tokens: usize, out: &mut [f32]) {
         group_q8_avx512(w, a, n_tokens, out)
     }

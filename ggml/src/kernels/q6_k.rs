@@ -41,7 +41,7 @@ pub fn dot_scalar(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
 /// The activation layout of the tile kernel: in each block, 64-byte chunk `k` holds, for each
 /// sub-block `s` of 16 in order, its four activations `4k..4k + 4` (so each 32-bit lane of a
 /// chunk keeps its sub-block from chunk to chunk). `d` and `bsums` are unchanged.
-pub fn prepare_tile_acts(blocks: &mut [BlockQ8K]) {
+pub fn prepare_tile_acts(blocks: &mut [BlockQ8K], _n: usize) {
     for block in blocks {
         let original = block.qs;
         for k in 0..4 {
@@ -53,7 +53,7 @@ pub fn prepare_tile_acts(blocks: &mut [BlockQ8K]) {
 }
 
 /// [`prepare_tile_acts`] for [`tile::Tiles`](crate::kernels::tile::Tiles).
-pub const TILE_ACTS: Option<fn(&mut [BlockQ8K])> = Some(prepare_tile_acts);
+pub const TILE_ACTS: Option<crate::kernels::tile::PrepareFn<BlockQ8K>> = Some(prepare_tile_acts);
 
 #[cfg(target_arch = "x86_64")]
 pub use x86::{dot_avx2, dot_avx512, group_avx512};

@@ -20,18 +20,34 @@ pub const TOKENS: usize = 4;
 /// kernels need CPU features; `pick_tile!` only hands out ones this CPU has.
 pub(crate) type GroupFn<W, A> = unsafe fn(&[&[W]; ROWS], &[A], usize, &mut [f32]);
 
+/// The rearrangement of a matmul's activations (rows of the given number of blocks) that a
+/// type's row-group kernel expects, done once per matmul.
+pub type PrepareFn<A> = fn(&mut [A], usize);
+
 /// A type's tile kernels: the row-group kernel, and the rearrangement of the activations it
-/// expects (done once per matmul), if any.
+/// expects, if any.
 pub(crate) struct Tiles<W, A> {
     pub group: GroupFn<W, A>,
-    pub prepare: Option<fn(&mut [A])>,
+    pub prepare: Option<PrepareFn<A>>,
 }
 
-/// The Q8_0 activations as [`group_q8_avx512`] takes them: each byte `a + 128`, an unsigned
-/// byte (stored in the same block type).
-pub fn bias_q8_0_acts(blocks: &mut [crate::quants::q8_0::BlockQ8_0]) {
-    for block in blocks {
-        block.qs = block.qs.map(|q| q ^ i8::MIN);
+/// The Q8_0 activations as [`group_q8_avx512`] takes them, rows of `n` blocks: each byte
+/// `a + 128`, an unsigned byte; and each pair of blocks `2i, 2i + 1` of a row (68 bytes)
+/// rearranged as its 64 quant bytes then its two f16 scales, so that one load takes the
+/// quants of both and one the scales. The last block of an odd row keeps its layout.
+pub fn prepare_q8_0_acts(blocks: &mut [crate::quants::q8_0::BlockQ8_0], n: usize) {
+    assert!(n > 0 && blocks.len().is_multiple_of(n), "{} blocks are not rows of {n}", blocks.len());
+    for row in blocks.chunks_exact_mut(n) {
+        for block in row.iter_mut() {
+            block.qs = block.qs.map(|q| q ^ i8::MIN);
+        }
+        let bytes: &mut [u8] = bytemuck::cast_slice_mut(row);
+        for pair in bytes.chunks_exact_mut(68) {
+            let (d0, d1) = ([pair[0], pair[1]], [pair[34], pair[35]]);
+            pair.copy_within(2..34, 0);
+            pair.copy_within(36..68, 32);
+            pair[64..68].copy_from_slice(&[d0[0], d0[1], d1[0], d1[1]]);
+        }
     }
 }
 
@@ -44,7 +60,6 @@ mod x86 {
     use std::cell::RefCell;
 
     use super::{ROWS, TOKENS};
-    use crate::kernels::x86::f16_lookup;
     use crate::quants::q8_0::BlockQ8_0;
 
     /// A weight block of 32 elements that decodes to signed bytes times one scale.
@@ -109,14 +124,14 @@ mod x86 {
     }
 
     /// The row-group kernel for weights decoding to signed bytes against Q8_0 activations
-    /// given as `a + 128` ([`super::bias_q8_0_acts`]). `vpdpbusd` multiplies unsigned by
+    /// given as `a + 128`, in pairs of blocks ([`super::prepare_q8_0_acts`]). `vpdpbusd` multiplies unsigned by
     /// signed bytes; with the activations made unsigned, the surplus `128 · Σw` (once per row
     /// and block, at unpacking) seeds the integer sum negated, so each (row, token) pair costs
     /// one `vpdpbusd`, one conversion, one scale product and one FMA per two blocks.
     ///
     /// # Safety
-    /// The CPU must support AVX2, FMA and AVX-512 F/BW/VL/VNNI.
-    #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
+    /// The CPU must support AVX2, FMA, F16C and AVX-512 F/BW/VL/VNNI.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     pub(crate) fn group_q8_avx512<W: SignedBytes>(w: &[&[W]; ROWS], a: &[BlockQ8_0], n_tokens: usize, out: &mut [f32]) {
         let n = w[0].len();
         assert!(w.iter().all(|row| row.len() == n) && a.len() == n * n_tokens && out.len() == ROWS * n_tokens);
@@ -134,9 +149,10 @@ mod x86 {
         });
     }
 
-    /// Tokens `t0..t0 + T` against the unpacked rows (`n` blocks each).
+    /// Tokens `t0..t0 + T` against the unpacked rows (`n` blocks each), the activations laid
+    /// out by [`super::prepare_q8_0_acts`].
     #[inline]
-    #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     fn tokens<const T: usize>(
         unpacked: &[Unpacked],
         a: &[BlockQ8_0],
@@ -145,16 +161,30 @@ mod x86 {
         n_tokens: usize,
         out: &mut [f32],
     ) {
-        let a: [&[BlockQ8_0]; T] = std::array::from_fn(|t| &a[(t0 + t) * n..][..n]);
-        // SAFETY: each `qs` is 32 bytes; unaligned load.
-        let load = |b: &BlockQ8_0| unsafe { _mm256_loadu_si256(b.qs.as_ptr().cast()) };
+        let a: [&[u8]; T] = std::array::from_fn(|t| bytemuck::cast_slice(&a[(t0 + t) * n..][..n]));
+        // Lanes 0..8 take the first of two scales, lanes 8..16 the second.
+        let halves = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
         let mut acc = [[_mm512_setzero_ps(); T]; ROWS];
         for (i, u) in unpacked.iter().enumerate() {
-            for t in 0..T {
-                let (first, second) = (&a[t][2 * i], a[t].get(2 * i + 1));
-                // The zero levels past an odd row's end meet zero activations.
-                let qa = join(load(first), second.map_or(_mm256_setzero_si256(), load));
-                let da = join_ps(f16_lookup(first.d), second.map_or(0.0, |b| f16_lookup(b.d)));
+            for (t, a) in a.iter().enumerate() {
+                let (qa, da) = if 2 * i + 1 < n {
+                    // SAFETY: a whole pair: 68 bytes at 68i of the row's 34n; unaligned loads.
+                    let (qs, ds) = unsafe {
+                        let p = a.as_ptr().add(68 * i);
+                        (_mm512_loadu_si512(p.cast()), p.add(64).cast::<i32>().read_unaligned())
+                    };
+                    (qs, _mm512_permutexvar_ps(halves, _mm512_castps128_ps512(_mm_cvtph_ps(_mm_cvtsi32_si128(ds)))))
+                } else {
+                    // The last block of an odd row, in its own layout; its zero levels meet
+                    // zero activations in the high half.
+                    // SAFETY: 34 bytes at 68i: the f16 scale, then 32 quant bytes.
+                    let (qs, d) = unsafe {
+                        let p = a.as_ptr().add(68 * i);
+                        (_mm256_loadu_si256(p.add(2).cast()), p.cast::<u16>().read_unaligned())
+                    };
+                    let d = _mm_cvtph_ps(_mm_cvtsi32_si128(d as i32));
+                    (_mm512_zextsi256_si512(qs), _mm512_permutexvar_ps(halves, _mm512_castps128_ps512(d)))
+                };
                 for (r, acc) in acc.iter_mut().enumerate() {
                     let isum = _mm512_dpbusd_epi32(u.seeds[r], qa, u.levels[r]);
                     let d = _mm512_mul_ps(u.scales[r], da);
@@ -184,7 +214,7 @@ mod tests {
     fn check_group<W: bytemuck::Pod, A: bytemuck::Pod>(
         ty: GgmlType,
         group: GroupFn<W, A>,
-        prepare: Option<fn(&mut [A])>,
+        prepare: Option<PrepareFn<A>>,
         scalar: DotFn<W, A>,
     ) {
         if !cpu::detected().avx512 {
@@ -200,7 +230,7 @@ mod tests {
                 let n_tokens = a.len() / n_blocks;
                 let mut laid_out = a.to_vec();
                 if let Some(prepare) = prepare {
-                    prepare(&mut laid_out);
+                    prepare(&mut laid_out, n_blocks);
                 }
                 let mut out = vec![0f32; ROWS * n_tokens];
                 // SAFETY: the AVX-512 level was detected above.
@@ -242,7 +272,7 @@ mod tests {
         let act = |q: i8| [BlockQ8K { d: 1.0, qs: [q; 256], bsums: [16 * q as i16; 16] }; 2];
         let a: Vec<BlockQ8K> = [act(-128), act(127), act(-128), act(1), act(127)].concat();
         let mut laid_out = a.clone();
-        q4_k::prepare_tile_acts(&mut laid_out);
+        q4_k::prepare_tile_acts(&mut laid_out, 2);
         let mut got = [0f32; ROWS * 5];
         // SAFETY: the AVX-512 level was detected above.
         unsafe { q4_k::group_avx512(&[&w[..]; ROWS], &laid_out, 5, &mut got) };
@@ -269,7 +299,7 @@ mod tests {
         let act = |q: i8| [BlockQ8K { d: 1.0, qs: [q; 256], bsums: [16 * q as i16; 16] }; 2];
         let a: Vec<BlockQ8K> = [act(-128), act(127), act(-128), act(1), act(127)].concat();
         let mut laid_out = a.clone();
-        q6_k::prepare_tile_acts(&mut laid_out);
+        q6_k::prepare_tile_acts(&mut laid_out, 2);
         let w: [&[BlockQ6K]; ROWS] = std::array::from_fn(|r| &rows[r][..]);
         let mut got = [0f32; ROWS * 5];
         // SAFETY: the AVX-512 level was detected above.
@@ -295,7 +325,7 @@ mod tests {
             let w = [vec![block(x); 3], vec![block(y); 3], vec![block(x); 3], vec![block(0); 3]];
             let a = [vec![block(y); 3], vec![block(x); 3], vec![block(-128); 3], vec![block(127); 3]].concat();
             let mut laid_out = a.clone();
-            bias_q8_0_acts(&mut laid_out);
+            prepare_q8_0_acts(&mut laid_out, 3);
             let w: [&[BlockQ8_0]; ROWS] = std::array::from_fn(|r| &w[r][..]);
             let mut got = [0f32; ROWS * 4];
             // SAFETY: the AVX-512 level was detected above.
