@@ -88,7 +88,7 @@ mod x86 {
     use std::cell::RefCell;
 
     use super::{scales_and_mins, BlockQ4K, BlockQ8K};
-    use crate::kernels::tile::{ROWS, TOKENS};
+    use crate::kernels::tile::{store_sums, ROWS, TOKENS};
     use crate::kernels::x86::{broadcast_32, f16_to_f32, hsum_f32x8, scale_halves, scaled_dot_512};
 
     /// `Σ_j mins[j] * (bsums[2j] + bsums[2j+1])` in eight i32 lanes (one `madd` against the
@@ -291,11 +291,7 @@ mod x86 {
                 }
             }
         }
-        for (r, acc) in acc.iter().enumerate() {
-            for (t, acc) in acc.iter().enumerate() {
-                out[r * n_tokens + t0 + t] = _mm512_reduce_add_ps(*acc);
-            }
-        }
+        store_sums(&acc, t0, n_tokens, out);
     }
 }
 

@@ -64,7 +64,7 @@ mod x86 {
     use std::cell::RefCell;
 
     use super::{BlockQ6K, BlockQ8K};
-    use crate::kernels::tile::{ROWS, TOKENS};
+    use crate::kernels::tile::{store_sums, ROWS, TOKENS};
     use crate::kernels::x86::{broadcast_32, f16_to_f32, hsum_f32x8, scale_halves, scaled_dot_512};
 
     /// `Σ_sub scale * bsum` of a super-block in eight i32 lanes; `sc16` holds the sixteen scales
@@ -327,11 +327,7 @@ mod x86 {
                 }
             }
         }
-        for (r, acc) in acc.iter().enumerate() {
-            for (t, acc) in acc.iter().enumerate() {
-                out[r * n_tokens + t0 + t] = _mm512_reduce_add_ps(*acc);
-            }
-        }
+        store_sums(&acc, t0, n_tokens, out);
     }
 }
 

@@ -13,6 +13,8 @@
 pub const ROWS: usize = 4;
 /// Tokens per tile inside a group.
 pub const TOKENS: usize = 4;
+// A tile's sums go through one `sums_16`.
+const _: () = assert!(ROWS * TOKENS <= 16);
 
 /// `out[r * n_tokens + t] = w[r] · a[t]` for a group of [`ROWS`] weight rows and all
 /// `n_tokens` activation rows of `a` (contiguous, in the type's tile layout). Every token's
@@ -52,7 +54,7 @@ pub fn prepare_q8_0_acts(blocks: &mut [crate::quants::q8_0::BlockQ8_0], n: usize
 }
 
 #[cfg(target_arch = "x86_64")]
-pub(crate) use x86::{group_q8_avx512, SignedBytes};
+pub(crate) use x86::{group_q8_avx512, store_sums, SignedBytes};
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
@@ -60,6 +62,7 @@ mod x86 {
     use std::cell::RefCell;
 
     use super::{ROWS, TOKENS};
+    use crate::kernels::x86::sums_16;
     use crate::quants::q8_0::BlockQ8_0;
 
     /// A weight block of 32 elements that decodes to signed bytes times one scale.
@@ -192,10 +195,23 @@ mod x86 {
                 }
             }
         }
+        store_sums(&acc, t0, n_tokens, out);
+    }
+
+    /// `out[r * n_tokens + t0 + t] = Σ acc[r][t]` through [`sums_16`] (unused vectors zero),
+    /// so each sum is the same bits whatever `T` is.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(crate) fn store_sums<const T: usize>(acc: &[[__m512; T]; ROWS], t0: usize, n_tokens: usize, out: &mut [f32]) {
+        let mut v = [_mm512_setzero_ps(); 16];
         for (r, acc) in acc.iter().enumerate() {
-            for (t, acc) in acc.iter().enumerate() {
-                out[r * n_tokens + t0 + t] = _mm512_reduce_add_ps(*acc);
-            }
+            v[r * T..(r + 1) * T].copy_from_slice(acc);
+        }
+        let mut sums = [0f32; 16];
+        // SAFETY: 16 f32; unaligned store.
+        unsafe { _mm512_storeu_ps(sums.as_mut_ptr(), sums_16(&v)) };
+        for r in 0..ROWS {
+            out[r * n_tokens + t0..][..T].copy_from_slice(&sums[r * T..(r + 1) * T]);
         }
     }
 }
