@@ -1,7 +1,7 @@
 //! Our Gemma 4 forward pass against llama.cpp's (through `llama-cpp-sys-2`, CPU only) on the
 //! same GGUF files: the tiny random MoE (26B-A4B family) and dense (31B family) models of
-//! `scripts/tiny-gemma4.py` in F32, and the same models quantized by llama.cpp's own
-//! `llama-quantize` to Q8_0 and Q4_K_M (the type mix of the published 26B-A4B files: Q4_K,
+//! `scripts/tiny-gemma4.py` in F32, and the same models converted by llama.cpp's own
+//! `llama-quantize` to BF16, Q8_0 and Q4_K_M (the type mix of the published 26B-A4B files: Q4_K,
 //! Q6_K, Q5_0/Q8_0 for rows that are not multiples of 256, F32 norms and router). transformers'
 //! float32 logits (`tests/fixtures/`) are printed beside, to place both runtimes.
 //!
@@ -82,7 +82,11 @@ fn quantized_models_match_llama_cpp() {
     for name in MODELS {
         let f = fixture(name);
         let n = f.tokens.len();
-        for (label, ftype) in [("Q8_0", sys::LLAMA_FTYPE_MOSTLY_Q8_0), ("Q4_K_M", sys::LLAMA_FTYPE_MOSTLY_Q4_K_M)] {
+        for (label, ftype) in [
+            ("BF16", sys::LLAMA_FTYPE_MOSTLY_BF16),
+            ("Q8_0", sys::LLAMA_FTYPE_MOSTLY_Q8_0),
+            ("Q4_K_M", sys::LLAMA_FTYPE_MOSTLY_Q4_K_M),
+        ] {
             let path = dir.path().join(format!("{name}-{label}.gguf"));
             quantize(&f.gguf, &path, ftype);
             let our_logits = ours(&path, &f.tokens, KvType::F16);
