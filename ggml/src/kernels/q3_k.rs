@@ -64,7 +64,9 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::{scales, BlockQ3K, BlockQ8K};
-    use crate::kernels::x86::{broadcast_32, f16_to_f32, hsum_f32x8, move_bit, scale_halves, scaled_dot_512};
+    use crate::kernels::x86::{
+        broadcast_32, f16_to_f32, hsum_f32x8, move_bit, quad_index, scale_halves, scaled_dot_512,
+    };
 
     /// The sixteen signed sub-block scales (`scale - 32`) as i16, and `-4 * Σ scale * bsum`
     /// in eight i32 lanes (at most 16 * 32 * 2032 * 4 in magnitude).
@@ -161,24 +163,7 @@ mod x86 {
                     // SAFETY: 64 bytes at 128 * half + 64 * p of the 256-byte `a.qs`.
                     let q8 = unsafe { _mm512_loadu_si512(a.qs.as_ptr().add(128 * half + 64 * p).cast()) };
                     let s = (8 * half + 4 * p) as i32;
-                    let idx = _mm512_setr_epi32(
-                        s,
-                        s,
-                        s,
-                        s,
-                        s + 1,
-                        s + 1,
-                        s + 1,
-                        s + 1,
-                        s + 2,
-                        s + 2,
-                        s + 2,
-                        s + 2,
-                        s + 3,
-                        s + 3,
-                        s + 3,
-                        s + 3,
-                    );
+                    let idx = quad_index(s);
                     sumi = scaled_dot_512(sumi, q, q8, _mm512_permutexvar_epi32(idx, sc32));
                 }
             }

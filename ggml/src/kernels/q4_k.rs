@@ -88,7 +88,7 @@ mod x86 {
     use std::cell::RefCell;
 
     use super::{scales_and_mins, BlockQ4K, BlockQ8K};
-    use crate::kernels::tile::{store_sums, ROWS, TOKENS};
+    use crate::kernels::tile::{by_tiles, store_sums, ROWS, TOKENS};
     use crate::kernels::x86::{broadcast_32, f16_to_f32, hsum_f32x8, scale_halves, scaled_dot_512};
 
     /// `Σ_j mins[j] * (bsums[2j] + bsums[2j+1])` in eight i32 lanes (one `madd` against the
@@ -252,14 +252,10 @@ mod x86 {
         UNPACKED.with_borrow_mut(|unpacked| {
             unpacked.clear();
             unpacked.extend((0..n).map(|b| unpack(w.map(|row| &row[b]))));
-            let mut t0 = 0;
-            while t0 + TOKENS <= n_tokens {
-                tokens::<TOKENS>(unpacked, a, t0, n_tokens, out);
-                t0 += TOKENS;
-            }
-            for t in t0..n_tokens {
-                tokens::<1>(unpacked, a, t, n_tokens, out);
-            }
+            by_tiles(n_tokens, |t, whole| match whole {
+                true => tokens::<TOKENS>(unpacked, a, t, n_tokens, out),
+                false => tokens::<1>(unpacked, a, t, n_tokens, out),
+            });
         });
     }
 

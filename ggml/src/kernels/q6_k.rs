@@ -64,8 +64,8 @@ mod x86 {
     use std::cell::RefCell;
 
     use super::{BlockQ6K, BlockQ8K};
-    use crate::kernels::tile::{store_sums, ROWS, TOKENS};
-    use crate::kernels::x86::{broadcast_32, f16_to_f32, hsum_f32x8, scale_halves, scaled_dot_512};
+    use crate::kernels::tile::{by_tiles, store_sums, ROWS, TOKENS};
+    use crate::kernels::x86::{broadcast_32, f16_to_f32, hsum_f32x8, quad_index, scale_halves, scaled_dot_512};
 
     /// `Σ_sub scale * bsum` of a super-block in eight i32 lanes; `sc16` holds the sixteen scales
     /// as i16. At most 16 * 128 * 2032, so `32 *` it still fits an i32.
@@ -186,26 +186,8 @@ mod x86 {
             for (c, q) in quants_in_order(w).into_iter().enumerate() {
                 // SAFETY: 64 bytes at 64 * c of the 256-byte `a.qs`.
                 let q8 = unsafe { _mm512_loadu_si512(a.qs.as_ptr().add(64 * c).cast()) };
-                let s = 4 * c as i32;
-                let idx = _mm512_setr_epi32(
-                    s,
-                    s,
-                    s,
-                    s,
-                    s + 1,
-                    s + 1,
-                    s + 1,
-                    s + 1,
-                    s + 2,
-                    s + 2,
-                    s + 2,
-                    s + 2,
-                    s + 3,
-                    s + 3,
-                    s + 3,
-                    s + 3,
-                );
-                sumi[c % 2] = scaled_dot_512(sumi[c % 2], q, q8, _mm512_permutexvar_epi32(idx, sc32));
+                let scales = _mm512_permutexvar_epi32(quad_index(4 * c as i32), sc32);
+                sumi[c % 2] = scaled_dot_512(sumi[c % 2], q, q8, scales);
             }
             let sumi = _mm512_add_epi32(sumi[0], sumi[1]);
             let d = _mm512_set1_ps(f16_to_f32(w.d) * a.d);
@@ -236,27 +218,11 @@ mod x86 {
         let mut u = Unpacked { q: [[_mm512_setzero_si512(); 4]; ROWS], scales: [_mm512_setzero_ps(); ROWS] };
         for (r, w) in w.iter().enumerate() {
             let v = quants_in_order(w);
+            let picks = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 4, 8, 12, 16, 20, 24, 28);
             for k in 0..4i32 {
                 // Lane s takes lane 4 (s % 4) + k of vector s / 4: lanes 0..8 from v[0] and
                 // v[1] (indices 16.. name the second operand), lanes 8..16 from v[2] and v[3].
-                let idx = _mm512_setr_epi32(
-                    k,
-                    4 + k,
-                    8 + k,
-                    12 + k,
-                    16 + k,
-                    20 + k,
-                    24 + k,
-                    28 + k,
-                    k,
-                    4 + k,
-                    8 + k,
-                    12 + k,
-                    16 + k,
-                    20 + k,
-                    24 + k,
-                    28 + k,
-                );
+                let idx = _mm512_add_epi32(picks, _mm512_set1_epi32(k));
                 let low = _mm512_permutex2var_epi32(v[0], idx, v[1]);
                 let high = _mm512_permutex2var_epi32(v[2], idx, v[3]);
                 u.q[r][k as usize] = _mm512_mask_blend_epi32(0xff00, low, high);
@@ -285,14 +251,10 @@ mod x86 {
         UNPACKED.with_borrow_mut(|unpacked| {
             unpacked.clear();
             unpacked.extend((0..n).map(|b| unpack(w.map(|row| &row[b]))));
-            let mut t0 = 0;
-            while t0 + TOKENS <= n_tokens {
-                tokens::<TOKENS>(unpacked, a, t0, n_tokens, out);
-                t0 += TOKENS;
-            }
-            for t in t0..n_tokens {
-                tokens::<1>(unpacked, a, t, n_tokens, out);
-            }
+            by_tiles(n_tokens, |t, whole| match whole {
+                true => tokens::<TOKENS>(unpacked, a, t, n_tokens, out),
+                false => tokens::<1>(unpacked, a, t, n_tokens, out),
+            });
         });
     }
 

@@ -26,6 +26,15 @@ pub(crate) type GroupFn<W, A> = unsafe fn(&[&[W]; ROWS], &[A], usize, &mut [f32]
 /// type's row-group kernel expects, done once per matmul.
 pub type PrepareFn<A> = fn(&mut [A], usize);
 
+/// Every token of a row group: `f(t0, true)` for each whole tile of [`TOKENS`] tokens from
+/// `t0`, then `f(t, false)` for each token left over.
+#[inline(always)]
+pub(crate) fn by_tiles(n_tokens: usize, mut f: impl FnMut(usize, bool)) {
+    let whole = n_tokens / TOKENS * TOKENS;
+    (0..whole).step_by(TOKENS).for_each(|t0| f(t0, true));
+    (whole..n_tokens).for_each(|t| f(t, false));
+}
+
 /// A type's tile kernels: the row-group kernel, and the rearrangement of the activations it
 /// expects, if any.
 pub(crate) struct Tiles<W, A> {
@@ -61,7 +70,7 @@ mod x86 {
     use std::arch::x86_64::*;
     use std::cell::RefCell;
 
-    use super::{ROWS, TOKENS};
+    use super::{by_tiles, ROWS, TOKENS};
     use crate::kernels::x86::sums_16;
     use crate::quants::q8_0::BlockQ8_0;
 
@@ -141,14 +150,10 @@ mod x86 {
         UNPACKED.with_borrow_mut(|unpacked| {
             unpacked.clear();
             unpacked.extend((0..n.div_ceil(2)).map(|i| unpack(w, i)));
-            let mut t0 = 0;
-            while t0 + TOKENS <= n_tokens {
-                tokens::<TOKENS>(unpacked, a, n, t0, n_tokens, out);
-                t0 += TOKENS;
-            }
-            for t in t0..n_tokens {
-                tokens::<1>(unpacked, a, n, t, n_tokens, out);
-            }
+            by_tiles(n_tokens, |t, whole| match whole {
+                true => tokens::<TOKENS>(unpacked, a, n, t, n_tokens, out),
+                false => tokens::<1>(unpacked, a, n, t, n_tokens, out),
+            });
         });
     }
 

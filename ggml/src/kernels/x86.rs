@@ -164,6 +164,15 @@ pub fn scaled_dot_512(acc: __m512i, u: __m512i, s: __m512i, scales: __m512i) -> 
     _mm512_dpwssd_epi32(acc, dot, scales)
 }
 
+/// The lane indices `s + l / 4` (lane `l`): with `_mm512_permutexvar_epi32`, entries `s..s + 4`
+/// of a vector each spread over four consecutive lanes (a sub-block scale over the lanes of its
+/// quants).
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub fn quad_index(s: i32) -> __m512i {
+    _mm512_add_epi32(_mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3), _mm512_set1_epi32(s))
+}
+
 /// The sums of sixteen vectors at once: lane `i` of the result is the sum of the lanes of
 /// `v[i]`, in the same order for every `i` whatever the other vectors hold (each 128-bit
 /// quarter `(e0 + e2) + (e1 + e3)`, then `(q0 + q1) + (q2 + q3)`), so a group kernel's
