@@ -156,18 +156,17 @@ pub fn matmul(
     Ok(())
 }
 
-/// `out[t * rows + r] = by_row[r * n_tokens + t]`, over threads by runs of [`BLOCK`] tokens,
-/// in `BLOCK` × `BLOCK` blocks so that both sides stay in a few cache lines at a time.
+/// `out[t * rows + r] = by_row[r * n_tokens + t]`, over threads by runs of [`BLOCK`] tokens:
+/// each row's run is one contiguous read, and the run's output rows stay in a few cache lines
+/// per column.
 fn transpose(by_row: &[f32], rows: usize, n_tokens: usize, out: &mut [f32]) {
     const BLOCK: usize = 16;
     for_each_chunk_mut(out, BLOCK * rows, |task, out| {
         let t0 = task * BLOCK;
         let tokens = out.len() / rows;
-        for r0 in (0..rows).step_by(BLOCK) {
-            for r in r0..(r0 + BLOCK).min(rows) {
-                for t in 0..tokens {
-                    out[t * rows + r] = by_row[r * n_tokens + t0 + t];
-                }
+        for r in 0..rows {
+            for (t, &x) in by_row[r * n_tokens + t0..][..tokens].iter().enumerate() {
+                out[t * rows + r] = x;
             }
         }
     });
@@ -184,7 +183,8 @@ mod tests {
 
     #[test]
     fn matmul_is_every_row_dotted_with_every_token() {
-        let (rows, n, tokens) = (37, 256, 3);
+        // 21 tokens: the transpose runs in two parts, one of them partial.
+        let (rows, n, tokens) = (37, 256, 21);
         let w_f32 = values(rows * n, 1);
         let mut w = vec![0u8; rows * GgmlType::Q8_0.row_bytes(n as u64).unwrap() as usize];
         quantize_row(GgmlType::Q8_0, &w_f32, &mut w).unwrap();
