@@ -83,8 +83,6 @@ struct Block<'a, T> {
     v_tile: Vec<f32>,
     slots: Vec<(usize, __mmask16)>,
     p: Vec<f32>,
-    /// `e^(old max - new max)` per lane, for the tile in hand.
-    rescale: [f32; LANES],
 }
 
 /// Tokens `t0..` (as many as `out` holds, at most a block's worth) and all heads.
@@ -119,7 +117,6 @@ fn block_tokens<T: KvElem>(
         v_tile: vec![0.0; TILE * d],
         slots: Vec::with_capacity(TILE),
         p: vec![0.0; TILE * LANES],
-        rescale: [0.0; LANES],
     };
     // Row `i` of a block is token `t0 + i / group`, query head `kv_head · group + i % group`.
     let lane_pos: [i32; LANES] = std::array::from_fn(|i| {
@@ -234,8 +231,13 @@ impl<T: KvElem> Block<'_, T> {
         }
         self.sum = sum;
         self.max = new_max;
-        // SAFETY: 16 f32; unaligned store.
-        unsafe { _mm512_storeu_ps(self.rescale.as_mut_ptr(), rescale) };
+        // `e^(old max - new max)` per row, for the accumulators below.
+        let rescale = {
+            let mut lanes = [0f32; LANES];
+            // SAFETY: 16 f32; unaligned store.
+            unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), rescale) };
+            lanes
+        };
 
         // acc_i = acc_i · rescale_i + Σ_j p_j[i] · v_j, four rows at a time sharing each V
         // load. Unused lanes have p = 0 and stay 0.
@@ -248,7 +250,7 @@ impl<T: KvElem> Block<'_, T> {
                 // [TILE][LANES] weights; unaligned loads and stores.
                 unsafe {
                     let mut o: [__m512; 4] = std::array::from_fn(|r| {
-                        _mm512_mul_ps(_mm512_loadu_ps(acc.add(r * d)), _mm512_set1_ps(self.rescale[i0 + r]))
+                        _mm512_mul_ps(_mm512_loadu_ps(acc.add(r * d)), _mm512_set1_ps(rescale[i0 + r]))
                     });
                     for j in 0..n {
                         let v = _mm512_loadu_ps(v.add(j * d + c));

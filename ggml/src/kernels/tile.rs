@@ -136,10 +136,11 @@ mod x86 {
     }
 
     /// The row-group kernel for weights decoding to signed bytes against Q8_0 activations
-    /// given as `a + 128`, in pairs of blocks ([`super::prepare_q8_0_acts`]). `vpdpbusd` multiplies unsigned by
-    /// signed bytes; with the activations made unsigned, the surplus `128 · Σw` (once per row
-    /// and block, at unpacking) seeds the integer sum negated, so each (row, token) pair costs
-    /// one `vpdpbusd`, one conversion, one scale product and one FMA per two blocks.
+    /// given as `a + 128`, in pairs of blocks ([`super::prepare_q8_0_acts`]). `vpdpbusd`
+    /// multiplies unsigned by signed bytes; with the activations made unsigned, the surplus
+    /// `128 · Σw` (once per row and block, at unpacking) seeds the integer sum negated, so each
+    /// (row, token) pair costs one `vpdpbusd`, one conversion, one scale product and one FMA
+    /// per two blocks.
     ///
     /// # Safety
     /// The CPU must support AVX2, FMA, F16C and AVX-512 F/BW/VL/VNNI.
