@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Install what the tests need, idempotently: Debian packages for building llama.cpp (the test
-# oracle), a Python venv with the `gguf` package (its gguf-dump is an oracle for `gemma info`),
+# oracle) and shaderc's glslang (cmake, a C++ compiler), the Vulkan loader and lavapipe (Mesa's
+# Vulkan device on the CPU, where every GPU test runs), a Python venv with the `gguf` package (its gguf-dump is an oracle for `gemma info`),
 # the real test models (scripts/fetch-test-models.sh) and the tiny random Gemma 4 models
 # (scripts/tiny-gemma4.py, regenerated when their sha256 differs from the fixtures').
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 
 need=()
-for pkg in cmake clang libclang-dev python3-venv g++; do
+for pkg in cmake clang libclang-dev python3-venv g++ libvulkan1 mesa-vulkan-drivers; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod chat;
+pub mod devices;
 pub mod info;
 pub mod jsonl;
 pub mod kv_cache;

@@ -74,6 +74,12 @@ enum Command {
         #[arg(short = 'o', long = "output", value_enum, default_value_t = BenchFormat::Md)]
         output: BenchFormat,
     },
+    /// List the GPUs (Vulkan devices): memory, features, and which one is used by default
+    Devices {
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the token ids of a text, as the model's tokenizer splits it
     Tokenize {
         /// The GGUF file whose tokenizer to use
@@ -304,6 +310,11 @@ fn run(cli: Cli) -> Result<()> {
             let gguf = GgufFile::open(&file)?;
             let info = ModelInfo::new(&gguf, ctx_size, tensors);
             let text = if json { serde_json::to_string_pretty(&info)? + "\n" } else { info.to_text() };
+            print(&text)
+        }
+        Command::Devices { json } => {
+            let devices = gemma::devices::Devices::list();
+            let text = if json { serde_json::to_string_pretty(&devices)? + "\n" } else { devices.to_text() };
             print(&text)
         }
         Command::Run(args) => run_command(args),

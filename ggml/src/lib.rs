@@ -7,6 +7,7 @@
 //! - [`ops`]: the f32 element-wise ops of the forward pass (RMSNorm, GELU, softmax, RoPE, ...).
 //! - [`attention`]: streaming (online-softmax) attention over an f16 KV cache.
 //! - [`parallel`]: the spinning thread pool every parallel kernel runs on.
+//! - [`vulkan`] (feature `vulkan`): the GPU backend, Vulkan compute shaders beside their CPU twins.
 //!
 //! Nothing here knows about any particular model.
 
@@ -17,5 +18,7 @@ pub mod ops;
 pub mod parallel;
 pub mod quants;
 pub mod types;
+#[cfg(feature = "vulkan")]
+pub mod vulkan;
 
 pub use types::{GgmlType, QK_K};
