@@ -18,7 +18,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use crate::info::{human_bytes, human_count, ModelInfo};
-use crate::model::{Logits, Model};
+use crate::model::{Logits, Model, Offload};
 use crate::run::RunError;
 
 #[derive(Clone, Debug)]
@@ -76,11 +76,16 @@ pub struct Label {
 }
 
 impl Bench {
-    pub fn load(path: &std::path::Path) -> Result<Bench, RunError> {
+    /// Where the model runs ([`Model::placement`]).
+    pub fn placement(&self) -> &str {
+        self.model.placement()
+    }
+
+    pub fn load(path: &std::path::Path, offload: &Offload) -> Result<Bench, RunError> {
         let started = Instant::now();
         let gguf = GgufFile::open(path)?;
         let info = ModelInfo::new(&gguf, 0, false);
-        let model = Model::load(gguf)?;
+        let model = Model::load_with(gguf, offload)?;
         let name = format!(
             "{} {}",
             info.architecture.as_deref().unwrap_or("?"),

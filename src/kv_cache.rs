@@ -63,6 +63,8 @@ macro_rules! with_rows {
         match $data {
             Data::F16($rows) => $body,
             Data::F32($rows) => $body,
+            #[cfg(feature = "vulkan")]
+            Data::Device(_) => panic!("a GPU layer's keys and values are not in host memory"),
         }
     };
 }
@@ -138,6 +140,8 @@ pub enum KvCacheError {
     BadShape { layer: usize, problem: &'static str },
     #[error("layer {layer} shares the cache of layer {owner}, which {problem}")]
     BadSharing { layer: usize, owner: usize, problem: &'static str },
+    #[error("layer {layer}'s cache on the GPU: {problem}")]
+    Device { layer: usize, problem: String },
 }
 
 /// The caches of all layers of a model.
@@ -159,6 +163,43 @@ impl KvCache {
     /// cache must name an earlier layer with a cache of its own and the same shape and window.
     pub fn new(specs: &[LayerSpec], context: usize) -> Result<KvCache, KvCacheError> {
         KvCache::with_type(specs, context, KvType::F16)
+    }
+
+    /// [`with_type`](Self::with_type), with layers `first ..` in VRAM on `gpu` for batches of at
+    /// most `max_batch` tokens ([`LayerCache::on_device`]).
+    #[cfg(feature = "vulkan")]
+    pub fn with_device_layers(
+        specs: &[LayerSpec],
+        context: usize,
+        kv_type: KvType,
+        gpu: &ggml::vulkan::Gpu,
+        first: usize,
+        max_batch: usize,
+    ) -> Result<KvCache, KvCacheError> {
+        let mut cache = KvCache::with_type(specs, context, kv_type)?;
+        for (layer, spec) in specs.iter().enumerate().skip(first) {
+            if let Layer::Own(_) = cache.layers[layer] {
+                let what = format!("the KV cache of layer {layer}");
+                let on = LayerCache::on_device(
+                    spec.n_kv_head,
+                    spec.head_dim,
+                    spec.window,
+                    context,
+                    kv_type,
+                    max_batch,
+                    gpu,
+                    &what,
+                )
+                .map_err(|e| KvCacheError::Device { layer, problem: e.to_string() })?;
+                cache.layers[layer] = Layer::Own(on);
+            }
+        }
+        Ok(cache)
+    }
+
+    /// K and V in VRAM, over every layer.
+    pub fn device_bytes(&self) -> usize {
+        self.own().map(LayerCache::device_bytes).sum()
     }
 
     /// [`new`](Self::new) with K and V of type `kv_type`.
@@ -273,8 +314,9 @@ impl KvCache {
 }
 
 /// One layer's keys and values: a list up to the context (global layers) or a ring (sliding
-/// layers), growing as the module docs describe.
-#[derive(Clone, Debug)]
+/// layers), growing as the module docs describe; or, for a layer on the GPU, the same
+/// bookkeeping over rows in VRAM, allocated whole up front.
+#[derive(Debug)]
 pub struct LayerCache {
     n_kv_head: usize,
     head_dim: usize,
@@ -325,6 +367,40 @@ impl LayerCache {
         }
     }
 
+    /// A cache whose K and V live in VRAM on `gpu`, allocated whole: every position of the
+    /// context on a global layer, `window - 1 + max_batch` on a sliding one (batches of at most
+    /// `max_batch` tokens; the module docs say why). The GPU writes and reads the rows
+    /// ([`append_slots`](Self::append_slots) gives it the slots); rewinding rotates them there.
+    #[cfg(feature = "vulkan")]
+    #[allow(clippy::too_many_arguments)]
+    pub fn on_device(
+        n_kv_head: usize,
+        head_dim: usize,
+        window: Option<usize>,
+        context: usize,
+        kv_type: KvType,
+        max_batch: usize,
+        gpu: &ggml::vulkan::Gpu,
+        what: &str,
+    ) -> Result<LayerCache, ggml::vulkan::VkError> {
+        let mut cache = LayerCache::with_type(n_kv_head, head_dim, window, context, kv_type);
+        let capacity = window.map_or(context, |w| (w - 1 + max_batch.max(1)).min(context));
+        let rows = ggml::vulkan::KvBuffers::new(gpu, n_kv_head, head_dim, capacity, kv_type == KvType::F16, what)?;
+        cache.data = Data::Device(Box::new(DeviceRows { gpu: gpu.clone(), rows }));
+        cache.capacity = capacity;
+        cache.pos.reserve_exact(capacity);
+        Ok(cache)
+    }
+
+    /// A GPU layer's rows, `None` for a layer in host memory.
+    #[cfg(feature = "vulkan")]
+    pub fn device(&self) -> Option<&DeviceRows> {
+        match &self.data {
+            Data::Device(d) => Some(d),
+            _ => None,
+        }
+    }
+
     /// Appends the keys and values of `n_tokens` consecutive tokens at positions
     /// `pos .. pos + n_tokens` (one token for decode, a batch for prefill), `k` and `v`
     /// `[n_tokens][n_kv_head][head_dim]` f32, stored as they are in an f32 cache and rounded as
@@ -336,13 +412,23 @@ impl LayerCache {
     /// context.
     pub fn update(&mut self, pos: usize, k: &[f32], v: &[f32]) {
         let (d, row) = (self.head_dim, self.n_kv_head * self.head_dim);
-        assert_eq!(pos, self.n_positions, "positions are appended in order: the cache holds 0..{}", self.n_positions);
         assert!(
             k.len() == v.len() && !k.is_empty() && k.len().is_multiple_of(row),
             "k and v must both hold [n_tokens][{}][{d}]",
             self.n_kv_head
         );
-        let n_tokens = k.len() / row;
+        let slots = self.append_slots(pos, k.len() / row);
+        let capacity = self.capacity;
+        for ((k, v), slot) in k.chunks_exact(row).zip(v.chunks_exact(row)).zip(slots) {
+            with_rows!(&mut self.data, rows => rows.store(capacity, d, slot, k, v));
+        }
+    }
+
+    /// The bookkeeping of [`update`](Self::update) alone: takes the slots of `n_tokens` new
+    /// positions `pos ..` (overwriting the oldest ones in a full ring) and returns them, in
+    /// token order, for whoever writes the rows (the GPU, for a layer whose rows are in VRAM).
+    pub fn append_slots(&mut self, pos: usize, n_tokens: usize) -> Vec<usize> {
+        assert_eq!(pos, self.n_positions, "positions are appended in order: the cache holds 0..{}", self.n_positions);
         assert!(
             pos + n_tokens <= self.context,
             "positions {pos}..{} past the context of {}",
@@ -350,20 +436,26 @@ impl LayerCache {
             self.context
         );
         self.make_room(n_tokens);
-        for (t, (k, v)) in k.chunks_exact(row).zip(v.chunks_exact(row)).enumerate() {
-            let slot = if self.pos.len() < self.capacity {
-                self.pos.push(pos + t);
-                self.pos.len() - 1
-            } else {
-                let slot = self.oldest;
-                self.pos[slot] = pos + t;
-                self.oldest = (slot + 1) % self.capacity;
-                slot
-            };
-            let capacity = self.capacity;
-            with_rows!(&mut self.data, rows => rows.store(capacity, d, slot, k, v));
-        }
+        let slots = (0..n_tokens)
+            .map(|t| {
+                if self.pos.len() < self.capacity {
+                    self.pos.push(pos + t);
+                    self.pos.len() - 1
+                } else {
+                    let slot = self.oldest;
+                    self.pos[slot] = pos + t;
+                    self.oldest = (slot + 1) % self.capacity;
+                    slot
+                }
+            })
+            .collect();
         self.n_positions += n_tokens;
+        slots
+    }
+
+    /// The position held by each used slot (`[capacity]` at most; slots in use come first).
+    pub fn positions(&self) -> &[usize] {
+        &self.pos
     }
 
     /// The cache as the attention kernel takes it.
@@ -373,9 +465,14 @@ impl LayerCache {
 
     /// The element type of K and V.
     pub fn kv_type(&self) -> KvType {
-        match self.data {
+        match &self.data {
             Data::F16(_) => KvType::F16,
             Data::F32(_) => KvType::F32,
+            #[cfg(feature = "vulkan")]
+            Data::Device(d) => match d.rows.f16 {
+                true => KvType::F16,
+                false => KvType::F32,
+            },
         }
     }
 
@@ -434,9 +531,24 @@ impl LayerCache {
         positions * self.n_kv_head * self.head_dim * 2 * self.kv_type().bytes()
     }
 
-    /// K, V and positions as allocated now.
+    /// K, V and positions as allocated now in host memory (a GPU layer's K and V are in VRAM:
+    /// [`device_bytes`](Self::device_bytes)).
     pub fn allocated_bytes(&self) -> usize {
-        with_rows!(&self.data, rows => rows.allocated_bytes()) + self.pos.capacity() * size_of::<usize>()
+        let rows = match &self.data {
+            #[cfg(feature = "vulkan")]
+            Data::Device(_) => 0,
+            data => with_rows!(data, rows => rows.allocated_bytes()),
+        };
+        rows + self.pos.capacity() * size_of::<usize>()
+    }
+
+    /// K and V in VRAM (0 for a layer in host memory).
+    pub fn device_bytes(&self) -> usize {
+        match &self.data {
+            #[cfg(feature = "vulkan")]
+            Data::Device(d) => (d.rows.k.size + d.rows.v.size) as usize,
+            _ => 0,
+        }
     }
 
     /// The oldest position a query at `pos` sees.
@@ -451,6 +563,10 @@ impl LayerCache {
         let needed = first + n_tokens - self.first_seen(first);
         if needed <= self.capacity {
             return;
+        }
+        #[cfg(feature = "vulkan")]
+        if let Data::Device(_) = self.data {
+            panic!("a batch of {n_tokens} needs {needed} slots of a GPU layer's {}: split it", self.capacity);
         }
         let most = self.window.map_or(self.context, |w| (w - 1 + n_tokens).min(self.context));
         let capacity = needed.max(2 * self.capacity).max(MIN_SLOTS).min(most);
@@ -467,7 +583,14 @@ impl LayerCache {
             return;
         }
         let (head_len, shift) = (self.capacity * self.head_dim, self.oldest * self.head_dim);
-        with_rows!(&mut self.data, rows => rows.rotate_heads(head_len, shift));
+        match &mut self.data {
+            #[cfg(feature = "vulkan")]
+            Data::Device(d) => d
+                .rows
+                .rotate_slots(&d.gpu, self.oldest)
+                .unwrap_or_else(|e| panic!("rewinding a GPU layer's cache: {e}")),
+            data => with_rows!(data, rows => rows.rotate_heads(head_len, shift)),
+        }
         self.pos.rotate_left(self.oldest);
         self.oldest = 0;
     }
@@ -518,11 +641,30 @@ impl<T: KvElem> Rows<T> {
     }
 }
 
-/// [`Rows`] of the element type a cache was made with.
-#[derive(Clone, Debug)]
+/// [`Rows`] of the element type a cache was made with, or a GPU layer's rows in VRAM.
 enum Data {
     F16(Rows<f16>),
     F32(Rows<f32>),
+    #[cfg(feature = "vulkan")]
+    Device(Box<DeviceRows>),
+}
+
+/// A GPU layer's K and V and the device they are on.
+#[cfg(feature = "vulkan")]
+pub struct DeviceRows {
+    pub gpu: ggml::vulkan::Gpu,
+    pub rows: ggml::vulkan::KvBuffers,
+}
+
+impl fmt::Debug for Data {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Data::F16(rows) => f.debug_tuple("F16").field(rows).finish(),
+            Data::F32(rows) => f.debug_tuple("F32").field(rows).finish(),
+            #[cfg(feature = "vulkan")]
+            Data::Device(d) => write!(f, "Device({} + {} bytes)", d.rows.k.size, d.rows.v.size),
+        }
+    }
 }
 
 #[cfg(test)]

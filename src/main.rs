@@ -11,6 +11,7 @@ use gemma::chat::{ChatTemplate, Message, RenderOptions};
 use gemma::info::ModelInfo;
 use gemma::jsonl::{self, JsonlError, JsonlOptions};
 use gemma::kv_cache::KvType;
+use gemma::model::Offload;
 use gemma::repl::{self, ChatOptions};
 use gemma::run::{Generator, Prompt, RunError, RunOptions};
 use gemma::sample::SamplerConfig;
@@ -73,6 +74,8 @@ enum Command {
         /// Output format
         #[arg(short = 'o', long = "output", value_enum, default_value_t = BenchFormat::Md)]
         output: BenchFormat,
+        #[command(flatten)]
+        gpu: GpuArgs,
     },
     /// List the GPUs (Vulkan devices): memory, features, and which one is used by default
     Devices {
@@ -158,6 +161,28 @@ struct ModelArgs {
     /// Element type of the KV cache
     #[arg(long = "kv-type", value_enum, default_value_t = KvType::F16)]
     kv_type: KvType,
+    #[command(flatten)]
+    gpu: GpuArgs,
+}
+
+/// Where the model runs: the flags `run`, `chat` and `bench` share.
+#[derive(Args, Clone)]
+struct GpuArgs {
+    /// Layers to run on the GPU, the last ones first; the output head counts as one more layer
+    /// (llama.cpp's meaning: -ngl 99 puts everything on the GPU). Without a GPU: a warning,
+    /// and the CPU runs everything
+    #[arg(long = "gpu-layers", visible_aliases = ["ngl", "n-gpu-layers"], default_value_t = 0)]
+    gpu_layers: usize,
+    /// The Vulkan device to use (`gemma devices` lists them; default: the first discrete GPU,
+    /// else an integrated one; a CPU device such as lavapipe only when named)
+    #[arg(long = "device", value_name = "N")]
+    device: Option<usize>,
+}
+
+impl GpuArgs {
+    fn offload(&self, max_batch: usize) -> Offload {
+        Offload { gpu_layers: self.gpu_layers, device: self.device, max_batch }
+    }
 }
 
 impl ModelArgs {
@@ -290,7 +315,10 @@ enum BenchFormat {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // llama.cpp spells the GPU layer count `-ngl N` (one dash, three letters), which clap's
+    // short flags cannot: read it as `--gpu-layers`.
+    let args = std::env::args_os().map(|a| if a == "-ngl" { "--gpu-layers".into() } else { a });
+    let cli = Cli::parse_from(args);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -319,11 +347,15 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Run(args) => run_command(args),
         Command::Chat(args) => chat_command(args),
-        Command::Bench { model, prompt, gen, depth, threads, batch_size, repetitions, output } => {
+        Command::Bench { model, prompt, gen, depth, threads, batch_size, repetitions, output, gpu } => {
             let threads = if threads.is_empty() { vec![num_cpus::get_physical()] } else { threads };
             let options = BenchOptions { prompt, gen, depth, threads, batch: batch_size, repetitions };
             let md = matches!(output, BenchFormat::Md);
-            let mut bench = Bench::load(&model).with_context(|| model.display().to_string())?;
+            let mut bench =
+                Bench::load(&model, &gpu.offload(batch_size)).with_context(|| model.display().to_string())?;
+            if gpu.gpu_layers > 0 {
+                eprintln!("gemma: {}", bench.placement());
+            }
             if md {
                 println!("{}", bench::table_header());
             }
@@ -367,12 +399,14 @@ fn run_command(args: RunArgs) -> Result<()> {
         return Err(UsageError("--think needs --chat or --jsonl".into()).into());
     }
     set_threads(args.model.threads)?;
-    let ModelArgs { model, ctx_size, batch_size, kv_type, .. } = args.model;
+    let ModelArgs { model, ctx_size, batch_size, kv_type, gpu, .. } = args.model;
+    let offload = gpu.offload(batch_size);
     if args.jsonl {
         let gguf = GgufFile::open(&model)?;
         let template = chat_template(&gguf);
         let interactive = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
-        let mut generator = load(gguf, !args.quiet && interactive).with_context(|| model.display().to_string())?;
+        let mut generator = load(gguf, !args.quiet && interactive, &offload, args.quiet)
+            .with_context(|| model.display().to_string())?;
         let mut session = Session::new(&mut generator, ctx_size, kv_type, batch_size)?;
         let options = JsonlOptions {
             n_predict: args.n_predict,
@@ -424,7 +458,7 @@ fn run_command(args: RunArgs) -> Result<()> {
     let mut stdout = std::io::stdout().lock();
     let mut sink = std::io::sink();
     let out: &mut dyn Write = if args.json { &mut sink } else { &mut stdout };
-    let loaded = load(gguf, !args.quiet && std::io::stdout().is_terminal());
+    let loaded = load(gguf, !args.quiet && std::io::stdout().is_terminal(), &offload, args.quiet);
     let logits_out = logits.as_mut().map(|f| &mut f.out as &mut dyn Write);
     let done = match loaded.and_then(|mut g| g.generate(&options, out, logits_out)) {
         // A closed pipe (`gemma run ... | head -c 100`) ends the run quietly; the logits,
@@ -497,11 +531,12 @@ impl LogitsFile {
 fn chat_command(args: ChatArgs) -> Result<()> {
     args.model.check()?;
     set_threads(args.model.threads)?;
-    let ModelArgs { model, ctx_size, batch_size, kv_type, .. } = args.model;
+    let ModelArgs { model, ctx_size, batch_size, kv_type, gpu, .. } = args.model;
+    let offload = gpu.offload(batch_size);
     let gguf = GgufFile::open(&model)?;
     let template = ChatTemplate::from_gguf(&gguf.header).with_context(|| model.display().to_string())?;
     let bos_eos = ChatTemplate::bos_eos(&gguf.header).with_context(|| model.display().to_string())?;
-    let mut generator = load(gguf, !args.quiet).with_context(|| model.display().to_string())?;
+    let mut generator = load(gguf, !args.quiet, &offload, args.quiet).with_context(|| model.display().to_string())?;
     let options = ChatOptions {
         model_name: model.file_name().map_or_else(|| model.display().to_string(), |n| n.to_string_lossy().into()),
         system: args.system,
@@ -518,16 +553,21 @@ fn chat_command(args: ChatArgs) -> Result<()> {
 }
 
 /// Loads the model, with a spinner on stderr while it loads when `progress` and stderr is a
-/// terminal.
-fn load(gguf: GgufFile, progress: bool) -> Result<Generator, RunError> {
+/// terminal; where it runs is said on stderr when a GPU was asked for (unless `quiet`).
+fn load(gguf: GgufFile, progress: bool, offload: &Offload, quiet: bool) -> Result<Generator, RunError> {
     let spinner = (progress && std::io::stderr().is_terminal()).then(|| {
         let spinner = ProgressBar::new_spinner().with_message("loading the model");
         spinner.enable_steady_tick(std::time::Duration::from_millis(100));
         spinner
     });
-    let generator = Generator::load(gguf);
+    let generator = Generator::load_with(gguf, offload);
     if let Some(spinner) = spinner {
         spinner.finish_and_clear();
+    }
+    if let Ok(g) = &generator {
+        if offload.gpu_layers > 0 && !quiet {
+            eprintln!("gemma: {}", g.model.placement());
+        }
     }
     generator
 }

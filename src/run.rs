@@ -11,7 +11,7 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::kv_cache::{KvCacheError, KvType};
-use crate::model::{Model, ModelError};
+use crate::model::{Model, ModelError, Offload};
 use crate::sample::{Sampler, SamplerConfig, SamplerError};
 use crate::session::Session;
 use crate::tokenizer::{Tokenizer, TokenizerError};
@@ -137,8 +137,13 @@ pub struct Generator {
 
 impl Generator {
     pub fn load(gguf: GgufFile) -> Result<Generator, RunError> {
+        Generator::load_with(gguf, &Offload::default())
+    }
+
+    /// [`load`](Self::load) with layers on a GPU as `offload` asks.
+    pub fn load_with(gguf: GgufFile, offload: &Offload) -> Result<Generator, RunError> {
         let tokenizer = Tokenizer::from_gguf(&gguf.header)?;
-        let model = Model::load(gguf)?;
+        let model = Model::load_with(gguf, offload)?;
         Ok(Generator { model, tokenizer })
     }
 

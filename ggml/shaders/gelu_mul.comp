@@ -2,8 +2,9 @@
 // The MLP's gate = gelu(gate) · up, GELU by its tanh approximation written as
 // x / (1 + exp(-2u)), u = sqrt(2/pi) x (1 + 0.044715 x²) (ggml/src/ops/gelu.rs).
 //
-// Bindings: 0 gate `[n]` (in place), 1 up `[n]`. gate and up may be two column ranges of one
-// `[n_tokens][2 n_ff]` buffer: element e of row t sits at t · stride + offset + e.
+// Bindings: 0 gate (in place), 1 up. Element e of row t of gate sits at t · gate_stride + e, of
+// up at t · up_stride + up_offset + e: gate and up may be the two halves of one `[n_tokens]
+// [2 n_ff]` buffer (the fused expert gate_up), bound twice.
 
 layout(local_size_x = 64) in;
 
@@ -15,6 +16,7 @@ layout(push_constant) uniform Params {
     uint n_rows;
     uint gate_stride;
     uint up_stride;
+    uint up_offset;
 } p;
 
 #include "common.glsl"
@@ -31,5 +33,5 @@ void main() {
     float x = gate[t * p.gate_stride + e];
     precise float u = SQRT_2_OVER_PI * x * (1.0 + GELU_COEF_A * x * x);
     float g = x / (1.0 + exp(-2.0 * u));
-    gate[t * p.gate_stride + e] = g * up[t * p.up_stride + e];
+    gate[t * p.gate_stride + e] = g * up[t * p.up_stride + p.up_offset + e];
 }

@@ -28,8 +28,11 @@ use ggml::ops::gelu::gelu_mul;
 use ggml::ops::norm::rms_norm_heads;
 use ggml::ops::rope::{rope_neox_cached, RopeCache};
 
+#[cfg(feature = "vulkan")]
+use super::gpu::{GpuDecoder, LayerDesc, OutputDesc, Placement};
 use super::{
     find_vector, norm_rows, norm_rows_inplace, Cancel, Cancelled, Input, Logits, Matrix, Metadata, ModelError, Never,
+    Offload,
 };
 use crate::kv_cache::{KvCache, KvCacheError, KvType, LayerSpec};
 
@@ -185,10 +188,20 @@ pub struct Gemma3 {
     /// `{n_embd, n_vocab}`: `output.weight`, or `token_embd` when tied (as on every Gemma 3).
     output: Matrix,
     isa: Isa,
+    /// The last layers (and maybe the head) on a GPU (`-ngl`).
+    #[cfg(feature = "vulkan")]
+    gpu: Option<GpuDecoder>,
+    /// Where the model runs, in a line ([`super::Model::placement`]).
+    pub(crate) placement_note: String,
 }
 
 impl Gemma3 {
     pub fn load(gguf: GgufFile) -> Result<Gemma3, ModelError> {
+        Gemma3::load_with(gguf, &Offload::default())
+    }
+
+    /// [`load`](Self::load), with the last layers on a GPU as `offload` asks.
+    pub fn load_with(gguf: GgufFile, offload: &Offload) -> Result<Gemma3, ModelError> {
         let header = &gguf.header;
         let file = gguf.bytes();
         let hparams = Hparams::from_header(header)?;
@@ -200,7 +213,75 @@ impl Gemma3 {
         };
         let layers = (0..hp.n_layer).map(|il| Layer::load(header, file, hp, il)).collect::<Result<_, _>>()?;
         let output_norm = find_vector(header, file, OUTPUT_NORM, hp.n_embd)?;
-        Ok(Gemma3 { token_embd, layers, output_norm, output, isa: Isa::best(), hparams, gguf })
+        let resolved = offload.resolve()?;
+        let mut model = Gemma3 {
+            token_embd,
+            layers,
+            output_norm,
+            output,
+            isa: Isa::best(),
+            hparams,
+            gguf,
+            #[cfg(feature = "vulkan")]
+            gpu: None,
+            placement_note: resolved.note,
+        };
+        #[cfg(feature = "vulkan")]
+        if let Some(gpu) = resolved.gpu {
+            let placement = Placement::from_gpu_layers(model.hparams.n_layer, offload.gpu_layers);
+            let decoder = model.upload(&gpu, placement, offload.max_batch)?;
+            model.placement_note = placement.describe(&model.placement_note, model.hparams.n_layer, &gpu);
+            model.gpu = Some(decoder);
+        }
+        Ok(model)
+    }
+
+    /// Uploads the layers and head `placement` puts on `gpu`.
+    #[cfg(feature = "vulkan")]
+    fn upload(
+        &self,
+        gpu: &ggml::vulkan::Gpu,
+        placement: Placement,
+        max_batch: usize,
+    ) -> Result<GpuDecoder, ModelError> {
+        let hp = &self.hparams;
+        let first = placement.first_gpu_layer;
+        let descs = (first..hp.n_layer)
+            .map(|il| {
+                let l = &self.layers[il];
+                LayerDesc {
+                    n_head: hp.n_head,
+                    n_head_kv: hp.n_head_kv,
+                    head_dim: hp.head_dim,
+                    window: hp.sliding[il].then_some(hp.sliding_window),
+                    full_rope: !hp.sliding[il],
+                    q_scale: Some(hp.attn_scale),
+                    v_norm: false,
+                    attn_norm: &l.attn_norm,
+                    attn_q: &l.attn_q,
+                    attn_k: &l.attn_k,
+                    attn_v: Some(&l.attn_v),
+                    attn_q_norm: &l.attn_q_norm,
+                    attn_k_norm: &l.attn_k_norm,
+                    attn_output: &l.attn_output,
+                    post_attention_norm: &l.post_attention_norm,
+                    ffn_norm: &l.ffn_norm,
+                    ffn_gate: &l.ffn_gate,
+                    ffn_up: &l.ffn_up,
+                    ffn_down: &l.ffn_down,
+                    post_ffw_norm: &l.post_ffw_norm,
+                    moe: None,
+                    output_scale: None,
+                }
+            })
+            .collect();
+        let output = placement.output_on_gpu.then(|| OutputDesc {
+            output_norm: &self.output_norm,
+            output: &self.output,
+            softcap: hp.final_logit_softcap,
+        });
+        GpuDecoder::upload(gpu, self.gguf.bytes(), first, descs, output, hp.n_embd, hp.n_vocab, hp.rms_eps, max_batch)
+            .map_err(|e| ModelError::Unsupported(format!("uploading to the GPU: {e}")))
     }
 
     /// The cache shape of every layer.
@@ -221,8 +302,13 @@ impl Gemma3 {
         KvCache::new(&self.kv_specs(), context)
     }
 
-    /// An empty cache of `kv_type` elements for up to `context` positions.
+    /// An empty cache of `kv_type` elements for up to `context` positions (in VRAM for the
+    /// layers on a GPU).
     pub fn new_cache_of(&self, context: usize, kv_type: KvType) -> Result<KvCache, KvCacheError> {
+        #[cfg(feature = "vulkan")]
+        if let Some(g) = &self.gpu {
+            return g.new_cache(&self.kv_specs(), context, kv_type);
+        }
         KvCache::with_type(&self.kv_specs(), context, kv_type)
     }
 
@@ -246,6 +332,12 @@ impl Gemma3 {
         which: Logits,
         cancel: &dyn Cancel,
     ) -> Result<Vec<f32>, Cancelled> {
+        #[cfg(feature = "vulkan")]
+        if let Some(max) = self.gpu.as_ref().map(|g| g.max_batch).filter(|&m| tokens.len() > m) {
+            return super::gpu::in_pieces(tokens, pos, cache, which, max, |t, p, c, w| {
+                self.forward_cancellable(t, p, c, w, cancel)
+            });
+        }
         let hp = &self.hparams;
         let (n_tokens, n_embd) = (tokens.len(), hp.n_embd);
         let file = self.gguf.bytes();
@@ -262,7 +354,11 @@ impl Gemma3 {
             scale(row, (n_embd as f32).sqrt());
         }
 
-        for (il, layer) in self.layers.iter().enumerate() {
+        #[cfg(feature = "vulkan")]
+        let n_cpu = self.gpu.as_ref().map_or(hp.n_layer, |g| g.first_layer());
+        #[cfg(not(feature = "vulkan"))]
+        let n_cpu = hp.n_layer;
+        for (il, layer) in self.layers.iter().enumerate().take(n_cpu) {
             if cancel.is_cancelled() {
                 return Err(Cancelled::rewind(cache, pos));
             }
@@ -310,6 +406,13 @@ impl Gemma3 {
             add(&mut x, &out);
         }
 
+        #[cfg(feature = "vulkan")]
+        if let Some(g) = &mut self.gpu {
+            match g.forward(&x, pos, cache, &rope_global, &rope_sliding, which, cancel)? {
+                super::gpu::Out::Logits(logits) => return Ok(logits),
+                super::gpu::Out::Stream(out) => x = out,
+            }
+        }
         if which == Logits::Last {
             x.drain(..(n_tokens - 1) * n_embd);
         }

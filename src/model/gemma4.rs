@@ -38,9 +38,11 @@ use ggml::ops::norm::rms_norm_heads;
 use ggml::ops::rope::{rope_neox_cached, RopeCache};
 use ggml::ops::softmax::softmax_top_k;
 
+#[cfg(feature = "vulkan")]
+use super::gpu::{GpuDecoder, LayerDesc, MoeDesc, OutputDesc, Placement};
 use super::{
     find_vector, norm_rows, norm_rows_inplace, Cancel, Cancelled, ExpertStack, Input, Logits, Matrix, Metadata,
-    ModelError, Never,
+    ModelError, Never, Offload,
 };
 use crate::kv_cache::{KvCache, KvCacheError, KvType, LayerSpec};
 
@@ -315,10 +317,20 @@ pub struct Gemma4 {
     /// `[head_dim / 2]`: the full layers' RoPE divisors (`1` rotates, `1e30` stands still).
     rope_freqs: Option<Vec<f32>>,
     isa: Isa,
+    /// The last layers (and maybe the head) on a GPU (`-ngl`).
+    #[cfg(feature = "vulkan")]
+    gpu: Option<GpuDecoder>,
+    /// Where the model runs, in a line ([`super::Model::placement`]).
+    pub(crate) placement_note: String,
 }
 
 impl Gemma4 {
     pub fn load(gguf: GgufFile) -> Result<Gemma4, ModelError> {
+        Gemma4::load_with(gguf, &Offload::default())
+    }
+
+    /// [`load`](Self::load), with the last layers on a GPU as `offload` asks.
+    pub fn load_with(gguf: GgufFile, offload: &Offload) -> Result<Gemma4, ModelError> {
         let header = &gguf.header;
         let file = gguf.bytes();
         let hparams = Hparams::from_header(header)?;
@@ -335,7 +347,89 @@ impl Gemma4 {
             true => None,
             false => Some(find_vector(header, file, ROPE_FREQS, hp.head_dim / 2)?),
         };
-        Ok(Gemma4 { token_embd, layers, output_norm, output, rope_freqs, isa: Isa::best(), hparams, gguf })
+        let resolved = offload.resolve()?;
+        let mut model = Gemma4 {
+            token_embd,
+            layers,
+            output_norm,
+            output,
+            rope_freqs,
+            isa: Isa::best(),
+            hparams,
+            gguf,
+            #[cfg(feature = "vulkan")]
+            gpu: None,
+            placement_note: resolved.note,
+        };
+        #[cfg(feature = "vulkan")]
+        if let Some(gpu) = resolved.gpu {
+            let placement = Placement::from_gpu_layers(model.hparams.n_layer, offload.gpu_layers);
+            let decoder = model.upload(&gpu, placement, offload.max_batch)?;
+            model.placement_note = placement.describe(&model.placement_note, model.hparams.n_layer, &gpu);
+            model.gpu = Some(decoder);
+        }
+        Ok(model)
+    }
+
+    /// Uploads the layers and head `placement` puts on `gpu`.
+    #[cfg(feature = "vulkan")]
+    fn upload(
+        &self,
+        gpu: &ggml::vulkan::Gpu,
+        placement: Placement,
+        max_batch: usize,
+    ) -> Result<GpuDecoder, ModelError> {
+        let hp = &self.hparams;
+        let first = placement.first_gpu_layer;
+        let descs = (first..hp.n_layer)
+            .map(|il| {
+                let l = &self.layers[il];
+                LayerDesc {
+                    n_head: hp.n_head[il],
+                    n_head_kv: hp.n_head_kv[il],
+                    head_dim: hp.head_dim(il),
+                    window: hp.sliding[il].then_some(hp.sliding_window),
+                    full_rope: !hp.sliding[il],
+                    q_scale: None,
+                    v_norm: true,
+                    attn_norm: &l.attn_norm,
+                    attn_q: &l.attn_q,
+                    attn_k: &l.attn_k,
+                    attn_v: l.attn_v.as_ref(),
+                    attn_q_norm: &l.attn_q_norm,
+                    attn_k_norm: &l.attn_k_norm,
+                    attn_output: &l.attn_output,
+                    post_attention_norm: &l.post_attention_norm,
+                    ffn_norm: &l.ffn_norm,
+                    ffn_gate: &l.ffn_gate,
+                    ffn_up: &l.ffn_up,
+                    ffn_down: &l.ffn_down,
+                    post_ffw_norm: &l.post_ffw_norm,
+                    moe: l.moe.as_ref().map(|m| MoeDesc {
+                        gate_inp: &m.gate_inp,
+                        gate_inp_scale: &m.gate_inp_scale,
+                        pre_ffw_norm_2: &m.pre_ffw_norm_2,
+                        post_ffw_norm_1: &m.post_ffw_norm_1,
+                        post_ffw_norm_2: &m.post_ffw_norm_2,
+                        gate_up: match &m.gate_up {
+                            ExpertGateUp::Fused(gu) => (gu, None),
+                            ExpertGateUp::Split { gate, up } => (gate, Some(up)),
+                        },
+                        down_exps: &m.down_exps,
+                        down_exps_scale: &m.down_exps_scale,
+                        n_expert_used: hp.n_expert_used,
+                    }),
+                    output_scale: l.output_scale,
+                }
+            })
+            .collect();
+        let output = placement.output_on_gpu.then(|| OutputDesc {
+            output_norm: &self.output_norm,
+            output: &self.output,
+            softcap: hp.final_logit_softcap,
+        });
+        GpuDecoder::upload(gpu, self.gguf.bytes(), first, descs, output, hp.n_embd, hp.n_vocab, hp.rms_eps, max_batch)
+            .map_err(|e| ModelError::Unsupported(format!("uploading to the GPU: {e}")))
     }
 
     /// The cache shape of every layer.
@@ -356,8 +450,13 @@ impl Gemma4 {
         KvCache::new(&self.kv_specs(), context)
     }
 
-    /// An empty cache of `kv_type` elements for up to `context` positions.
+    /// An empty cache of `kv_type` elements for up to `context` positions (in VRAM for the
+    /// layers on a GPU).
     pub fn new_cache_of(&self, context: usize, kv_type: KvType) -> Result<KvCache, KvCacheError> {
+        #[cfg(feature = "vulkan")]
+        if let Some(g) = &self.gpu {
+            return g.new_cache(&self.kv_specs(), context, kv_type);
+        }
         KvCache::with_type(&self.kv_specs(), context, kv_type)
     }
 
@@ -381,6 +480,12 @@ impl Gemma4 {
         which: Logits,
         cancel: &dyn Cancel,
     ) -> Result<Vec<f32>, Cancelled> {
+        #[cfg(feature = "vulkan")]
+        if let Some(max) = self.gpu.as_ref().map(|g| g.max_batch).filter(|&m| tokens.len() > m) {
+            return super::gpu::in_pieces(tokens, pos, cache, which, max, |t, p, c, w| {
+                self.forward_cancellable(t, p, c, w, cancel)
+            });
+        }
         let hp = &self.hparams;
         let (n_tokens, n_embd) = (tokens.len(), hp.n_embd);
         let file = self.gguf.bytes();
@@ -399,7 +504,11 @@ impl Gemma4 {
             scale(row, (n_embd as f32).sqrt());
         }
 
-        for (il, layer) in self.layers.iter().enumerate() {
+        #[cfg(feature = "vulkan")]
+        let n_cpu = self.gpu.as_ref().map_or(hp.n_layer, |g| g.first_layer());
+        #[cfg(not(feature = "vulkan"))]
+        let n_cpu = hp.n_layer;
+        for (il, layer) in self.layers.iter().enumerate().take(n_cpu) {
             if cancel.is_cancelled() {
                 return Err(Cancelled::rewind(cache, pos));
             }
@@ -460,16 +569,31 @@ impl Gemma4 {
             }
         }
 
+        #[cfg(feature = "vulkan")]
+        if let Some(g) = &mut self.gpu {
+            match g.forward(&x, pos, cache, &rope_full, &rope_swa, which, cancel)? {
+                super::gpu::Out::Logits(logits) => return Ok(logits),
+                super::gpu::Out::Stream(out) => x = out,
+            }
+        }
+        Ok(self.output_head(x, n_tokens, which))
+    }
+
+    /// `softcap(output · (rmsnorm(x) * output_norm))` of the rows of `x: [n_tokens][n_embd]`
+    /// that `which` asks for: `[n_rows][n_vocab]`.
+    fn output_head(&self, mut x: Vec<f32>, n_tokens: usize, which: Logits) -> Vec<f32> {
+        let hp = &self.hparams;
+        let n_embd = hp.n_embd;
         if which == Logits::Last {
             x.drain(..(n_tokens - 1) * n_embd);
         }
         norm_rows_inplace(&mut x, n_embd, Some(&self.output_norm), hp.rms_eps);
         // logits: [n_rows][n_vocab]
-        let mut logits = Input::new(&x, n_embd).project(self.isa, file, &self.output);
+        let mut logits = Input::new(&x, n_embd).project(self.isa, self.gguf.bytes(), &self.output);
         if let Some(c) = hp.final_logit_softcap {
             softcap(&mut logits, c);
         }
-        Ok(logits)
+        logits
     }
 
     /// The experts' output for the post-attention stream `x_mid: [n_tokens][n_embd]`: each token

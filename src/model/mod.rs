@@ -9,6 +9,9 @@
 
 pub mod gemma3;
 pub mod gemma4;
+#[cfg(feature = "vulkan")]
+pub mod gpu;
+pub mod offload;
 
 pub use gemma3::Gemma3;
 pub use gemma4::Gemma4;
@@ -23,6 +26,7 @@ use ggml::quants::{dequantize_row, QuantError};
 use ggml::GgmlType;
 
 use crate::kv_cache::{KvCache, KvCacheError, KvType};
+pub use offload::Offload;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -121,14 +125,30 @@ pub enum Model {
 }
 
 impl Model {
-    /// The model `general.architecture` names; other architectures are an error that names them.
+    /// The model `general.architecture` names, on the CPU; other architectures are an error that
+    /// names them.
     pub fn load(gguf: GgufFile) -> Result<Model, ModelError> {
+        Model::load_with(gguf, &Offload::default())
+    }
+
+    /// [`load`](Self::load), with the layers `offload` asks for on a GPU (see [`Offload`]: no
+    /// GPU means the CPU and a note, never an error).
+    pub fn load_with(gguf: GgufFile, offload: &Offload) -> Result<Model, ModelError> {
         match gguf.header.get_str("general.architecture")? {
-            "gemma3" => Ok(Model::Gemma3(Gemma3::load(gguf)?)),
-            "gemma4" => Ok(Model::Gemma4(Gemma4::load(gguf)?)),
+            "gemma3" => Ok(Model::Gemma3(Gemma3::load_with(gguf, offload)?)),
+            "gemma4" => Ok(Model::Gemma4(Gemma4::load_with(gguf, offload)?)),
             other => {
                 Err(ModelError::Unsupported(format!("architecture {other:?} is not supported (gemma4 and gemma3 are)")))
             }
+        }
+    }
+
+    /// Where the model runs, in a line: "CPU", or the GPU, its layers and VRAM; with the
+    /// reason when a GPU was asked for and none is used.
+    pub fn placement(&self) -> &str {
+        match self {
+            Model::Gemma3(m) => &m.placement_note,
+            Model::Gemma4(m) => &m.placement_note,
         }
     }
 

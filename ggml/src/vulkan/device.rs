@@ -208,6 +208,13 @@ impl Gpu {
         Ok(())
     }
 
+    /// Copies `regions` of `src` to `dst`; blocks.
+    pub fn copy(&self, src: &Buffer, dst: &Buffer, regions: &[vk::BufferCopy]) -> Result<(), VkError> {
+        let mut q = self.inner.queue.lock().unwrap();
+        // SAFETY: both buffers outlive the submission, which `run` waits for.
+        q.run(&self.inner, "a copy", |d, cmd| unsafe { d.cmd_copy_buffer(cmd, src.buffer, dst.buffer, regions) })
+    }
+
     /// A buffer holding `data` (f32s, ids, ...).
     pub fn buffer_from<T: bytemuck::Pod>(&self, data: &[T], what: &str) -> Result<Buffer, VkError> {
         let bytes: &[u8] = bytemuck::cast_slice(data);

@@ -59,6 +59,33 @@ impl KvBuffers {
         let (k, v) = (gpu.buffer(bytes, what)?, gpu.buffer(bytes, what)?);
         Ok(KvBuffers { k, v, n_kv_head, head_dim, capacity, f16 })
     }
+
+    /// Rotates each head's slots left by `shift`, so that slot `shift` becomes slot 0 (a ring
+    /// laid out in position order again before it is rewound). CPU twin: `rotate_left` on each
+    /// head of the host cache.
+    pub fn rotate_slots(&self, gpu: &Gpu, shift: usize) -> Result<(), VkError> {
+        let row = (self.head_dim * if self.f16 { 2 } else { 4 }) as u64;
+        let (cap, shift) = (self.capacity as u64, shift as u64 % self.capacity.max(1) as u64);
+        if shift == 0 {
+            return Ok(());
+        }
+        let tmp = gpu.buffer(self.k.size, "a KV rotation")?;
+        for x in [&self.k, &self.v] {
+            let regions: Vec<vk::BufferCopy> = (0..self.n_kv_head as u64)
+                .flat_map(|h| {
+                    let head = h * cap * row;
+                    [
+                        vk::BufferCopy { src_offset: head + shift * row, dst_offset: head, size: (cap - shift) * row },
+                        vk::BufferCopy { src_offset: head, dst_offset: head + (cap - shift) * row, size: shift * row },
+                    ]
+                })
+                .collect();
+            gpu.copy(x, &tmp, &regions)?;
+            let whole = [vk::BufferCopy { src_offset: 0, dst_offset: 0, size: self.n_kv_head as u64 * cap * row }];
+            gpu.copy(&tmp, x, &whole)?;
+        }
+        Ok(())
+    }
 }
 
 /// Workgroups per dispatch dimension (Vulkan guarantees at least this many).
@@ -398,8 +425,10 @@ impl Commands<'_> {
         self.dispatch("rope_neox", &[x, cos_sin], &push, (n_tokens * n_heads * half).div_ceil(64), 1)
     }
 
-    /// `gate[t][e] = gelu(gate[t][e]) · up[t][e]` for `e < n`, `t < n_rows`, rows `gate_stride`
-    /// and `up_stride` apart (gate and up may be one buffer). CPU twin: `ops::gelu::gelu_mul`.
+    /// `gate[t][e] = gelu(gate[t][e]) · up[t][up_offset + e]` for `e < n`, `t < n_rows`, rows
+    /// `gate_stride` and `up_stride` apart (gate and up may be one buffer, the fused experts'
+    /// halves). CPU twin: `ops::gelu::gelu_mul`.
+    #[allow(clippy::too_many_arguments)]
     pub fn gelu_mul(
         &mut self,
         gate: &Buffer,
@@ -408,10 +437,11 @@ impl Commands<'_> {
         n_rows: usize,
         gate_stride: usize,
         up_stride: usize,
+        up_offset: usize,
     ) -> Result<(), VkError> {
         self.fits(gate, (n_rows.max(1) - 1) * gate_stride + n, "gelu gate")?;
-        self.fits(up, (n_rows.max(1) - 1) * up_stride + n, "gelu up")?;
-        let push = [u(n), u(n_rows), u(gate_stride), u(up_stride)];
+        self.fits(up, (n_rows.max(1) - 1) * up_stride + up_offset + n, "gelu up")?;
+        let push = [u(n), u(n_rows), u(gate_stride), u(up_stride), u(up_offset)];
         self.dispatch("gelu_mul", &[gate, up], &push, (n * n_rows).div_ceil(64), 1)
     }
 
@@ -442,6 +472,46 @@ impl Commands<'_> {
     pub fn softcap(&mut self, y: &Buffer, c: f32, n: usize) -> Result<(), VkError> {
         self.fits(y, n, "softcap")?;
         self.dispatch("unary", &[y], &[u(n), 1, c.to_bits()], n.div_ceil(64), 1)
+    }
+
+    /// Copies `bytes` bytes of `src` from byte `src_offset` to `dst` at `dst_offset`, after
+    /// every op recorded before it (and before every op recorded after it).
+    pub fn copy(
+        &mut self,
+        src: &Buffer,
+        src_offset: u64,
+        dst: &Buffer,
+        dst_offset: u64,
+        bytes: u64,
+    ) -> Result<(), VkError> {
+        if src_offset + bytes > src.size || dst_offset + bytes > dst.size {
+            return Err(VkError::Shape(format!(
+                "copy of {bytes} bytes from {src_offset} of {} to {dst_offset} of {}",
+                src.size, dst.size
+            )));
+        }
+        let d = &self.gpu.inner.device;
+        let cmd = self.queue.cmd;
+        // SAFETY: the command buffer is recording; both buffers outlive the submission.
+        unsafe {
+            let barrier = [vk::MemoryBarrier::default()
+                .src_access_mask(vk::AccessFlags::SHADER_WRITE | vk::AccessFlags::TRANSFER_WRITE)
+                .dst_access_mask(vk::AccessFlags::TRANSFER_READ | vk::AccessFlags::TRANSFER_WRITE)];
+            d.cmd_pipeline_barrier(
+                cmd,
+                vk::PipelineStageFlags::COMPUTE_SHADER | vk::PipelineStageFlags::TRANSFER,
+                vk::PipelineStageFlags::TRANSFER,
+                vk::DependencyFlags::empty(),
+                &barrier,
+                &[],
+                &[],
+            );
+            let region = [vk::BufferCopy { src_offset, dst_offset, size: bytes }];
+            d.cmd_copy_buffer(cmd, src.buffer, dst.buffer, &region);
+        }
+        // The next dispatch's barrier covers transfer writes.
+        self.dispatches += 1;
+        Ok(())
     }
 
     /// Submits everything recorded and waits for it.

@@ -1,0 +1,608 @@
+//! The decoder layers that run on the GPU (`-ngl N`): the last N layers of the model, and the
+//! output head when N counts past the last layer (llama.cpp's rule: the head is one layer).
+//!
+//! At load, each offloaded layer's weights are uploaded from the memory map into VRAM
+//! ([`GpuDecoder::upload`]) from a [`LayerDesc`]: the shape and weights of one decoder layer,
+//! which Gemma 4 and Gemma 3 both fill (Gemma 3's is Gemma 4's without experts, with `attn_v`
+//! always, no V norm and a query scale). A forward pass takes the residual stream `x` from the
+//! CPU layers (or the embedding), records every GPU layer into one command buffer, submits it
+//! once, and hands back the logits (or `x`, when the head stays on the CPU). The KV cache of a
+//! GPU layer lives in VRAM; its ring and positions stay in the host's [`KvCache`], which says
+//! which slot each new position takes.
+//!
+//! Per layer, the same math as the CPU pass (`gemma4.rs`), op for op:
+//!
+//! ```text
+//! h = rmsnorm(x) attn_norm;  q, k, v = attn_q h, attn_k h, attn_v h (or k)
+//! q, k = rope(rmsnorm_heads(q) q_norm), rope(rmsnorm_heads(k) k_norm);  v = rmsnorm_heads(v) (Gemma 4)
+//! store k, v in their slots;  a = attention(q · q_scale);  x += rmsnorm(attn_output a) post_attention_norm
+//! m = ffn_down(gelu(ffn_gate h2) up h2),  h2 = rmsnorm(x) ffn_norm
+//! MoE: m = rmsnorm(m) post_ffw_norm_1 + rmsnorm(Σ w_j down_e(gelu(gate_e h3) up_e h3)) post_ffw_norm_2
+//! x = (x + rmsnorm(m) post_ffw_norm) output_scale
+//! ```
+
+use ggml::ops::rope::RopeCache;
+use ggml::vulkan::{Buffer, Commands, Gpu, GpuMatrix, VkError};
+
+use super::{Cancel, Cancelled, ExpertStack, Logits, Matrix};
+use crate::kv_cache::KvCache;
+
+/// Where the layers and the output head run: the last `n_layer - first_gpu_layer` layers on the
+/// GPU, and the head too when `output_on_gpu`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Placement {
+    pub first_gpu_layer: usize,
+    pub output_on_gpu: bool,
+}
+
+impl Placement {
+    /// llama.cpp's `-ngl N` for a model of `n_layer` layers: the last `N` of the `n_layer + 1`
+    /// (the output head counting as the last one).
+    pub fn from_gpu_layers(n_layer: usize, gpu_layers: usize) -> Placement {
+        let n = gpu_layers.min(n_layer + 1);
+        Placement { first_gpu_layer: n_layer - n.min(n_layer), output_on_gpu: n > n_layer }
+    }
+
+    /// `note` (the device's name) with what runs there and the VRAM it holds now.
+    pub fn describe(&self, note: &str, n_layer: usize, gpu: &Gpu) -> String {
+        format!(
+            "{note}, {} of {n_layer} layers{} ({} of VRAM)",
+            n_layer - self.first_gpu_layer,
+            if self.output_on_gpu { " and the output head" } else { "" },
+            crate::info::human_bytes(gpu.allocated_bytes())
+        )
+    }
+}
+
+/// What the GPU layers hand back: the logits when the head ran there, else the stream.
+pub(crate) enum Out {
+    Logits(Vec<f32>),
+    Stream(Vec<f32>),
+}
+
+/// Runs a batch longer than `max` tokens as consecutive pieces of at most `max` through
+/// `forward` (a model's `forward_cancellable`): the GPU's sliding rings hold one piece beside
+/// the window. Logits of every piece (`Logits::All`) or of the last. A cancel rewinds the
+/// cache to `pos`, as one pass would.
+pub(crate) fn in_pieces(
+    tokens: &[u32],
+    pos: usize,
+    cache: &mut KvCache,
+    which: Logits,
+    max: usize,
+    mut forward: impl FnMut(&[u32], usize, &mut KvCache, Logits) -> Result<Vec<f32>, Cancelled>,
+) -> Result<Vec<f32>, Cancelled> {
+    let mut logits = Vec::new();
+    let n_pieces = tokens.len().div_ceil(max);
+    for (i, piece) in tokens.chunks(max).enumerate() {
+        let last = i + 1 == n_pieces;
+        match forward(piece, pos + i * max, cache, if last { which } else { Logits::Last }) {
+            Ok(l) if last || which == Logits::All => logits.extend(l),
+            Ok(_) => {}
+            Err(_) => return Err(Cancelled::rewind(cache, pos)),
+        }
+    }
+    Ok(logits)
+}
+
+/// The host view of one decoder layer's shape and weights.
+pub(crate) struct LayerDesc<'a> {
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub head_dim: usize,
+    pub window: Option<usize>,
+    /// Which RoPE table the layer rotates by: the full layers' (true) or the sliding ones'.
+    pub full_rope: bool,
+    /// Multiplies q after RoPE (Gemma 3's `attn_scale`; Gemma 4 has none).
+    pub q_scale: Option<f32>,
+    /// The weightless per-head norm of V (Gemma 4).
+    pub v_norm: bool,
+    pub attn_norm: &'a [f32],
+    pub attn_q: &'a Matrix,
+    pub attn_k: &'a Matrix,
+    /// `None`: V is the K projection (Gemma 4's k_eq_v layers).
+    pub attn_v: Option<&'a Matrix>,
+    pub attn_q_norm: &'a [f32],
+    pub attn_k_norm: &'a [f32],
+    pub attn_output: &'a Matrix,
+    pub post_attention_norm: &'a [f32],
+    pub ffn_norm: &'a [f32],
+    pub ffn_gate: &'a Matrix,
+    pub ffn_up: &'a Matrix,
+    pub ffn_down: &'a Matrix,
+    pub post_ffw_norm: &'a [f32],
+    pub moe: Option<MoeDesc<'a>>,
+    pub output_scale: Option<f32>,
+}
+
+/// The expert half of an MoE layer, as [`LayerDesc`] gives it.
+pub(crate) struct MoeDesc<'a> {
+    pub gate_inp: &'a Matrix,
+    pub gate_inp_scale: &'a [f32],
+    pub pre_ffw_norm_2: &'a [f32],
+    pub post_ffw_norm_1: &'a [f32],
+    pub post_ffw_norm_2: &'a [f32],
+    /// Fused `{n_embd, 2 n_ff_exp, n_expert}` (gate rows first), or gate and up.
+    pub gate_up: (&'a ExpertStack, Option<&'a ExpertStack>),
+    pub down_exps: &'a ExpertStack,
+    pub down_exps_scale: &'a [f32],
+    pub n_expert_used: usize,
+}
+
+/// The output head, as the model gives it.
+pub(crate) struct OutputDesc<'a> {
+    pub output_norm: &'a [f32],
+    pub output: &'a Matrix,
+    pub softcap: Option<f32>,
+}
+
+struct GpuLayer {
+    n_head: usize,
+    n_head_kv: usize,
+    head_dim: usize,
+    window: Option<usize>,
+    full_rope: bool,
+    q_scale: Option<f32>,
+    v_norm: bool,
+    attn_norm: Buffer,
+    attn_q: GpuMatrix,
+    attn_k: GpuMatrix,
+    attn_v: Option<GpuMatrix>,
+    attn_q_norm: Buffer,
+    attn_k_norm: Buffer,
+    attn_output: GpuMatrix,
+    post_attention_norm: Buffer,
+    ffn_norm: Buffer,
+    ffn_gate: GpuMatrix,
+    ffn_up: GpuMatrix,
+    ffn_down: GpuMatrix,
+    post_ffw_norm: Buffer,
+    moe: Option<GpuMoe>,
+    output_scale: Option<f32>,
+    /// `[capacity]` i32: the positions of the layer's cache slots, uploaded every pass.
+    kpos: Option<Buffer>,
+}
+
+struct GpuMoe {
+    gate_inp: GpuMatrix,
+    gate_inp_scale: Buffer,
+    pre_ffw_norm_2: Buffer,
+    post_ffw_norm_1: Buffer,
+    post_ffw_norm_2: Buffer,
+    gate: GpuMatrix,
+    /// `None`: `gate` is the fused stack, up in its second half of rows.
+    up: Option<GpuMatrix>,
+    down: GpuMatrix,
+    down_scale: Buffer,
+    n_expert: usize,
+    k: usize,
+    n_ff_exp: usize,
+}
+
+struct GpuOutput {
+    norm: Buffer,
+    head: GpuMatrix,
+    softcap: Option<f32>,
+}
+
+/// Activations of one pass, sized for `n_tokens` tokens of the widest layer.
+struct Scratch {
+    n_tokens: usize,
+    /// `[n_tokens][n_embd]`: the residual stream, and the norms, projections and sums beside it.
+    x: Buffer,
+    h: Buffer,
+    o: Buffer,
+    m: Buffer,
+    e: Buffer,
+    /// `[n_tokens][q_width]`
+    q: Buffer,
+    a: Buffer,
+    /// `[n_tokens][kv_width]`
+    k: Buffer,
+    v: Buffer,
+    /// `[n_tokens][n_ff]`
+    gate: Buffer,
+    up: Buffer,
+    /// Router: logits `[n_tokens][n_expert]`, ids and weights `[n_tokens][k]`.
+    logits: Buffer,
+    ids: Buffer,
+    weights: Buffer,
+    /// Experts: gate (and fused up) `[n_tokens · k][2 n_ff_exp]`, a split up `[n_tokens · k]
+    /// [n_ff_exp]`, down `[n_tokens · k][n_embd]`.
+    gu: Buffer,
+    eu: Buffer,
+    yd: Buffer,
+    /// `[n_tokens][2][n_rot / 2]` cos and sin of the full and the sliding layers.
+    cs_full: Buffer,
+    cs_swa: Buffer,
+    /// `[n_tokens]` i32 positions, and the cache slots of every GPU layer `[layer][n_tokens]`.
+    qpos: Buffer,
+    slots: Vec<Buffer>,
+}
+
+/// The layers (and maybe the head) on the GPU.
+pub struct GpuDecoder {
+    gpu: Gpu,
+    first: usize,
+    layers: Vec<GpuLayer>,
+    output: Option<GpuOutput>,
+    n_embd: usize,
+    n_vocab: usize,
+    eps: f32,
+    /// Tokens per pass at most: longer batches run in pieces (and size the sliding rings).
+    pub max_batch: usize,
+    scratch: Option<Scratch>,
+}
+
+fn matrix(gpu: &Gpu, file: &[u8], name: &str, m: &Matrix) -> Result<GpuMatrix, VkError> {
+    GpuMatrix::upload(gpu, name, m.ty, m.n_in, m.n_out, &file[m.bytes.clone()], None)
+}
+
+fn stack(gpu: &Gpu, file: &[u8], name: &str, s: &ExpertStack) -> Result<GpuMatrix, VkError> {
+    GpuMatrix::upload_stack(gpu, name, s.ty, s.n_in, s.rows, s.n_expert, &file[s.bytes.clone()], None)
+}
+
+fn vector(gpu: &Gpu, v: &[f32], name: &str) -> Result<Buffer, VkError> {
+    gpu.buffer_from(v, name)
+}
+
+impl GpuDecoder {
+    /// Uploads layers `first ..` (`layers` holds them, in order) and, when given, the output
+    /// head. `progress` is called with the bytes uploaded so far and in all.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn upload(
+        gpu: &Gpu,
+        file: &[u8],
+        first: usize,
+        layers: Vec<LayerDesc>,
+        output: Option<OutputDesc>,
+        n_embd: usize,
+        n_vocab: usize,
+        eps: f32,
+        max_batch: usize,
+    ) -> Result<GpuDecoder, VkError> {
+        let mut gpu_layers = Vec::with_capacity(layers.len());
+        for (i, d) in layers.into_iter().enumerate() {
+            let il = first + i;
+            let name = |role: &str| format!("blk.{il}.{role}");
+            let m = |role: &str, w: &Matrix| matrix(gpu, file, &name(role), w);
+            let v = |role: &str, x: &[f32]| vector(gpu, x, &name(role));
+            let moe = match d.moe {
+                None => None,
+                Some(e) => Some(GpuMoe {
+                    gate_inp: m("ffn_gate_inp.weight", e.gate_inp)?,
+                    gate_inp_scale: v("ffn_gate_inp.scale", e.gate_inp_scale)?,
+                    pre_ffw_norm_2: v("pre_ffw_norm_2.weight", e.pre_ffw_norm_2)?,
+                    post_ffw_norm_1: v("post_ffw_norm_1.weight", e.post_ffw_norm_1)?,
+                    post_ffw_norm_2: v("post_ffw_norm_2.weight", e.post_ffw_norm_2)?,
+                    gate: stack(gpu, file, &name("ffn_gate_up_exps.weight"), e.gate_up.0)?,
+                    up: match e.gate_up.1 {
+                        Some(up) => Some(stack(gpu, file, &name("ffn_up_exps.weight"), up)?),
+                        None => None,
+                    },
+                    down: stack(gpu, file, &name("ffn_down_exps.weight"), e.down_exps)?,
+                    down_scale: v("ffn_down_exps.scale", e.down_exps_scale)?,
+                    n_expert: e.down_exps.n_expert,
+                    k: e.n_expert_used,
+                    n_ff_exp: e.down_exps.n_in,
+                }),
+            };
+            gpu_layers.push(GpuLayer {
+                n_head: d.n_head,
+                n_head_kv: d.n_head_kv,
+                head_dim: d.head_dim,
+                window: d.window,
+                full_rope: d.full_rope,
+                q_scale: d.q_scale,
+                v_norm: d.v_norm,
+                attn_norm: v("attn_norm.weight", d.attn_norm)?,
+                attn_q: m("attn_q.weight", d.attn_q)?,
+                attn_k: m("attn_k.weight", d.attn_k)?,
+                attn_v: match d.attn_v {
+                    Some(w) => Some(m("attn_v.weight", w)?),
+                    None => None,
+                },
+                attn_q_norm: v("attn_q_norm.weight", d.attn_q_norm)?,
+                attn_k_norm: v("attn_k_norm.weight", d.attn_k_norm)?,
+                attn_output: m("attn_output.weight", d.attn_output)?,
+                post_attention_norm: v("post_attention_norm.weight", d.post_attention_norm)?,
+                ffn_norm: v("ffn_norm.weight", d.ffn_norm)?,
+                ffn_gate: m("ffn_gate.weight", d.ffn_gate)?,
+                ffn_up: m("ffn_up.weight", d.ffn_up)?,
+                ffn_down: m("ffn_down.weight", d.ffn_down)?,
+                post_ffw_norm: v("post_ffw_norm.weight", d.post_ffw_norm)?,
+                moe,
+                output_scale: d.output_scale,
+                kpos: None,
+            });
+        }
+        let output = match output {
+            None => None,
+            Some(o) => Some(GpuOutput {
+                norm: vector(gpu, o.output_norm, "output_norm.weight")?,
+                head: matrix(gpu, file, "output.weight", o.output)?,
+                softcap: o.softcap,
+            }),
+        };
+        Ok(GpuDecoder {
+            gpu: gpu.clone(),
+            first,
+            layers: gpu_layers,
+            output,
+            n_embd,
+            n_vocab,
+            eps,
+            max_batch: max_batch.max(1),
+            scratch: None,
+        })
+    }
+
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    /// The first layer on the GPU.
+    pub fn first_layer(&self) -> usize {
+        self.first
+    }
+
+    /// An empty cache for the model's layers (`specs`), those on this GPU in VRAM.
+    pub fn new_cache(
+        &self,
+        specs: &[crate::kv_cache::LayerSpec],
+        context: usize,
+        kv_type: crate::kv_cache::KvType,
+    ) -> Result<KvCache, crate::kv_cache::KvCacheError> {
+        KvCache::with_device_layers(specs, context, kv_type, &self.gpu, self.first, self.max_batch)
+    }
+
+    /// Runs the GPU layers on `x: [n_tokens][n_embd]` (the stream after the CPU layers) at
+    /// positions `pos ..`, their keys and values going to `cache`. Returns the logits
+    /// `[n_rows][n_vocab]` when the head is here, else the stream as `x` (all rows, for the
+    /// CPU's head). `rope_full`/`rope_swa`: each token's angles for the two layer types.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn forward(
+        &mut self,
+        x: &[f32],
+        pos: usize,
+        cache: &mut KvCache,
+        rope_full: &[RopeCache],
+        rope_swa: &[RopeCache],
+        which: Logits,
+        cancel: &dyn Cancel,
+    ) -> Result<Out, Cancelled> {
+        let n_tokens = x.len() / self.n_embd;
+        // Every GPU layer's cache slots for this batch, decided on the host (a cancel stops
+        // here, before anything runs, and the caller's rewind undoes them).
+        let mut slots = Vec::with_capacity(self.layers.len());
+        for i in 0..self.layers.len() {
+            if cancel.is_cancelled() {
+                return Err(Cancelled::rewind(cache, pos));
+            }
+            let layer = cache.layer_mut(self.first + i).expect("Gemma layers own their caches");
+            slots.push(layer.append_slots(pos, n_tokens).into_iter().map(|s| s as u32).collect::<Vec<u32>>());
+        }
+        // A GPU that fails mid-pass (lost, hung) leaves nothing to continue with: a clear
+        // message, not a hang or a wrong answer.
+        let out = self.run(x, pos, cache, rope_full, rope_swa, which, &slots);
+        let out = out.unwrap_or_else(|e| panic!("the GPU failed during a forward pass: {e}"));
+        Ok(match self.output.is_some() {
+            true => Out::Logits(out),
+            false => Out::Stream(out),
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &mut self,
+        x: &[f32],
+        pos: usize,
+        cache: &KvCache,
+        rope_full: &[RopeCache],
+        rope_swa: &[RopeCache],
+        which: Logits,
+        slots: &[Vec<u32>],
+    ) -> Result<Vec<f32>, VkError> {
+        let (n_embd, eps) = (self.n_embd, self.eps);
+        let n_tokens = x.len() / n_embd;
+        self.make_scratch(n_tokens)?;
+        let gpu = self.gpu.clone();
+        // Host inputs of this pass: the stream, positions, angles, slots and slot positions.
+        {
+            let s = self.scratch.as_ref().expect("made above");
+            gpu.upload(&s.x, 0, bytemuck::cast_slice(x))?;
+            let qpos: Vec<i32> = (pos..pos + n_tokens).map(|p| p as i32).collect();
+            gpu.upload(&s.qpos, 0, bytemuck::cast_slice(&qpos))?;
+            for (table, buf) in [(rope_full, &s.cs_full), (rope_swa, &s.cs_swa)] {
+                let cs: Vec<f32> = table.iter().flat_map(|c| c.cos.iter().chain(&c.sin).copied()).collect();
+                if !cs.is_empty() {
+                    gpu.upload(buf, 0, bytemuck::cast_slice(&cs))?;
+                }
+            }
+            for (i, sl) in slots.iter().enumerate() {
+                gpu.upload(&s.slots[i], 0, bytemuck::cast_slice(sl))?;
+            }
+        }
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            let lc = cache.layer(self.first + i);
+            let kpos: Vec<i32> = lc.positions().iter().map(|&p| p as i32).collect();
+            let capacity = lc.device().expect("a GPU layer's cache is in VRAM").rows.capacity;
+            if layer.kpos.as_ref().is_none_or(|b| b.size < 4 * capacity as u64) {
+                layer.kpos = Some(gpu.buffer(4 * capacity as u64, "slot positions")?);
+            }
+            gpu.upload(layer.kpos.as_ref().expect("made above"), 0, bytemuck::cast_slice(&kpos))?;
+        }
+
+        let s = self.scratch.as_ref().expect("made above");
+        let mut c = gpu.commands()?;
+        for (i, l) in self.layers.iter().enumerate() {
+            let lc = cache.layer(self.first + i);
+            let kv = &lc.device().expect("checked above").rows;
+            let (hd, q_width, kv_width) = (l.head_dim, l.n_head * l.head_dim, l.n_head_kv * l.head_dim);
+            // Attention.
+            c.rms_norm(&s.x, &s.h, Some(&l.attn_norm), n_embd, n_tokens, eps)?;
+            c.matvec(&l.attn_q, &s.h, n_embd, &s.q, q_width, n_tokens)?;
+            c.matvec(&l.attn_k, &s.h, n_embd, &s.k, kv_width, n_tokens)?;
+            match &l.attn_v {
+                Some(w) => c.matvec(w, &s.h, n_embd, &s.v, kv_width, n_tokens)?,
+                None => c.copy(&s.k, 0, &s.v, 0, (4 * n_tokens * kv_width) as u64)?,
+            }
+            c.rms_norm(&s.q, &s.q, Some(&l.attn_q_norm), hd, n_tokens * l.n_head, eps)?;
+            c.rms_norm(&s.k, &s.k, Some(&l.attn_k_norm), hd, n_tokens * l.n_head_kv, eps)?;
+            if l.v_norm {
+                c.rms_norm(&s.v, &s.v, None, hd, n_tokens * l.n_head_kv, eps)?;
+            }
+            let (cs, n_rot) = match l.full_rope {
+                true => (&s.cs_full, 2 * rope_full[0].cos.len()),
+                false => (&s.cs_swa, 2 * rope_swa[0].cos.len()),
+            };
+            c.rope_neox(&s.q, cs, hd, l.n_head, n_rot, n_tokens)?;
+            c.rope_neox(&s.k, cs, hd, l.n_head_kv, n_rot, n_tokens)?;
+            if let Some(a) = l.q_scale {
+                c.scale(&s.q, a, n_tokens * q_width)?;
+            }
+            c.kv_store(kv, &s.k, &s.v, &s.slots[i], n_tokens)?;
+            let shape = ggml::attention::AttnShape {
+                n_head: l.n_head,
+                n_kv_head: l.n_head_kv,
+                head_dim: hd,
+                scale: 1.0,
+                window: l.window,
+            };
+            let kpos = l.kpos.as_ref().expect("uploaded above");
+            c.attention(&shape, &s.q, &s.qpos, kv, kpos, lc.positions().len(), n_tokens, &s.a)?;
+            c.matvec(&l.attn_output, &s.a, q_width, &s.o, n_embd, n_tokens)?;
+            c.rms_norm(&s.o, &s.o, Some(&l.post_attention_norm), n_embd, n_tokens, eps)?;
+            c.add(&s.x, &s.o, n_tokens * n_embd)?;
+
+            // Feed-forward: the dense MLP, then the experts beside it.
+            let n_ff = l.ffn_gate.n_out;
+            c.rms_norm(&s.x, &s.h, Some(&l.ffn_norm), n_embd, n_tokens, eps)?;
+            c.matvec(&l.ffn_gate, &s.h, n_embd, &s.gate, n_ff, n_tokens)?;
+            c.matvec(&l.ffn_up, &s.h, n_embd, &s.up, n_ff, n_tokens)?;
+            c.gelu_mul(&s.gate, &s.up, n_ff, n_tokens, n_ff, n_ff, 0)?;
+            c.matvec(&l.ffn_down, &s.gate, n_ff, &s.m, n_embd, n_tokens)?;
+            if let Some(e) = &l.moe {
+                c.rms_norm(&s.m, &s.m, Some(&e.post_ffw_norm_1), n_embd, n_tokens, eps)?;
+                Self::experts(&mut c, s, e, n_embd, n_tokens, eps)?;
+                c.rms_norm(&s.e, &s.e, Some(&e.post_ffw_norm_2), n_embd, n_tokens, eps)?;
+                c.add(&s.m, &s.e, n_tokens * n_embd)?;
+            }
+            c.rms_norm(&s.m, &s.m, Some(&l.post_ffw_norm), n_embd, n_tokens, eps)?;
+            c.add(&s.x, &s.m, n_tokens * n_embd)?;
+            if let Some(a) = l.output_scale {
+                c.scale(&s.x, a, n_tokens * n_embd)?;
+            }
+        }
+        let Some(out) = &self.output else {
+            c.finish()?;
+            let mut x = vec![0f32; n_tokens * n_embd];
+            gpu.read_f32(&s.x, &mut x)?;
+            return Ok(x);
+        };
+        // The head, on the rows that need logits, in pieces that fit one buffer binding.
+        let rows = match which {
+            Logits::All => 0..n_tokens,
+            Logits::Last => n_tokens - 1..n_tokens,
+        };
+        let per_piece = (gpu.info().max_buffer_range as usize / (4 * self.n_vocab)).clamp(1, n_tokens);
+        let mut logits = Vec::with_capacity(rows.len() * self.n_vocab);
+        let piece_buf = gpu.buffer((4 * per_piece.min(rows.len()) * self.n_vocab) as u64, "logits")?;
+        for start in rows.clone().step_by(per_piece) {
+            let n = per_piece.min(rows.end - start);
+            // h: the piece's rows of x, normed.
+            c.copy(&s.x, (4 * start * n_embd) as u64, &s.h, 0, (4 * n * n_embd) as u64)?;
+            c.rms_norm(&s.h, &s.h, Some(&out.norm), n_embd, n, eps)?;
+            c.matvec(&out.head, &s.h, n_embd, &piece_buf, self.n_vocab, n)?;
+            if let Some(cap) = out.softcap {
+                c.softcap(&piece_buf, cap, n * self.n_vocab)?;
+            }
+            c.finish()?;
+            let at = logits.len();
+            logits.resize(at + n * self.n_vocab, 0.0);
+            gpu.read_f32(&piece_buf, &mut logits[at..])?;
+            c = gpu.commands()?;
+        }
+        drop(c);
+        Ok(logits)
+    }
+
+    /// The experts' output for the post-attention stream `x` into `s.e` (GEMMA4.md 2.5-2.6).
+    fn experts(
+        c: &mut Commands,
+        s: &Scratch,
+        e: &GpuMoe,
+        n_embd: usize,
+        n_tokens: usize,
+        eps: f32,
+    ) -> Result<(), VkError> {
+        // The router sees x through a weightless norm, times its scale and n_embd^-1/2.
+        c.rms_norm(&s.x, &s.h, None, n_embd, n_tokens, eps)?;
+        c.mul(&s.h, &e.gate_inp_scale, n_tokens * n_embd, n_embd)?;
+        c.scale(&s.h, 1.0 / (n_embd as f32).sqrt(), n_tokens * n_embd)?;
+        c.matvec(&e.gate_inp, &s.h, n_embd, &s.logits, e.n_expert, n_tokens)?;
+        c.moe_route(&s.logits, e.n_expert, e.k, n_tokens, &e.down_scale, &s.ids, &s.weights)?;
+        // The experts' input: x through pre_ffw_norm_2.
+        c.rms_norm(&s.x, &s.h, Some(&e.pre_ffw_norm_2), n_embd, n_tokens, eps)?;
+        let ff = e.n_ff_exp;
+        // gu: [n_tokens · k][2 ff], the gate in the first half of each row (and, fused, up in
+        // the second); a split up projection goes to eu: [n_tokens · k][ff].
+        let slots = n_tokens * e.k;
+        c.matvec_id(&e.gate, &s.ids, e.k, n_tokens, &s.h, n_embd, false, &s.gu, 2 * ff)?;
+        match &e.up {
+            None => c.gelu_mul(&s.gu, &s.gu, ff, slots, 2 * ff, 2 * ff, ff)?,
+            Some(up) => {
+                c.matvec_id(up, &s.ids, e.k, n_tokens, &s.h, n_embd, false, &s.eu, ff)?;
+                c.gelu_mul(&s.gu, &s.eu, ff, slots, 2 * ff, ff, 0)?;
+            }
+        }
+        c.matvec_id(&e.down, &s.ids, e.k, n_tokens, &s.gu, 2 * ff, true, &s.yd, n_embd)?;
+        c.moe_sum(&s.yd, &s.ids, &s.weights, n_embd, e.k, n_tokens, &s.e)
+    }
+
+    /// Allocates the activations for `n_tokens` tokens, unless those there are big enough.
+    fn make_scratch(&mut self, n_tokens: usize) -> Result<(), VkError> {
+        if self.scratch.as_ref().is_some_and(|s| s.n_tokens >= n_tokens) {
+            return Ok(());
+        }
+        self.scratch = None;
+        let gpu = &self.gpu;
+        let t = n_tokens.max(1);
+        let widest = |f: &dyn Fn(&GpuLayer) -> usize| self.layers.iter().map(f).max().unwrap_or(0).max(1);
+        let q_width = widest(&|l| l.n_head * l.head_dim);
+        let kv_width = widest(&|l| l.n_head_kv * l.head_dim);
+        let n_ff = widest(&|l| l.ffn_gate.n_out);
+        let n_expert = widest(&|l| l.moe.as_ref().map_or(1, |e| e.n_expert));
+        let k = widest(&|l| l.moe.as_ref().map_or(1, |e| e.k));
+        let ff_exp = widest(&|l| l.moe.as_ref().map_or(1, |e| e.n_ff_exp));
+        let n_rot = 2 * 512;
+        let f = |n: usize, what: &str| gpu.buffer(4 * n as u64, what);
+        let e = self.n_embd;
+        let slots = (0..self.layers.len()).map(|_| f(t, "cache slots")).collect::<Result<_, _>>()?;
+        self.scratch = Some(Scratch {
+            n_tokens: t,
+            x: f(t * e, "x")?,
+            h: f(t * e, "h")?,
+            o: f(t * e, "attention output")?,
+            m: f(t * e, "feed-forward output")?,
+            e: f(t * e, "experts' output")?,
+            q: f(t * q_width, "q")?,
+            a: f(t * q_width, "attention")?,
+            k: f(t * kv_width, "k")?,
+            v: f(t * kv_width, "v")?,
+            gate: f(t * n_ff, "gate")?,
+            up: f(t * n_ff, "up")?,
+            logits: f(t * n_expert, "router logits")?,
+            ids: f(t * k, "expert ids")?,
+            weights: f(t * k, "expert weights")?,
+            gu: f(t * k * 2 * ff_exp, "expert gate/up")?,
+            eu: f(t * k * ff_exp, "expert up")?,
+            yd: f(t * k * e, "expert down")?,
+            cs_full: f(t * n_rot, "rope angles")?,
+            cs_swa: f(t * n_rot, "rope angles")?,
+            qpos: f(t, "positions")?,
+            slots,
+        });
+        Ok(())
+    }
+}
