@@ -197,6 +197,12 @@ impl KvCache {
         Ok(cache)
     }
 
+    /// The most tokens one forward pass may append: a GPU layer's ring was sized for batches of
+    /// this many beside its window ([`LayerCache::on_device`]); `None` when nothing limits it.
+    pub fn max_batch(&self) -> Option<usize> {
+        self.own().filter_map(LayerCache::max_batch).min()
+    }
+
     /// K and V in VRAM, over every layer.
     pub fn device_bytes(&self) -> usize {
         self.own().map(LayerCache::device_bytes).sum()
@@ -390,6 +396,19 @@ impl LayerCache {
         cache.capacity = capacity;
         cache.pos.reserve_exact(capacity);
         Ok(cache)
+    }
+
+    /// The batch a GPU layer's ring holds beside its window; `None` for a host layer (it grows)
+    /// or one that holds the whole context.
+    pub fn max_batch(&self) -> Option<usize> {
+        match &self.data {
+            #[cfg(feature = "vulkan")]
+            Data::Device(_) => match self.window {
+                Some(w) if self.capacity < self.context => Some(self.capacity + 1 - w),
+                _ => None,
+            },
+            _ => None,
+        }
     }
 
     /// A GPU layer's rows, `None` for a layer in host memory.

@@ -104,7 +104,7 @@ impl<'g> Session<'g> {
     /// An empty session over `generator` with a cache of `context` positions of `kv_type`
     /// (allocated lazily as it fills).
     pub fn new(generator: &'g mut Generator, context: usize, kv_type: KvType, batch: usize) -> Result<Self, RunError> {
-        let cache = generator.model.new_cache_of(context, kv_type)?;
+        let cache = generator.model.new_cache_for(context, kv_type, Some(batch.max(1)))?;
         Ok(Session { generator, cache, ids: Vec::new(), logits: Vec::new(), context, batch: batch.max(1) })
     }
 
@@ -308,13 +308,26 @@ mod tests {
     use ggml::gguf::GgufFile;
 
     use super::*;
-    use crate::model::CancelAfter;
+    use crate::model::{CancelAfter, Offload};
     use crate::sample::SamplerConfig;
 
     fn generator(name: &str) -> Generator {
         let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models").join(name);
         assert!(path.exists(), "{} is missing: run scripts/setup.sh", path.display());
         Generator::load(GgufFile::open(&path).unwrap()).unwrap()
+    }
+
+    /// The model on the CPU, then with every layer and the head on lavapipe (`-ngl 99`,
+    /// its KV cache in VRAM): the session tests hold for both.
+    fn generators(name: &str) -> Vec<Generator> {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models").join(name);
+        let vk = ggml::vulkan::Vulkan::load().expect("the GPU tests need Vulkan: run scripts/setup.sh");
+        let devices = vk.devices().unwrap();
+        let lavapipe = devices.iter().find(|d| d.kind == ggml::vulkan::DeviceKind::Cpu).expect("lavapipe");
+        let offload = Offload { gpu_layers: 99, device: Some(lavapipe.index), max_batch: 512 };
+        let on_gpu = Generator::load_with(GgufFile::open(&path).unwrap(), &offload).unwrap();
+        assert!(on_gpu.model.placement().contains("llvmpipe"), "{}", on_gpu.model.placement());
+        vec![generator(name), on_gpu]
     }
 
     static NEVER: AtomicBool = AtomicBool::new(false);
@@ -336,8 +349,10 @@ mod tests {
     /// greedy tokens are those of a fresh session over the whole conversation.
     #[test]
     fn a_second_turn_prefills_only_its_new_tokens_and_matches_a_fresh_session() {
-        for model in ["tiny-gemma4-moe.gguf", "tiny-gemma4-dense.gguf"] {
-            let mut gen = generator(model);
+        for (model, mut gen) in ["tiny-gemma4-moe.gguf", "tiny-gemma4-dense.gguf"]
+            .into_iter()
+            .flat_map(|m| generators(m).into_iter().map(move |g| (m, g)))
+        {
             let turn1 = gen.tokenize_prompt("<|turn>user\nHello there<turn|>\n<|turn>model\n", true);
             let mut session = Session::new(&mut gen, 256, KvType::F32, 4).unwrap();
             let p1 = session.prefill(&turn1, &NEVER).unwrap();
@@ -370,47 +385,49 @@ mod tests {
     /// there; the result is the same as a fresh session's.
     #[test]
     fn a_divergent_prompt_rewinds_to_the_common_prefix() {
-        let mut gen = generator("tiny-gemma4-moe.gguf");
-        let a = gen.tokenize_prompt("<|turn>user\nabc<turn|>\n<|turn>model\n<|channel>thought\n<channel|>", true);
-        let b = gen.tokenize_prompt("<|turn>user\nabc<turn|>\n<|turn>model\nxyz<turn|>\n", true);
-        let common = common_prefix(&a, &b);
-        assert!(common > 4 && common < a.len(), "{common} of {}", a.len());
+        for mut gen in generators("tiny-gemma4-moe.gguf") {
+            let a = gen.tokenize_prompt("<|turn>user\nabc<turn|>\n<|turn>model\n<|channel>thought\n<channel|>", true);
+            let b = gen.tokenize_prompt("<|turn>user\nabc<turn|>\n<|turn>model\nxyz<turn|>\n", true);
+            let common = common_prefix(&a, &b);
+            assert!(common > 4 && common < a.len(), "{common} of {}", a.len());
 
-        let mut session = Session::new(&mut gen, 64, KvType::F32, 512).unwrap();
-        session.prefill(&a, &NEVER).unwrap();
-        let p = session.prefill(&b, &NEVER).unwrap();
-        assert_eq!((p.reused, p.dropped, p.prefilled), (common, a.len() - common, b.len() - common));
-        let rewound = session.logits.clone();
-        let tokens = greedy(&mut session, 5).ids;
-        drop(session);
+            let mut session = Session::new(&mut gen, 64, KvType::F32, 512).unwrap();
+            session.prefill(&a, &NEVER).unwrap();
+            let p = session.prefill(&b, &NEVER).unwrap();
+            assert_eq!((p.reused, p.dropped, p.prefilled), (common, a.len() - common, b.len() - common));
+            let rewound = session.logits.clone();
+            let tokens = greedy(&mut session, 5).ids;
+            drop(session);
 
-        let mut fresh = Session::new(&mut gen, 64, KvType::F32, 512).unwrap();
-        fresh.prefill(&b, &NEVER).unwrap();
-        assert_eq!(fresh.logits, rewound);
-        assert_eq!(greedy(&mut fresh, 5).ids, tokens);
+            let mut fresh = Session::new(&mut gen, 64, KvType::F32, 512).unwrap();
+            fresh.prefill(&b, &NEVER).unwrap();
+            assert_eq!(fresh.logits, rewound);
+            assert_eq!(greedy(&mut fresh, 5).ids, tokens);
+        }
     }
 
     /// Past a sliding ring's reach the cache cannot rewind to the common prefix: it is
     /// cleared and the whole prompt runs again, with the same result.
     #[test]
     fn a_rewind_past_the_sliding_window_re_prefills_everything() {
-        let mut gen = generator("tiny-gemma4-moe.gguf");
-        let words = "one two three four five six seven eight nine ten";
-        let a = gen.tokenize_prompt(&format!("A {words} end"), true);
-        let b = gen.tokenize_prompt(&format!("A {words} and more"), true);
-        // One token per forward pass: the rings hold exactly the window of 16, so a rewind of
-        // more than one position reaches past what they hold.
-        let mut session = Session::new(&mut gen, 128, KvType::F32, 1).unwrap();
-        session.prefill(&a, &NEVER).unwrap();
-        greedy(&mut session, 20);
-        let p = session.prefill(&b, &NEVER).unwrap();
-        assert!(common_prefix(&a, &b) > 16);
-        assert_eq!((p.reused, p.prefilled, p.dropped), (0, b.len(), a.len() + 19));
-        let logits = session.logits.clone();
-        drop(session);
-        let mut fresh = Session::new(&mut gen, 128, KvType::F32, 1).unwrap();
-        fresh.prefill(&b, &NEVER).unwrap();
-        assert_eq!(fresh.logits, logits);
+        for mut gen in generators("tiny-gemma4-moe.gguf") {
+            let words = "one two three four five six seven eight nine ten";
+            let a = gen.tokenize_prompt(&format!("A {words} end"), true);
+            let b = gen.tokenize_prompt(&format!("A {words} and more"), true);
+            // One token per forward pass: the rings hold exactly the window of 16, so a rewind of
+            // more than one position reaches past what they hold.
+            let mut session = Session::new(&mut gen, 128, KvType::F32, 1).unwrap();
+            session.prefill(&a, &NEVER).unwrap();
+            greedy(&mut session, 20);
+            let p = session.prefill(&b, &NEVER).unwrap();
+            assert!(common_prefix(&a, &b) > 16);
+            assert_eq!((p.reused, p.prefilled, p.dropped), (0, b.len(), a.len() + 19));
+            let logits = session.logits.clone();
+            drop(session);
+            let mut fresh = Session::new(&mut gen, 128, KvType::F32, 1).unwrap();
+            fresh.prefill(&b, &NEVER).unwrap();
+            assert_eq!(fresh.logits, logits);
+        }
     }
 
     /// The same prompt again reuses all but its last token, whose logits are needed.
@@ -485,8 +502,10 @@ mod tests {
     /// next prefill runs from there to the logits and greedy tokens of a fresh session.
     #[test]
     fn a_prefill_cancelled_between_layers_resumes_like_a_fresh_session() {
-        for model in ["tiny-gemma4-moe.gguf", "tiny-gemma4-dense.gguf"] {
-            let mut gen = generator(model);
+        for (model, mut gen) in ["tiny-gemma4-moe.gguf", "tiny-gemma4-dense.gguf"]
+            .into_iter()
+            .flat_map(|m| generators(m).into_iter().map(move |g| (m, g)))
+        {
             let p = gen.tokenize_prompt("Count: one two three four five six seven eight nine ten.", true);
             // Batches of 4: batch 6 (positions 20..24) is past the window of 16.
             assert!(p.len() > 28, "{model}: {} tokens", p.len());

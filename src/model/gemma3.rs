@@ -302,12 +302,22 @@ impl Gemma3 {
         KvCache::new(&self.kv_specs(), context)
     }
 
-    /// An empty cache of `kv_type` elements for up to `context` positions (in VRAM for the
-    /// layers on a GPU).
+    /// An empty cache of `kv_type` elements for up to `context` positions.
     pub fn new_cache_of(&self, context: usize, kv_type: KvType) -> Result<KvCache, KvCacheError> {
+        self.new_cache_for(context, kv_type, None)
+    }
+
+    /// [`new_cache_of`](Self::new_cache_of), in VRAM for the layers on a GPU, their rings sized
+    /// for batches of `max_batch` (`None`: the `-b` given at load).
+    pub fn new_cache_for(
+        &self,
+        context: usize,
+        kv_type: KvType,
+        #[allow(unused_variables)] max_batch: Option<usize>,
+    ) -> Result<KvCache, KvCacheError> {
         #[cfg(feature = "vulkan")]
         if let Some(g) = &self.gpu {
-            return g.new_cache(&self.kv_specs(), context, kv_type);
+            return g.new_cache(&self.kv_specs(), context, kv_type, max_batch);
         }
         KvCache::with_type(&self.kv_specs(), context, kv_type)
     }
@@ -333,7 +343,7 @@ impl Gemma3 {
         cancel: &dyn Cancel,
     ) -> Result<Vec<f32>, Cancelled> {
         #[cfg(feature = "vulkan")]
-        if let Some(max) = self.gpu.as_ref().map(|g| g.max_batch).filter(|&m| tokens.len() > m) {
+        if let Some(max) = cache.max_batch().filter(|&m| tokens.len() > m) {
             return super::gpu::in_pieces(tokens, pos, cache, which, max, |t, p, c, w| {
                 self.forward_cancellable(t, p, c, w, cancel)
             });

@@ -229,7 +229,7 @@ pub struct GpuDecoder {
     n_embd: usize,
     n_vocab: usize,
     eps: f32,
-    /// Tokens per pass at most: longer batches run in pieces (and size the sliding rings).
+    /// The batch the sliding rings of a new cache are sized for, unless told otherwise.
     pub max_batch: usize,
     scratch: Option<Scratch>,
 }
@@ -346,14 +346,17 @@ impl GpuDecoder {
         self.first
     }
 
-    /// An empty cache for the model's layers (`specs`), those on this GPU in VRAM.
+    /// An empty cache for the model's layers (`specs`), those on this GPU in VRAM, their rings
+    /// sized for batches of `max_batch` (or of the `-b` given at load).
     pub fn new_cache(
         &self,
         specs: &[crate::kv_cache::LayerSpec],
         context: usize,
         kv_type: crate::kv_cache::KvType,
+        max_batch: Option<usize>,
     ) -> Result<KvCache, crate::kv_cache::KvCacheError> {
-        KvCache::with_device_layers(specs, context, kv_type, &self.gpu, self.first, self.max_batch)
+        let max_batch = max_batch.unwrap_or(self.max_batch);
+        KvCache::with_device_layers(specs, context, kv_type, &self.gpu, self.first, max_batch)
     }
 
     /// Runs the GPU layers on `x: [n_tokens][n_embd]` (the stream after the CPU layers) at

@@ -183,9 +183,21 @@ impl Model {
 
     /// An empty cache of `kv_type` elements for up to `context` positions.
     pub fn new_cache_of(&self, context: usize, kv_type: KvType) -> Result<KvCache, KvCacheError> {
+        self.new_cache_for(context, kv_type, None)
+    }
+
+    /// [`new_cache_of`](Self::new_cache_of) for forward passes of at most `max_batch` tokens
+    /// (sizes a GPU layer's sliding ring; `None`: the `-b` given at load). Longer passes still
+    /// run, in pieces.
+    pub fn new_cache_for(
+        &self,
+        context: usize,
+        kv_type: KvType,
+        max_batch: Option<usize>,
+    ) -> Result<KvCache, KvCacheError> {
         match self {
-            Model::Gemma3(m) => m.new_cache_of(context, kv_type),
-            Model::Gemma4(m) => m.new_cache_of(context, kv_type),
+            Model::Gemma3(m) => m.new_cache_for(context, kv_type, max_batch),
+            Model::Gemma4(m) => m.new_cache_for(context, kv_type, max_batch),
         }
     }
 
