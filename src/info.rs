@@ -121,6 +121,22 @@ pub struct MemoryEstimate {
     /// f16 K and V for every layer that has its own cache; sliding layers keep at most the
     /// window.
     pub kv_cache_bytes: Option<u64>,
+    /// With `-ngl N`: what goes to the GPU and what stays in host memory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub split: Option<DeviceSplit>,
+}
+
+/// Memory per device for `-ngl N` (llama.cpp's meaning: the last N layers, the output head
+/// counting as one more). A tied head on the GPU is a copy: the embedding lookup stays on the
+/// CPU, so its bytes count on both sides.
+#[derive(Debug, Serialize)]
+pub struct DeviceSplit {
+    pub gpu_layers: u64,
+    pub gpu_weights_bytes: u64,
+    pub cpu_weights_bytes: u64,
+    /// f16 K and V of the GPU's layers and of the CPU's, at the estimate's context.
+    pub gpu_kv_cache_bytes: Option<u64>,
+    pub cpu_kv_cache_bytes: Option<u64>,
 }
 
 /// llama.cpp's `general.file_type` names (`llama_ftype`).
@@ -219,7 +235,12 @@ impl ModelInfo {
                 .map(|id| FileType { id, name: file_type_name(id) }),
             n_params: h.tensors.iter().map(|t| t.n_elements()).sum(),
             type_mix,
-            memory: MemoryEstimate { context, weights_bytes, kv_cache_bytes: hparams.kv_cache_bytes(context) },
+            memory: MemoryEstimate {
+                context,
+                weights_bytes,
+                kv_cache_bytes: hparams.kv_cache_bytes(context, 0),
+                split: None,
+            },
             hparams,
             tokenizer: TokenizerInfo::read(h),
             chat_template_bytes: h.get("tokenizer.chat_template").and_then(Value::as_str).map(str::len),
@@ -240,6 +261,42 @@ impl ModelInfo {
     }
 
     /// The report as text, one fact per line.
+    /// The memory of [`DeviceSplit`] for `-ngl gpu_layers`, added to the estimate.
+    pub fn with_gpu_layers(mut self, gguf: &GgufFile, gpu_layers: u64) -> ModelInfo {
+        let Some(n_layer) = self.hparams.block_count else { return self };
+        let first = n_layer - gpu_layers.min(n_layer);
+        let head_on_gpu = gpu_layers > n_layer;
+        let h = &gguf.header;
+        let tied = h.tensor("output.weight").is_none();
+        let (mut gpu, mut cpu) = (0u64, 0u64);
+        for t in &h.tensors {
+            let layer = t.name.strip_prefix("blk.").and_then(|r| r.split('.').next()?.parse::<u64>().ok());
+            let on_gpu = match (layer, t.name.as_str()) {
+                (Some(il), _) => il >= first,
+                (None, "output.weight" | "output_norm.weight") => head_on_gpu,
+                _ => false,
+            };
+            if on_gpu {
+                gpu += t.n_bytes();
+            } else {
+                cpu += t.n_bytes();
+            }
+            if tied && head_on_gpu && t.name == "token_embd.weight" {
+                gpu += t.n_bytes();
+            }
+        }
+        let context = self.memory.context;
+        let gpu_kv = self.hparams.kv_cache_bytes(context, first as usize);
+        self.memory.split = Some(DeviceSplit {
+            gpu_layers,
+            gpu_weights_bytes: gpu,
+            cpu_weights_bytes: cpu,
+            cpu_kv_cache_bytes: self.memory.kv_cache_bytes.zip(gpu_kv).map(|(all, g)| all - g),
+            gpu_kv_cache_bytes: gpu_kv,
+        });
+        self
+    }
+
     pub fn to_text(&self) -> String {
         let mut s = String::new();
         let mut line = |label: &str, text: String| {
@@ -316,6 +373,22 @@ impl ModelInfo {
                 None => format!("weights {} (KV cache: unknown layer shapes)", human_bytes(m.weights_bytes)),
             },
         );
+        if let Some(d) = &m.split {
+            let side = |weights: u64, kv: Option<u64>| match kv {
+                Some(kv) => {
+                    format!("{} + KV {} = {}", human_bytes(weights), human_bytes(kv), human_bytes(weights + kv))
+                }
+                None => human_bytes(weights),
+            };
+            line(
+                &format!("-ngl {}", d.gpu_layers),
+                format!(
+                    "GPU {}; CPU {}",
+                    side(d.gpu_weights_bytes, d.gpu_kv_cache_bytes),
+                    side(d.cpu_weights_bytes, d.cpu_kv_cache_bytes)
+                ),
+            );
+        }
         if let Some(tensors) = &self.tensors {
             let _ = writeln!(
                 s,
@@ -398,12 +471,13 @@ impl Hparams {
         }
     }
 
-    fn kv_cache_bytes(&self, context: u64) -> Option<u64> {
+    /// f16 K and V at `context` positions of layers `first ..`.
+    fn kv_cache_bytes(&self, context: u64, first: usize) -> Option<u64> {
         let n_layers = self.block_count? as usize;
         // Layers past `n_layers - shared` reuse an earlier layer's cache.
         let own = n_layers - (self.shared_kv_layers.unwrap_or(0) as usize).min(n_layers);
         let mut total = 0u64;
-        for il in 0..own {
+        for il in first..own {
             let (k, v) = self.head_dims(il)?;
             let n_kv = *self.head_count_kv.as_ref()?.get(il)?;
             let positions = match (self.sliding_layers.get(il), self.sliding_window) {
@@ -666,8 +740,8 @@ mod tests {
             ..Hparams::default()
         };
         // Sliding: min(100, 4) * 2 heads * (8 + 8) * 2 bytes = 256 each; global: 100 * 64.
-        assert_eq!(h.kv_cache_bytes(100), Some(2 * 256 + 6400));
+        assert_eq!(h.kv_cache_bytes(100, 0), Some(2 * 256 + 6400));
         let shared = Hparams { shared_kv_layers: Some(1), ..h };
-        assert_eq!(shared.kv_cache_bytes(100), Some(2 * 256));
+        assert_eq!(shared.kv_cache_bytes(100, 0), Some(2 * 256));
     }
 }

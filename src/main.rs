@@ -43,6 +43,10 @@ enum Command {
         /// Print JSON instead of text
         #[arg(long)]
         json: bool,
+        /// Also show the memory on the GPU and on the CPU with this many layers offloaded
+        /// (`-ngl`, as `gemma run` takes it)
+        #[arg(long = "gpu-layers", visible_aliases = ["ngl", "n-gpu-layers"])]
+        gpu_layers: Option<u64>,
     },
     /// Generate text from a prompt (-p, -f, --ids, or stdin); the completion alone goes to stdout
     Run(RunArgs),
@@ -334,9 +338,12 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Info { file, ctx_size, tensors, json } => {
+        Command::Info { file, ctx_size, tensors, json, gpu_layers } => {
             let gguf = GgufFile::open(&file)?;
-            let info = ModelInfo::new(&gguf, ctx_size, tensors);
+            let mut info = ModelInfo::new(&gguf, ctx_size, tensors);
+            if let Some(n) = gpu_layers {
+                info = info.with_gpu_layers(&gguf, n);
+            }
             let text = if json { serde_json::to_string_pretty(&info)? + "\n" } else { info.to_text() };
             print(&text)
         }

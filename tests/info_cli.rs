@@ -77,3 +77,32 @@ fn json_describes_gemma3_270m() {
         .sum();
     assert_eq!(info["n_params"].as_u64().unwrap(), params);
 }
+
+/// `-ngl N` splits the weights and the KV cache between the devices as `gemma run -ngl N`
+/// places them: nothing on the GPU at 0; half the layers at 9 of 18 (weights and KV add up to
+/// the totals); everything at 99, where the tied head is a copy of the embedding that the CPU
+/// keeps for its lookups.
+#[test]
+fn gpu_layers_split_the_memory_between_the_devices() {
+    let info = |n: &str| -> serde_json::Value {
+        let out = gemma().args(["info"]).arg(model("gemma-3-270m-q4_k_m.gguf")).args(["-ngl", n, "--json"]).output();
+        let out = out.unwrap();
+        assert!(out.status.success());
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let n = |v: &serde_json::Value| v.as_u64().unwrap();
+    let none = info("0");
+    let m = &none["memory"];
+    let (weights, kv) = (n(&m["weights_bytes"]), n(&m["kv_cache_bytes"]));
+    assert_eq!((n(&m["split"]["gpu_weights_bytes"]), n(&m["split"]["cpu_weights_bytes"])), (0, weights));
+    let half = &info("9")["memory"]["split"];
+    assert_eq!(n(&half["gpu_weights_bytes"]) + n(&half["cpu_weights_bytes"]), weights);
+    assert_eq!(n(&half["gpu_kv_cache_bytes"]) + n(&half["cpu_kv_cache_bytes"]), kv);
+    assert!(n(&half["gpu_weights_bytes"]) > 0 && n(&half["gpu_kv_cache_bytes"]) > 0);
+    let all = &info("99")["memory"]["split"];
+    let embd = n(&all["cpu_weights_bytes"]);
+    assert_eq!(n(&all["gpu_weights_bytes"]), weights, "every layer, the output norm and the tied head");
+    assert_eq!((n(&all["gpu_kv_cache_bytes"]), n(&all["cpu_kv_cache_bytes"])), (kv, 0));
+    // The CPU keeps the embedding alone: 262144 rows of 640 in the file's type.
+    assert!(embd > 262144 * 640 / 2 && embd < 262144 * 640 * 2, "{embd}");
+}

@@ -428,7 +428,7 @@ impl Gemma4 {
             output: &self.output,
             softcap: hp.final_logit_softcap,
         });
-        GpuDecoder::upload(gpu, self.gguf.bytes(), first, descs, output, hp.n_embd, hp.n_vocab, hp.rms_eps, max_batch)
+        GpuDecoder::upload(gpu, &self.gguf, first, descs, output, hp.n_embd, hp.n_vocab, hp.rms_eps, max_batch)
             .map_err(|e| ModelError::Unsupported(format!("uploading to the GPU: {e}")))
     }
 

@@ -6,7 +6,8 @@
 //! which Gemma 4 and Gemma 3 both fill (Gemma 3's is Gemma 4's without experts, with `attn_v`
 //! always, no V norm and a query scale). A forward pass takes the residual stream `x` from the
 //! CPU layers (or the embedding), records every GPU layer into one command buffer, submits it
-//! once, and hands back the logits (or `x`, when the head stays on the CPU). The KV cache of a
+//! once, and hands back the logits (or `x`, when the head stays on the CPU). Uploaded weights'
+//! pages of the mapped file are released, so that the process does not hold them twice. The KV cache of a
 //! GPU layer lives in VRAM; its ring and positions stay in the host's [`KvCache`], which says
 //! which slot each new position takes.
 //!
@@ -21,6 +22,7 @@
 //! x = (x + rmsnorm(m) post_ffw_norm) output_scale
 //! ```
 
+use ggml::gguf::GgufFile;
 use ggml::ops::rope::RopeCache;
 use ggml::vulkan::{Buffer, Commands, Gpu, GpuMatrix, VkError};
 
@@ -83,6 +85,24 @@ pub(crate) fn in_pieces(
         }
     }
     Ok(logits)
+}
+
+/// `Ok` when the weights of layers of `sizes` bytes and a head of `head` bytes fit `memory`
+/// bytes; else `Err(n)`: the most of the last layers that fit without the head (the `-ngl` to
+/// suggest).
+fn fits(sizes: &[u64], head: u64, memory: u64) -> Result<(), usize> {
+    if sizes.iter().sum::<u64>() + head <= memory {
+        return Ok(());
+    }
+    let mut sum = 0;
+    Err(sizes
+        .iter()
+        .rev()
+        .take_while(|&&s| {
+            sum += s;
+            sum <= memory
+        })
+        .count())
 }
 
 /// The host view of one decoder layer's shape and weights.
@@ -234,25 +254,51 @@ pub struct GpuDecoder {
     scratch: Option<Scratch>,
 }
 
-fn matrix(gpu: &Gpu, file: &[u8], name: &str, m: &Matrix) -> Result<GpuMatrix, VkError> {
-    GpuMatrix::upload(gpu, name, m.ty, m.n_in, m.n_out, &file[m.bytes.clone()], None)
+/// Uploads a matrix, then releases its pages of the mapped file.
+fn matrix(gpu: &Gpu, file: &GgufFile, name: &str, m: &Matrix) -> Result<GpuMatrix, VkError> {
+    let w = GpuMatrix::upload(gpu, name, m.ty, m.n_in, m.n_out, &file.bytes()[m.bytes.clone()], None)?;
+    file.release(m.bytes.clone());
+    Ok(w)
 }
 
-fn stack(gpu: &Gpu, file: &[u8], name: &str, s: &ExpertStack) -> Result<GpuMatrix, VkError> {
-    GpuMatrix::upload_stack(gpu, name, s.ty, s.n_in, s.rows, s.n_expert, &file[s.bytes.clone()], None)
+/// Uploads a stack of experts, then releases its pages of the mapped file.
+fn stack(gpu: &Gpu, file: &GgufFile, name: &str, s: &ExpertStack) -> Result<GpuMatrix, VkError> {
+    let bytes = &file.bytes()[s.bytes.clone()];
+    let w = GpuMatrix::upload_stack(gpu, name, s.ty, s.n_in, s.rows, s.n_expert, bytes, None)?;
+    file.release(s.bytes.clone());
+    Ok(w)
 }
 
 fn vector(gpu: &Gpu, v: &[f32], name: &str) -> Result<Buffer, VkError> {
     gpu.buffer_from(v, name)
 }
 
+impl LayerDesc<'_> {
+    /// Bytes of its weights (what it takes in VRAM, before activations and KV cache).
+    fn bytes(&self) -> u64 {
+        let m = |w: &Matrix| w.bytes.len() as u64;
+        let v = |x: &[f32]| 4 * x.len() as u64;
+        let mut n = m(self.attn_q) + m(self.attn_k) + self.attn_v.map_or(0, m) + m(self.attn_output);
+        n += m(self.ffn_gate) + m(self.ffn_up) + m(self.ffn_down);
+        n += v(self.attn_norm) + v(self.attn_q_norm) + v(self.attn_k_norm) + v(self.post_attention_norm);
+        n += v(self.ffn_norm) + v(self.post_ffw_norm);
+        if let Some(e) = &self.moe {
+            let st = |s: &ExpertStack| s.bytes.len() as u64;
+            n += m(e.gate_inp) + st(e.gate_up.0) + e.gate_up.1.map_or(0, st) + st(e.down_exps);
+            n += v(e.gate_inp_scale) + v(e.pre_ffw_norm_2) + v(e.post_ffw_norm_1) + v(e.post_ffw_norm_2);
+        }
+        n
+    }
+}
+
 impl GpuDecoder {
     /// Uploads layers `first ..` (`layers` holds them, in order) and, when given, the output
-    /// head. `progress` is called with the bytes uploaded so far and in all.
+    /// head. Weights larger than the device's memory are an error before anything is
+    /// uploaded, naming the `-ngl` that would fit.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn upload(
         gpu: &Gpu,
-        file: &[u8],
+        file: &GgufFile,
         first: usize,
         layers: Vec<LayerDesc>,
         output: Option<OutputDesc>,
@@ -261,6 +307,27 @@ impl GpuDecoder {
         eps: f32,
         max_batch: usize,
     ) -> Result<GpuDecoder, VkError> {
+        let sizes: Vec<u64> = layers.iter().map(LayerDesc::bytes).collect();
+        let head = output.as_ref().map_or(0, |o| o.output.bytes.len() as u64);
+        let total = sizes.iter().sum::<u64>() + head;
+        let memory = gpu.info().memory;
+        if let Err(fit) = fits(&sizes, head, memory) {
+            let h = crate::info::human_bytes;
+            return Err(VkError::OutOfMemory {
+                what: format!(
+                    "layers {first}..{}{}",
+                    first + sizes.len(),
+                    if head > 0 { " and the output head" } else { "" }
+                ),
+                bytes: total,
+                detail: format!(
+                    "their weights take {}, the device has {} (before the KV cache and activations); \
+                     -ngl {fit} would fit the weights",
+                    h(total),
+                    h(memory)
+                ),
+            });
+        }
         let mut gpu_layers = Vec::with_capacity(layers.len());
         for (i, d) in layers.into_iter().enumerate() {
             let il = first + i;
@@ -607,5 +674,32 @@ impl GpuDecoder {
             slots,
         });
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placement_follows_llama_cpp_ngl() {
+        // 30 layers: -ngl 0 nothing, 10 the last ten, 30 every layer but not the head, 31 and
+        // more everything.
+        assert_eq!(Placement::from_gpu_layers(30, 0), Placement { first_gpu_layer: 30, output_on_gpu: false });
+        assert_eq!(Placement::from_gpu_layers(30, 10), Placement { first_gpu_layer: 20, output_on_gpu: false });
+        assert_eq!(Placement::from_gpu_layers(30, 30), Placement { first_gpu_layer: 0, output_on_gpu: false });
+        assert_eq!(Placement::from_gpu_layers(30, 31), Placement { first_gpu_layer: 0, output_on_gpu: true });
+        assert_eq!(Placement::from_gpu_layers(30, 99), Placement { first_gpu_layer: 0, output_on_gpu: true });
+    }
+
+    #[test]
+    fn too_little_memory_names_the_ngl_that_fits() {
+        let gb = 1u64 << 30;
+        // 30 layers of 0.5 GiB and a 0.6 GiB head on an 8 GiB card: 16 layers fit.
+        let sizes = vec![gb / 2; 30];
+        assert_eq!(fits(&sizes, 6 * gb / 10, 8 * gb), Err(16));
+        assert_eq!(fits(&sizes, 6 * gb / 10, 24 * gb), Ok(()));
+        assert_eq!(fits(&sizes[..2], 0, gb), Ok(()));
+        assert_eq!(fits(&sizes, 0, gb / 4), Err(0));
     }
 }

@@ -56,6 +56,26 @@ impl GgufFile {
         }
     }
 
+    /// Drops the pages of `range` (bytes of the file) from this process's memory: after their
+    /// tensors were copied to a GPU, so that the resident set does not hold the model twice.
+    /// Reading them again is still correct (they fault back in from the file). Also turns off
+    /// [`prefetch`](Self::prefetch), which would bring them back.
+    pub fn release(&self, range: std::ops::Range<usize>) {
+        self.prefetching.store(true, Ordering::Relaxed);
+        #[cfg(unix)]
+        {
+            const PAGE: usize = 4096;
+            let (start, end) = (range.start.next_multiple_of(PAGE), range.end / PAGE * PAGE);
+            if start < end && end <= self.mmap.len() {
+                // SAFETY: the mapping is private and read-only: dropped pages read back from the
+                // file unchanged, so every slice of it stays valid. Failure leaves the pages
+                // resident, as without the call.
+                let _ =
+                    unsafe { self.mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start) };
+            }
+        }
+    }
+
     /// The whole file.
     pub fn bytes(&self) -> &[u8] {
         &self.mmap
