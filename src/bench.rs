@@ -57,6 +57,10 @@ pub struct BenchReport {
     pub results: Vec<BenchResult>,
     /// The process's peak resident set (`VmHWM`), when the OS reports it.
     pub peak_rss: Option<u64>,
+    /// The most device memory allocated (weights, KV cache, activations) at the end of a
+    /// test's timed run, with layers on a GPU.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_vram: Option<u64>,
 }
 
 /// A model loaded for benchmarking.
@@ -110,6 +114,7 @@ impl Bench {
         let mut random = |n: usize| -> Vec<u32> { (0..n).map(|_| rng.gen_range(0..n_vocab)).collect() };
         let batch = options.batch.max(1);
         let mut results = Vec::new();
+        let mut peak_vram = model.vram_bytes();
         for &threads in &options.threads {
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(threads.max(1))
@@ -140,7 +145,9 @@ impl Bench {
                                     model.forward(&[t], depth + i, &mut cache, Logits::Last);
                                 }
                             }
-                            Ok(start.elapsed())
+                            let elapsed = start.elapsed();
+                            peak_vram = peak_vram.max(model.vram_bytes());
+                            Ok(elapsed)
                         })?;
                         // Repetition 0 is the warm-up.
                         if rep > 0 {
@@ -164,7 +171,7 @@ impl Bench {
                 }
             }
         }
-        Ok(BenchReport { model: self.label.clone(), load_ms: self.load_ms, results, peak_rss: peak_rss() })
+        Ok(BenchReport { model: self.label.clone(), load_ms: self.load_ms, results, peak_rss: peak_rss(), peak_vram })
     }
 }
 
@@ -181,6 +188,9 @@ impl BenchReport {
             fields.insert("model_n_params".into(), self.model.n_params.into());
             fields.insert("load_ms".into(), self.load_ms.into());
             fields.insert("peak_rss".into(), self.peak_rss.into());
+            if let Some(vram) = self.peak_vram {
+                fields.insert("peak_vram".into(), vram.into());
+            }
             row
         });
         serde_json::Value::Array(rows.collect())

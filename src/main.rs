@@ -374,7 +374,9 @@ fn run(cli: Cli) -> Result<()> {
             })?;
             if md {
                 let rss = report.peak_rss.map_or("unknown".to_string(), gemma::info::human_bytes);
-                println!("\nload {:.0} ms, peak RSS {rss}", report.load_ms);
+                let vram =
+                    report.peak_vram.map(|v| format!(", VRAM {}", gemma::info::human_bytes(v))).unwrap_or_default();
+                println!("\nload {:.0} ms, peak RSS {rss}{vram}", report.load_ms);
                 Ok(())
             } else {
                 print(&(serde_json::to_string_pretty(&report.to_llama_bench_json())? + "\n"))

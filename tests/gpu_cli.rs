@@ -179,3 +179,19 @@ fn gpu_layers_without_a_gpu_warn_and_run_on_the_cpu() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("--device 7: there is no Vulkan device 7"), "{stderr}");
 }
+
+/// `gemma bench -ngl 99` reports the device memory beside the peak RSS: at least the weights.
+#[test]
+fn bench_reports_vram_with_gpu_layers() {
+    let m = model("tiny-gemma4-moe.gguf");
+    let out = Command::new(env!("CARGO_BIN_EXE_gemma"))
+        .args(["bench", "-m"])
+        .arg(&m)
+        .args(["-p", "16", "-n", "4", "-r", "1", "-ngl", "99", "--device", "0", "-o", "json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let vram = rows[0]["peak_vram"].as_u64().expect("peak_vram with -ngl");
+    assert!(vram >= std::fs::metadata(&m).unwrap().len(), "{vram} bytes");
+}

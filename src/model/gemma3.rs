@@ -190,7 +190,7 @@ pub struct Gemma3 {
     isa: Isa,
     /// The last layers (and maybe the head) on a GPU (`-ngl`).
     #[cfg(feature = "vulkan")]
-    gpu: Option<GpuDecoder>,
+    pub(crate) gpu: Option<GpuDecoder>,
     /// Where the model runs, in a line ([`super::Model::placement`]).
     pub(crate) placement_note: String,
 }

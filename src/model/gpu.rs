@@ -477,34 +477,30 @@ impl GpuDecoder {
         let n_tokens = x.len() / n_embd;
         self.make_scratch(n_tokens)?;
         let gpu = self.gpu.clone();
-        // Host inputs of this pass: the stream, positions, angles, slots and slot positions.
-        {
-            let s = self.scratch.as_ref().expect("made above");
-            gpu.upload(&s.x, 0, bytemuck::cast_slice(x))?;
-            let qpos: Vec<i32> = (pos..pos + n_tokens).map(|p| p as i32).collect();
-            gpu.upload(&s.qpos, 0, bytemuck::cast_slice(&qpos))?;
-            for (table, buf) in [(rope_full, &s.cs_full), (rope_swa, &s.cs_swa)] {
-                let cs: Vec<f32> = table.iter().flat_map(|c| c.cos.iter().chain(&c.sin).copied()).collect();
-                if !cs.is_empty() {
-                    gpu.upload(buf, 0, bytemuck::cast_slice(&cs))?;
-                }
-            }
-            for (i, sl) in slots.iter().enumerate() {
-                gpu.upload(&s.slots[i], 0, bytemuck::cast_slice(sl))?;
-            }
-        }
         for (i, layer) in self.layers.iter_mut().enumerate() {
-            let lc = cache.layer(self.first + i);
-            let kpos: Vec<i32> = lc.positions().iter().map(|&p| p as i32).collect();
-            let capacity = lc.device().expect("a GPU layer's cache is in VRAM").rows.capacity;
+            let capacity = cache.layer(self.first + i).device().expect("a GPU layer's cache is in VRAM").rows.capacity;
             if layer.kpos.as_ref().is_none_or(|b| b.size < 4 * capacity as u64) {
                 layer.kpos = Some(gpu.buffer(4 * capacity as u64, "slot positions")?);
             }
-            gpu.upload(layer.kpos.as_ref().expect("made above"), 0, bytemuck::cast_slice(&kpos))?;
         }
-
         let s = self.scratch.as_ref().expect("made above");
         let mut c = gpu.commands()?;
+        // Host inputs of this pass, carried in the command buffer: the stream, positions,
+        // angles, and every layer's new slots and slot positions.
+        c.update(&s.x, 0, bytemuck::cast_slice(x))?;
+        let qpos: Vec<i32> = (pos..pos + n_tokens).map(|p| p as i32).collect();
+        c.update(&s.qpos, 0, bytemuck::cast_slice(&qpos))?;
+        for (table, buf) in [(rope_full, &s.cs_full), (rope_swa, &s.cs_swa)] {
+            let cs: Vec<f32> = table.iter().flat_map(|c| c.cos.iter().chain(&c.sin).copied()).collect();
+            if !cs.is_empty() {
+                c.update(buf, 0, bytemuck::cast_slice(&cs))?;
+            }
+        }
+        for (i, (sl, layer)) in slots.iter().zip(&self.layers).enumerate() {
+            c.update(&s.slots[i], 0, bytemuck::cast_slice(sl))?;
+            let kpos: Vec<i32> = cache.layer(self.first + i).positions().iter().map(|&p| p as i32).collect();
+            c.update(layer.kpos.as_ref().expect("made above"), 0, bytemuck::cast_slice(&kpos))?;
+        }
         for (i, l) in self.layers.iter().enumerate() {
             let lc = cache.layer(self.first + i);
             let kv = &lc.device().expect("checked above").rows;

@@ -143,6 +143,20 @@ impl Model {
         }
     }
 
+    /// Device memory allocated now (weights, KV caches, activations) when layers run on a GPU.
+    pub fn vram_bytes(&self) -> Option<u64> {
+        #[cfg(feature = "vulkan")]
+        {
+            let gpu = match self {
+                Model::Gemma3(m) => m.gpu.as_ref(),
+                Model::Gemma4(m) => m.gpu.as_ref(),
+            };
+            gpu.map(|g| g.gpu().allocated_bytes())
+        }
+        #[cfg(not(feature = "vulkan"))]
+        None
+    }
+
     /// Where the model runs, in a line: "CPU", or the GPU, its layers and VRAM; with the
     /// reason when a GPU was asked for and none is used.
     pub fn placement(&self) -> &str {

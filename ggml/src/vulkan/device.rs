@@ -41,7 +41,10 @@ pub(crate) struct Queue {
     pub pool: vk::CommandPool,
     pub cmd: vk::CommandBuffer,
     pub fence: vk::Fence,
+    /// Host-visible buffers for uploads (write-combined is fine) and downloads (host-cached:
+    /// reading write-combined memory from the CPU is slow).
     staging: Option<Raw>,
+    readback: Option<Raw>,
 }
 
 pub(crate) struct Inner {
@@ -143,7 +146,7 @@ impl Gpu {
                 push,
                 allocator: ManuallyDrop::new(Mutex::new(allocator)),
                 pipelines: Mutex::new(HashMap::new()),
-                queue: Mutex::new(Queue { queue, pool, cmd, fence, staging: None }),
+                queue: Mutex::new(Queue { queue, pool, cmd, fence, staging: None, readback: None }),
             });
             Ok(Gpu { inner })
         }
@@ -192,7 +195,7 @@ impl Gpu {
     pub fn download(&self, src: &Buffer, offset: u64, out: &mut [u8]) -> Result<(), VkError> {
         assert!(offset + out.len() as u64 <= src.size, "download past the end of the buffer");
         let mut q = self.inner.queue.lock().unwrap();
-        let staging = q.staging(&self.inner)?.buffer;
+        let staging = q.readback(&self.inner)?.buffer;
         let mut done = 0u64;
         while done < out.len() as u64 {
             let n = (out.len() as u64 - done).min(STAGING_BYTES);
@@ -200,7 +203,7 @@ impl Gpu {
             q.run(&self.inner, "a download", |d, cmd| unsafe {
                 d.cmd_copy_buffer(cmd, src.buffer, staging, &[region])
             })?;
-            let s = q.staging.as_ref().expect("made above");
+            let s = q.readback.as_ref().expect("made above");
             out[done as usize..(done + n) as usize]
                 .copy_from_slice(&s.allocation.mapped_slice().expect("host-visible")[..n as usize]);
             done += n;
@@ -338,6 +341,13 @@ impl Queue {
         Ok(self.staging.as_ref().expect("just made"))
     }
 
+    fn readback(&mut self, inner: &Inner) -> Result<&Raw, VkError> {
+        if self.readback.is_none() {
+            self.readback = Some(inner.raw_buffer(STAGING_BYTES, "the readback buffer", MemoryLocation::GpuToCpu)?);
+        }
+        Ok(self.readback.as_ref().expect("just made"))
+    }
+
     /// Records `record` into the command buffer, submits it and waits for it.
     pub(crate) fn run(
         &mut self,
@@ -407,7 +417,7 @@ impl Drop for Inner {
         unsafe {
             let _ = d.device_wait_idle();
             let q = self.queue.get_mut().unwrap();
-            if let Some(s) = q.staging.take() {
+            for s in [q.staging.take(), q.readback.take()].into_iter().flatten() {
                 d.destroy_buffer(s.buffer, None);
                 let _ = self.allocator.get_mut().unwrap().free(s.allocation);
             }

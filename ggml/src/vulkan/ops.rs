@@ -514,6 +514,44 @@ impl Commands<'_> {
         Ok(())
     }
 
+    /// Writes `data` into `dst` at byte `offset` when the commands run (in order with the ops
+    /// around it): the small per-pass inputs (positions, slots, angles, the stream), carried in
+    /// the command buffer itself instead of a staging copy and a submission of their own.
+    pub fn update(&mut self, dst: &Buffer, offset: u64, data: &[u8]) -> Result<(), VkError> {
+        // vkCmdUpdateBuffer takes multiples of 4 bytes, at most 65536 at a time.
+        const MAX: usize = 65536;
+        if !offset.is_multiple_of(4) || !data.len().is_multiple_of(4) || offset + data.len() as u64 > dst.size {
+            return Err(VkError::Shape(format!("update of {} bytes at {offset} of {}", data.len(), dst.size)));
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
+        let d = &self.gpu.inner.device;
+        let cmd = self.queue.cmd;
+        // SAFETY: the command buffer is recording; `dst` outlives the submission; the data is
+        // copied into the command buffer by the call.
+        unsafe {
+            let barrier = [vk::MemoryBarrier::default()
+                .src_access_mask(vk::AccessFlags::SHADER_WRITE | vk::AccessFlags::SHADER_READ)
+                .dst_access_mask(vk::AccessFlags::TRANSFER_WRITE)];
+            d.cmd_pipeline_barrier(
+                cmd,
+                vk::PipelineStageFlags::COMPUTE_SHADER | vk::PipelineStageFlags::TRANSFER,
+                vk::PipelineStageFlags::TRANSFER,
+                vk::DependencyFlags::empty(),
+                &barrier,
+                &[],
+                &[],
+            );
+            for (i, chunk) in data.chunks(MAX).enumerate() {
+                d.cmd_update_buffer(cmd, dst.buffer, offset + (i * MAX) as u64, chunk);
+            }
+        }
+        // The next dispatch's barrier covers transfer writes.
+        self.dispatches += 1;
+        Ok(())
+    }
+
     /// Submits everything recorded and waits for it.
     pub fn finish(mut self) -> Result<(), VkError> {
         self.queue.submit_and_wait(&self.gpu.inner, "the recorded ops")

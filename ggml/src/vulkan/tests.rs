@@ -497,3 +497,23 @@ fn attention_matches_the_f64_reference_on_a_wrapped_ring() {
         check_attention(f16, 16, 2, 512, None);
     }
 }
+
+#[test]
+fn updates_and_copies_run_in_order_with_the_ops() {
+    let gpu = gpu();
+    // 100,000 floats: 400 KB, seven vkCmdUpdateBuffer pieces of at most 64 KiB.
+    let x = random_f32(100_000, 71);
+    let (a, b) = (zeros(gpu, x.len()), zeros(gpu, x.len()));
+    let mut c = gpu.commands().unwrap();
+    c.update(&a, 0, bytemuck::cast_slice(&x)).unwrap();
+    c.scale(&a, 2.0, x.len()).unwrap();
+    c.copy(&a, 400, &b, 0, 4000).unwrap();
+    c.scale(&b, 0.5, 1000).unwrap();
+    c.finish().unwrap();
+    let doubled: Vec<f32> = x.iter().map(|v| v * 2.0).collect();
+    assert_same(&read(gpu, &a, x.len()), &doubled, "update then scale");
+    assert_same(&read(gpu, &b, 1000), &x[100..1100], "copy then scale");
+    let mut c = gpu.commands().unwrap();
+    assert!(c.update(&a, 2, &[0; 4]).is_err(), "offsets are multiples of 4");
+    assert!(c.update(&a, 0, &vec![0; 400_004]).is_err(), "past the end");
+}
