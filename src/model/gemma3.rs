@@ -1,4 +1,5 @@
-//! Gemma 3 text decoder, as llama.cpp runs it (`src/models/gemma3.cpp`), over a GGUF file.
+//! Gemma 3 over a GGUF file, as llama.cpp runs it (`src/models/gemma3.cpp`): the
+//! hyperparameters and tensors read into the [`Decoder`] it shares with Gemma 4 (`decoder.rs`).
 //!
 //! Per token, `x: [n_embd]`:
 //!
@@ -20,21 +21,10 @@
 //! (GEMMA4.md pitfall 1). Sliding layers see the last `sliding_window` positions, the current
 //! one included; by default 5 of every 6 layers slide and the 6th is global.
 
-use ggml::attention::{attention, AttnShape};
 use ggml::gguf::{GgufFile, GgufHeader, Value};
-use ggml::kernels::Isa;
-use ggml::ops::elementwise::{add, scale};
-use ggml::ops::gelu::gelu_mul;
-use ggml::ops::norm::rms_norm_heads;
-use ggml::ops::rope::{rope_neox_cached, RopeCache};
 
-#[cfg(feature = "vulkan")]
-use super::gpu::{GpuDecoder, LayerDesc, OutputDesc, Placement};
-use super::{
-    find_vector, norm_rows, norm_rows_inplace, Cancel, Cancelled, Input, Logits, Matrix, Metadata, ModelError, Never,
-    Offload,
-};
-use crate::kv_cache::{KvCache, KvCacheError, KvType, LayerSpec};
+use super::decoder::{Decoder, Layer, Parts, Rope};
+use super::{find_vector, Matrix, Metadata, ModelError, Offload};
 
 const ARCH: &str = "gemma3";
 
@@ -123,76 +113,57 @@ const TOKEN_EMBD: &str = "token_embd.weight";
 const OUTPUT_NORM: &str = "output_norm.weight";
 const OUTPUT: &str = "output.weight";
 
-/// One decoder layer's weights, named by tensor role.
-struct Layer {
-    /// `[n_embd]`
-    attn_norm: Vec<f32>,
-    /// `{n_embd, n_head · head_dim}`
-    attn_q: Matrix,
-    /// `{n_embd, n_head_kv · head_dim}`
-    attn_k: Matrix,
-    /// `{n_embd, n_head_kv · head_dim}`
-    attn_v: Matrix,
-    /// `[head_dim]`, shared by every head
-    attn_q_norm: Vec<f32>,
-    /// `[head_dim]`
-    attn_k_norm: Vec<f32>,
-    /// `{n_head · head_dim, n_embd}`
-    attn_output: Matrix,
-    /// `[n_embd]`
-    post_attention_norm: Vec<f32>,
-    /// `[n_embd]`
-    ffn_norm: Vec<f32>,
-    /// `{n_embd, n_ff}`
-    ffn_gate: Matrix,
-    /// `{n_embd, n_ff}`
-    ffn_up: Matrix,
-    /// `{n_ff, n_embd}`
-    ffn_down: Matrix,
-    /// `[n_embd]`
-    post_ffw_norm: Vec<f32>,
+/// Layer `il`'s shape and weights (its tensors `blk.{il}.*`): every layer has `attn_v`, no V
+/// norm and no experts; q is scaled after RoPE.
+fn load_layer(header: &GgufHeader, file: &[u8], hp: &Hparams, il: usize) -> Result<Layer, ModelError> {
+    let name = |role: &str| format!("blk.{il}.{role}.weight");
+    let vector = |role: &str, n| find_vector(header, file, &name(role), n);
+    let matrix = |role: &str, n_in, n_out| Matrix::find(header, &name(role), n_in, n_out);
+    let (q_width, kv_width) = (hp.n_head * hp.head_dim, hp.n_head_kv * hp.head_dim);
+    Ok(Layer {
+        n_head: hp.n_head,
+        n_head_kv: hp.n_head_kv,
+        head_dim: hp.head_dim,
+        window: hp.sliding[il].then_some(hp.sliding_window),
+        full_rope: !hp.sliding[il],
+        q_scale: Some(hp.attn_scale),
+        v_norm: false,
+        attn_norm: vector("attn_norm", hp.n_embd)?,
+        attn_q: matrix("attn_q", hp.n_embd, q_width)?,
+        attn_k: matrix("attn_k", hp.n_embd, kv_width)?,
+        attn_v: Some(matrix("attn_v", hp.n_embd, kv_width)?),
+        attn_q_norm: vector("attn_q_norm", hp.head_dim)?,
+        attn_k_norm: vector("attn_k_norm", hp.head_dim)?,
+        attn_output: matrix("attn_output", q_width, hp.n_embd)?,
+        post_attention_norm: vector("post_attention_norm", hp.n_embd)?,
+        ffn_norm: vector("ffn_norm", hp.n_embd)?,
+        ffn_gate: matrix("ffn_gate", hp.n_embd, hp.n_ff)?,
+        ffn_up: matrix("ffn_up", hp.n_embd, hp.n_ff)?,
+        ffn_down: matrix("ffn_down", hp.n_ff, hp.n_embd)?,
+        post_ffw_norm: vector("post_ffw_norm", hp.n_embd)?,
+        moe: None,
+        output_scale: None,
+    })
 }
 
-impl Layer {
-    fn load(header: &GgufHeader, file: &[u8], hp: &Hparams, il: usize) -> Result<Layer, ModelError> {
-        let name = |role: &str| format!("blk.{il}.{role}.weight");
-        let vector = |role: &str, n| find_vector(header, file, &name(role), n);
-        let matrix = |role: &str, n_in, n_out| Matrix::find(header, &name(role), n_in, n_out);
-        let (q_width, kv_width) = (hp.n_head * hp.head_dim, hp.n_head_kv * hp.head_dim);
-        Ok(Layer {
-            attn_norm: vector("attn_norm", hp.n_embd)?,
-            attn_q: matrix("attn_q", hp.n_embd, q_width)?,
-            attn_k: matrix("attn_k", hp.n_embd, kv_width)?,
-            attn_v: matrix("attn_v", hp.n_embd, kv_width)?,
-            attn_q_norm: vector("attn_q_norm", hp.head_dim)?,
-            attn_k_norm: vector("attn_k_norm", hp.head_dim)?,
-            attn_output: matrix("attn_output", q_width, hp.n_embd)?,
-            post_attention_norm: vector("post_attention_norm", hp.n_embd)?,
-            ffn_norm: vector("ffn_norm", hp.n_embd)?,
-            ffn_gate: matrix("ffn_gate", hp.n_embd, hp.n_ff)?,
-            ffn_up: matrix("ffn_up", hp.n_embd, hp.n_ff)?,
-            ffn_down: matrix("ffn_down", hp.n_ff, hp.n_embd)?,
-            post_ffw_norm: vector("post_ffw_norm", hp.n_embd)?,
-        })
+/// A Gemma 3 model: its hyperparameters and the shared [`Decoder`] (which it derefs to for
+/// `forward`, `new_cache`, ...).
+pub struct Gemma3 {
+    pub hparams: Hparams,
+    decoder: Decoder,
+}
+
+impl std::ops::Deref for Gemma3 {
+    type Target = Decoder;
+    fn deref(&self) -> &Decoder {
+        &self.decoder
     }
 }
 
-pub struct Gemma3 {
-    pub hparams: Hparams,
-    pub(crate) gguf: GgufFile,
-    /// `{n_embd, n_vocab}`: the input embedding, one row per token.
-    token_embd: Matrix,
-    layers: Vec<Layer>,
-    /// `[n_embd]`
-    output_norm: Vec<f32>,
-    /// `{n_embd, n_vocab}`: `output.weight`, or `token_embd` when tied (as on every Gemma 3).
-    output: Matrix,
-    isa: Isa,
-    /// The last layers (and maybe the head) on a GPU (`-ngl`).
-    #[cfg(feature = "vulkan")]
-    pub(crate) gpu: Option<GpuDecoder>,
-    /// Where the model runs, in a line ([`super::Model::placement`]).
-    pub(crate) placement_note: String,
+impl std::ops::DerefMut for Gemma3 {
+    fn deref_mut(&mut self) -> &mut Decoder {
+        &mut self.decoder
+    }
 }
 
 impl Gemma3 {
@@ -211,235 +182,31 @@ impl Gemma3 {
             Some(_) => Matrix::find(header, OUTPUT, hp.n_embd, hp.n_vocab)?,
             None => token_embd.clone(),
         };
-        let layers = (0..hp.n_layer).map(|il| Layer::load(header, file, hp, il)).collect::<Result<_, _>>()?;
+        let layers = (0..hp.n_layer).map(|il| load_layer(header, file, hp, il)).collect::<Result<_, _>>()?;
         let output_norm = find_vector(header, file, OUTPUT_NORM, hp.n_embd)?;
-        let resolved = offload.resolve()?;
-        let mut model = Gemma3 {
+        // Both layer types rotate the whole head, each with its own base.
+        let parts = Parts {
             token_embd,
             layers,
             output_norm,
             output,
-            isa: Isa::best(),
-            hparams,
-            gguf,
-            #[cfg(feature = "vulkan")]
-            gpu: None,
-            placement_note: resolved.note,
-        };
-        #[cfg(feature = "vulkan")]
-        if let Some(gpu) = resolved.gpu {
-            let placement = Placement::from_gpu_layers(model.hparams.n_layer, offload.gpu_layers);
-            let decoder = model.upload(&gpu, placement, offload.max_batch)?;
-            model.placement_note = placement.describe(&model.placement_note, model.hparams.n_layer, &gpu);
-            model.gpu = Some(decoder);
-        }
-        Ok(model)
-    }
-
-    /// Uploads the layers and head `placement` puts on `gpu`.
-    #[cfg(feature = "vulkan")]
-    fn upload(
-        &self,
-        gpu: &ggml::vulkan::Gpu,
-        placement: Placement,
-        max_batch: usize,
-    ) -> Result<GpuDecoder, ModelError> {
-        let hp = &self.hparams;
-        let first = placement.first_gpu_layer;
-        let descs = (first..hp.n_layer)
-            .map(|il| {
-                let l = &self.layers[il];
-                LayerDesc {
-                    n_head: hp.n_head,
-                    n_head_kv: hp.n_head_kv,
-                    head_dim: hp.head_dim,
-                    window: hp.sliding[il].then_some(hp.sliding_window),
-                    full_rope: !hp.sliding[il],
-                    q_scale: Some(hp.attn_scale),
-                    v_norm: false,
-                    attn_norm: &l.attn_norm,
-                    attn_q: &l.attn_q,
-                    attn_k: &l.attn_k,
-                    attn_v: Some(&l.attn_v),
-                    attn_q_norm: &l.attn_q_norm,
-                    attn_k_norm: &l.attn_k_norm,
-                    attn_output: &l.attn_output,
-                    post_attention_norm: &l.post_attention_norm,
-                    ffn_norm: &l.ffn_norm,
-                    ffn_gate: &l.ffn_gate,
-                    ffn_up: &l.ffn_up,
-                    ffn_down: &l.ffn_down,
-                    post_ffw_norm: &l.post_ffw_norm,
-                    moe: None,
-                    output_scale: None,
-                }
-            })
-            .collect();
-        let output = placement.output_on_gpu.then(|| OutputDesc {
-            output_norm: &self.output_norm,
-            output: &self.output,
+            rope_full: Rope { base: hp.rope_base, n_rot: hp.head_dim, freqs: None },
+            rope_swa: Rope { base: hp.rope_base_swa, n_rot: hp.head_dim, freqs: None },
+            n_embd: hp.n_embd,
+            n_vocab: hp.n_vocab,
+            eps: hp.rms_eps,
             softcap: hp.final_logit_softcap,
-        });
-        GpuDecoder::upload(gpu, &self.gguf, first, descs, output, hp.n_embd, hp.n_vocab, hp.rms_eps, max_batch)
-            .map_err(|e| ModelError::Unsupported(format!("uploading to the GPU: {e}")))
-    }
-
-    /// The cache shape of every layer.
-    pub fn kv_specs(&self) -> Vec<LayerSpec> {
-        let hp = &self.hparams;
-        (hp.sliding.iter())
-            .map(|&sliding| LayerSpec {
-                n_kv_head: hp.n_head_kv,
-                head_dim: hp.head_dim,
-                window: sliding.then_some(hp.sliding_window),
-                shares_cache_of: None,
-            })
-            .collect()
-    }
-
-    /// An empty f16 cache for up to `context` positions.
-    pub fn new_cache(&self, context: usize) -> Result<KvCache, KvCacheError> {
-        KvCache::new(&self.kv_specs(), context)
-    }
-
-    /// An empty cache of `kv_type` elements for up to `context` positions.
-    pub fn new_cache_of(&self, context: usize, kv_type: KvType) -> Result<KvCache, KvCacheError> {
-        self.new_cache_for(context, kv_type, None)
-    }
-
-    /// [`new_cache_of`](Self::new_cache_of), in VRAM for the layers on a GPU, their rings sized
-    /// for batches of `max_batch` (`None`: the `-b` given at load).
-    pub fn new_cache_for(
-        &self,
-        context: usize,
-        kv_type: KvType,
-        #[allow(unused_variables)] max_batch: Option<usize>,
-    ) -> Result<KvCache, KvCacheError> {
-        #[cfg(feature = "vulkan")]
-        if let Some(g) = &self.gpu {
-            return g.new_cache(&self.kv_specs(), context, kv_type, max_batch);
-        }
-        KvCache::with_type(&self.kv_specs(), context, kv_type)
-    }
-
-    /// Runs `tokens` at positions `pos ..`, appending their keys and values to `cache` (which
-    /// must hold exactly `pos` positions), and returns the logits `[n_rows][n_vocab]` of every
-    /// token or of the last one.
-    pub fn forward(&mut self, tokens: &[u32], pos: usize, cache: &mut KvCache, which: Logits) -> Vec<f32> {
-        let Ok(logits) = self.forward_cancellable(tokens, pos, cache, which, &Never) else {
-            unreachable!("Never does not cancel")
+            gguf,
         };
-        logits
-    }
-
-    /// [`forward`](Self::forward), or stops before a layer once `cancel` fires, with the cache
-    /// rewound to `pos` ([`Cancelled`]).
-    pub fn forward_cancellable(
-        &mut self,
-        tokens: &[u32],
-        pos: usize,
-        cache: &mut KvCache,
-        which: Logits,
-        cancel: &dyn Cancel,
-    ) -> Result<Vec<f32>, Cancelled> {
-        #[cfg(feature = "vulkan")]
-        if let Some(max) = cache.max_batch().filter(|&m| tokens.len() > m) {
-            return super::gpu::in_pieces(tokens, pos, cache, which, max, |t, p, c, w| {
-                self.forward_cancellable(t, p, c, w, cancel)
-            });
-        }
-        let hp = &self.hparams;
-        let (n_tokens, n_embd) = (tokens.len(), hp.n_embd);
-        let file = self.gguf.bytes();
-        let q_pos: Vec<usize> = (pos..pos + n_tokens).collect();
-        // cos/sin per position: [n_tokens] of [head_dim / 2]
-        let angles = |base| q_pos.iter().map(|&p| RopeCache::new(p, base, hp.head_dim, None)).collect::<Vec<_>>();
-        let (rope_global, rope_sliding) = (angles(hp.rope_base), angles(hp.rope_base_swa));
-
-        // x: [n_tokens][n_embd]
-        let mut x = vec![0.0f32; n_tokens * n_embd];
-        for (&token, row) in tokens.iter().zip(x.chunks_exact_mut(n_embd)) {
-            assert!((token as usize) < hp.n_vocab, "token {token} is past the vocabulary of {}", hp.n_vocab);
-            self.token_embd.dequantize_row(file, token as usize, row);
-            scale(row, (n_embd as f32).sqrt());
-        }
-
-        #[cfg(feature = "vulkan")]
-        let n_cpu = self.gpu.as_ref().map_or(hp.n_layer, |g| g.first_layer());
-        #[cfg(not(feature = "vulkan"))]
-        let n_cpu = hp.n_layer;
-        for (il, layer) in self.layers.iter().enumerate().take(n_cpu) {
-            if cancel.is_cancelled() {
-                return Err(Cancelled::rewind(cache, pos));
-            }
-            let sliding = hp.sliding[il];
-            let rope = if sliding { &rope_sliding } else { &rope_global };
-            let shape = AttnShape {
-                n_head: hp.n_head,
-                n_kv_head: hp.n_head_kv,
-                head_dim: hp.head_dim,
-                scale: 1.0,
-                window: sliding.then_some(hp.sliding_window),
-            };
-
-            // Attention. h: [n_tokens][n_embd]
-            let h = norm_rows(&x, n_embd, Some(&layer.attn_norm), hp.rms_eps);
-            let mut input = Input::new(&h, n_embd);
-            // q: [n_tokens][n_head][head_dim]; k, v: [n_tokens][n_head_kv][head_dim]
-            let mut q = input.project(self.isa, file, &layer.attn_q);
-            let mut k = input.project(self.isa, file, &layer.attn_k);
-            let v = input.project(self.isa, file, &layer.attn_v);
-            rms_norm_heads(&mut q, hp.head_dim, Some(&layer.attn_q_norm), hp.rms_eps);
-            rms_norm_heads(&mut k, hp.head_dim, Some(&layer.attn_k_norm), hp.rms_eps);
-            let (q_row, kv_row) = (hp.n_head * hp.head_dim, hp.n_head_kv * hp.head_dim);
-            for (t, rope) in rope.iter().enumerate() {
-                rope_neox_cached(&mut q[t * q_row..(t + 1) * q_row], hp.head_dim, rope);
-                rope_neox_cached(&mut k[t * kv_row..(t + 1) * kv_row], hp.head_dim, rope);
-            }
-            scale(&mut q, hp.attn_scale);
-            cache.layer_mut(il).expect("Gemma 3 layers own their caches").update(pos, &k, &v);
-            // a: [n_tokens][n_head][head_dim]
-            let mut a = vec![0.0f32; q.len()];
-            attention(self.isa, &shape, &q, &q_pos, cache.layer(il).slots(), &mut a);
-            let mut out = Input::new(&a, q_row).project(self.isa, file, &layer.attn_output);
-            norm_rows_inplace(&mut out, n_embd, Some(&layer.post_attention_norm), hp.rms_eps);
-            add(&mut x, &out);
-
-            // Feed-forward. gate, up: [n_tokens][n_ff]
-            let h = norm_rows(&x, n_embd, Some(&layer.ffn_norm), hp.rms_eps);
-            let mut input = Input::new(&h, n_embd);
-            let mut gate = input.project(self.isa, file, &layer.ffn_gate);
-            let up = input.project(self.isa, file, &layer.ffn_up);
-            gelu_mul(&mut gate, &up);
-            let mut out = Input::new(&gate, hp.n_ff).project(self.isa, file, &layer.ffn_down);
-            norm_rows_inplace(&mut out, n_embd, Some(&layer.post_ffw_norm), hp.rms_eps);
-            add(&mut x, &out);
-        }
-
-        #[cfg(feature = "vulkan")]
-        if let Some(g) = &mut self.gpu {
-            match g.forward(&x, pos, cache, &rope_global, &rope_sliding, which, cancel)? {
-                super::gpu::Out::Logits(logits) => return Ok(logits),
-                super::gpu::Out::Stream(out) => x = out,
-            }
-        }
-        if which == Logits::Last {
-            x.drain(..(n_tokens - 1) * n_embd);
-        }
-        norm_rows_inplace(&mut x, n_embd, Some(&self.output_norm), hp.rms_eps);
-        // logits: [n_rows][n_vocab]
-        let mut logits = Input::new(&x, n_embd).project(self.isa, file, &self.output);
-        if let Some(c) = hp.final_logit_softcap {
-            ggml::ops::elementwise::softcap(&mut logits, c);
-        }
-        Ok(logits)
+        Ok(Gemma3 { decoder: Decoder::new(parts, offload)?, hparams })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::CancelAfter;
+    use crate::kv_cache::KvType;
+    use crate::model::{CancelAfter, Cancelled, Logits};
     use ggml::gguf::write::assign_offsets;
     use ggml::gguf::{GgufWriter, TensorInfo};
     use ggml::GgmlType;

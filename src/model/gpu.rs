@@ -2,9 +2,8 @@
 //! output head when N counts past the last layer (llama.cpp's rule: the head is one layer).
 //!
 //! At load, each offloaded layer's weights are uploaded from the memory map into VRAM
-//! ([`GpuDecoder::upload`]) from a [`LayerDesc`]: the shape and weights of one decoder layer,
-//! which Gemma 4 and Gemma 3 both fill (Gemma 3's is Gemma 4's without experts, with `attn_v`
-//! always, no V norm and a query scale). A forward pass takes the residual stream `x` from the
+//! ([`GpuDecoder::upload`]) from its [`Layer`], the decoder description Gemma 4 and Gemma 3
+//! share (`decoder.rs`). A forward pass takes the residual stream `x` from the
 //! CPU layers (or the embedding), records every GPU layer into one command buffer, submits it
 //! once, and hands back the logits (or `x`, when the head stays on the CPU). Uploaded weights'
 //! pages of the mapped file are released, so that the process does not hold them twice. The KV cache of a
@@ -26,6 +25,7 @@ use ggml::gguf::GgufFile;
 use ggml::ops::rope::RopeCache;
 use ggml::vulkan::{Buffer, Commands, Gpu, GpuMatrix, VkError};
 
+use super::decoder::{ExpertGateUp, Layer};
 use super::{Cancel, Cancelled, ExpertStack, Logits, Matrix};
 use crate::kv_cache::KvCache;
 
@@ -62,31 +62,6 @@ pub(crate) enum Out {
     Stream(Vec<f32>),
 }
 
-/// Runs a batch longer than `max` tokens as consecutive pieces of at most `max` through
-/// `forward` (a model's `forward_cancellable`): the GPU's sliding rings hold one piece beside
-/// the window. Logits of every piece (`Logits::All`) or of the last. A cancel rewinds the
-/// cache to `pos`, as one pass would.
-pub(crate) fn in_pieces(
-    tokens: &[u32],
-    pos: usize,
-    cache: &mut KvCache,
-    which: Logits,
-    max: usize,
-    mut forward: impl FnMut(&[u32], usize, &mut KvCache, Logits) -> Result<Vec<f32>, Cancelled>,
-) -> Result<Vec<f32>, Cancelled> {
-    let mut logits = Vec::new();
-    let n_pieces = tokens.len().div_ceil(max);
-    for (i, piece) in tokens.chunks(max).enumerate() {
-        let last = i + 1 == n_pieces;
-        match forward(piece, pos + i * max, cache, if last { which } else { Logits::Last }) {
-            Ok(l) if last || which == Logits::All => logits.extend(l),
-            Ok(_) => {}
-            Err(_) => return Err(Cancelled::rewind(cache, pos)),
-        }
-    }
-    Ok(logits)
-}
-
 /// `Ok` when the weights of layers of `sizes` bytes and a head of `head` bytes fit `memory`
 /// bytes; else `Err(n)`: the most of the last layers that fit without the head (the `-ngl` to
 /// suggest).
@@ -103,57 +78,6 @@ fn fits(sizes: &[u64], head: u64, memory: u64) -> Result<(), usize> {
             sum <= memory
         })
         .count())
-}
-
-/// The host view of one decoder layer's shape and weights.
-pub(crate) struct LayerDesc<'a> {
-    pub n_head: usize,
-    pub n_head_kv: usize,
-    pub head_dim: usize,
-    pub window: Option<usize>,
-    /// Which RoPE table the layer rotates by: the full layers' (true) or the sliding ones'.
-    pub full_rope: bool,
-    /// Multiplies q after RoPE (Gemma 3's `attn_scale`; Gemma 4 has none).
-    pub q_scale: Option<f32>,
-    /// The weightless per-head norm of V (Gemma 4).
-    pub v_norm: bool,
-    pub attn_norm: &'a [f32],
-    pub attn_q: &'a Matrix,
-    pub attn_k: &'a Matrix,
-    /// `None`: V is the K projection (Gemma 4's k_eq_v layers).
-    pub attn_v: Option<&'a Matrix>,
-    pub attn_q_norm: &'a [f32],
-    pub attn_k_norm: &'a [f32],
-    pub attn_output: &'a Matrix,
-    pub post_attention_norm: &'a [f32],
-    pub ffn_norm: &'a [f32],
-    pub ffn_gate: &'a Matrix,
-    pub ffn_up: &'a Matrix,
-    pub ffn_down: &'a Matrix,
-    pub post_ffw_norm: &'a [f32],
-    pub moe: Option<MoeDesc<'a>>,
-    pub output_scale: Option<f32>,
-}
-
-/// The expert half of an MoE layer, as [`LayerDesc`] gives it.
-pub(crate) struct MoeDesc<'a> {
-    pub gate_inp: &'a Matrix,
-    pub gate_inp_scale: &'a [f32],
-    pub pre_ffw_norm_2: &'a [f32],
-    pub post_ffw_norm_1: &'a [f32],
-    pub post_ffw_norm_2: &'a [f32],
-    /// Fused `{n_embd, 2 n_ff_exp, n_expert}` (gate rows first), or gate and up.
-    pub gate_up: (&'a ExpertStack, Option<&'a ExpertStack>),
-    pub down_exps: &'a ExpertStack,
-    pub down_exps_scale: &'a [f32],
-    pub n_expert_used: usize,
-}
-
-/// The output head, as the model gives it.
-pub(crate) struct OutputDesc<'a> {
-    pub output_norm: &'a [f32],
-    pub output: &'a Matrix,
-    pub softcap: Option<f32>,
 }
 
 struct GpuLayer {
@@ -273,22 +197,24 @@ fn vector(gpu: &Gpu, v: &[f32], name: &str) -> Result<Buffer, VkError> {
     gpu.buffer_from(v, name)
 }
 
-impl LayerDesc<'_> {
-    /// Bytes of its weights (what it takes in VRAM, before activations and KV cache).
-    fn bytes(&self) -> u64 {
-        let m = |w: &Matrix| w.bytes.len() as u64;
-        let v = |x: &[f32]| 4 * x.len() as u64;
-        let mut n = m(self.attn_q) + m(self.attn_k) + self.attn_v.map_or(0, m) + m(self.attn_output);
-        n += m(self.ffn_gate) + m(self.ffn_up) + m(self.ffn_down);
-        n += v(self.attn_norm) + v(self.attn_q_norm) + v(self.attn_k_norm) + v(self.post_attention_norm);
-        n += v(self.ffn_norm) + v(self.post_ffw_norm);
-        if let Some(e) = &self.moe {
-            let st = |s: &ExpertStack| s.bytes.len() as u64;
-            n += m(e.gate_inp) + st(e.gate_up.0) + e.gate_up.1.map_or(0, st) + st(e.down_exps);
-            n += v(e.gate_inp_scale) + v(e.pre_ffw_norm_2) + v(e.post_ffw_norm_1) + v(e.post_ffw_norm_2);
-        }
-        n
+/// Bytes of a layer's weights (what it takes in VRAM, before activations and KV cache).
+fn layer_bytes(l: &Layer) -> u64 {
+    let m = |w: &Matrix| w.bytes.len() as u64;
+    let v = |x: &[f32]| 4 * x.len() as u64;
+    let mut n = m(&l.attn_q) + m(&l.attn_k) + l.attn_v.as_ref().map_or(0, m) + m(&l.attn_output);
+    n += m(&l.ffn_gate) + m(&l.ffn_up) + m(&l.ffn_down);
+    n += v(&l.attn_norm) + v(&l.attn_q_norm) + v(&l.attn_k_norm) + v(&l.post_attention_norm);
+    n += v(&l.ffn_norm) + v(&l.post_ffw_norm);
+    if let Some(e) = &l.moe {
+        let st = |s: &ExpertStack| s.bytes.len() as u64;
+        let gate_up = match &e.gate_up {
+            ExpertGateUp::Fused(gu) => st(gu),
+            ExpertGateUp::Split { gate, up } => st(gate) + st(up),
+        };
+        n += m(&e.gate_inp) + gate_up + st(&e.down_exps);
+        n += v(&e.gate_inp_scale) + v(&e.pre_ffw_norm_2) + v(&e.post_ffw_norm_1) + v(&e.post_ffw_norm_2);
     }
+    n
 }
 
 impl GpuDecoder {
@@ -300,15 +226,15 @@ impl GpuDecoder {
         gpu: &Gpu,
         file: &GgufFile,
         first: usize,
-        layers: Vec<LayerDesc>,
-        output: Option<OutputDesc>,
+        layers: &[Layer],
+        output: Option<(&[f32], &Matrix, Option<f32>)>,
         n_embd: usize,
         n_vocab: usize,
         eps: f32,
         max_batch: usize,
     ) -> Result<GpuDecoder, VkError> {
-        let sizes: Vec<u64> = layers.iter().map(LayerDesc::bytes).collect();
-        let head = output.as_ref().map_or(0, |o| o.output.bytes.len() as u64);
+        let sizes: Vec<u64> = layers.iter().map(layer_bytes).collect();
+        let head = output.as_ref().map_or(0, |o| o.1.bytes.len() as u64);
         let total = sizes.iter().sum::<u64>() + head;
         let memory = gpu.info().memory;
         if let Err(fit) = fits(&sizes, head, memory) {
@@ -329,30 +255,36 @@ impl GpuDecoder {
             });
         }
         let mut gpu_layers = Vec::with_capacity(layers.len());
-        for (i, d) in layers.into_iter().enumerate() {
+        for (i, d) in layers.iter().enumerate() {
             let il = first + i;
             let name = |role: &str| format!("blk.{il}.{role}");
             let m = |role: &str, w: &Matrix| matrix(gpu, file, &name(role), w);
             let v = |role: &str, x: &[f32]| vector(gpu, x, &name(role));
-            let moe = match d.moe {
+            let moe = match &d.moe {
                 None => None,
-                Some(e) => Some(GpuMoe {
-                    gate_inp: m("ffn_gate_inp.weight", e.gate_inp)?,
-                    gate_inp_scale: v("ffn_gate_inp.scale", e.gate_inp_scale)?,
-                    pre_ffw_norm_2: v("pre_ffw_norm_2.weight", e.pre_ffw_norm_2)?,
-                    post_ffw_norm_1: v("post_ffw_norm_1.weight", e.post_ffw_norm_1)?,
-                    post_ffw_norm_2: v("post_ffw_norm_2.weight", e.post_ffw_norm_2)?,
-                    gate: stack(gpu, file, &name("ffn_gate_up_exps.weight"), e.gate_up.0)?,
-                    up: match e.gate_up.1 {
-                        Some(up) => Some(stack(gpu, file, &name("ffn_up_exps.weight"), up)?),
-                        None => None,
-                    },
-                    down: stack(gpu, file, &name("ffn_down_exps.weight"), e.down_exps)?,
-                    down_scale: v("ffn_down_exps.scale", e.down_exps_scale)?,
-                    n_expert: e.down_exps.n_expert,
-                    k: e.n_expert_used,
-                    n_ff_exp: e.down_exps.n_in,
-                }),
+                Some(e) => {
+                    let (gate, up) = match &e.gate_up {
+                        ExpertGateUp::Fused(gu) => (stack(gpu, file, &name("ffn_gate_up_exps.weight"), gu)?, None),
+                        ExpertGateUp::Split { gate, up } => (
+                            stack(gpu, file, &name("ffn_gate_exps.weight"), gate)?,
+                            Some(stack(gpu, file, &name("ffn_up_exps.weight"), up)?),
+                        ),
+                    };
+                    Some(GpuMoe {
+                        gate_inp: m("ffn_gate_inp.weight", &e.gate_inp)?,
+                        gate_inp_scale: v("ffn_gate_inp.scale", &e.gate_inp_scale)?,
+                        pre_ffw_norm_2: v("pre_ffw_norm_2.weight", &e.pre_ffw_norm_2)?,
+                        post_ffw_norm_1: v("post_ffw_norm_1.weight", &e.post_ffw_norm_1)?,
+                        post_ffw_norm_2: v("post_ffw_norm_2.weight", &e.post_ffw_norm_2)?,
+                        gate,
+                        up,
+                        down: stack(gpu, file, &name("ffn_down_exps.weight"), &e.down_exps)?,
+                        down_scale: v("ffn_down_exps.scale", &e.down_exps_scale)?,
+                        n_expert: e.down_exps.n_expert,
+                        k: e.n_expert_used,
+                        n_ff_exp: e.down_exps.n_in,
+                    })
+                }
             };
             gpu_layers.push(GpuLayer {
                 n_head: d.n_head,
@@ -362,22 +294,22 @@ impl GpuDecoder {
                 full_rope: d.full_rope,
                 q_scale: d.q_scale,
                 v_norm: d.v_norm,
-                attn_norm: v("attn_norm.weight", d.attn_norm)?,
-                attn_q: m("attn_q.weight", d.attn_q)?,
-                attn_k: m("attn_k.weight", d.attn_k)?,
-                attn_v: match d.attn_v {
+                attn_norm: v("attn_norm.weight", &d.attn_norm)?,
+                attn_q: m("attn_q.weight", &d.attn_q)?,
+                attn_k: m("attn_k.weight", &d.attn_k)?,
+                attn_v: match &d.attn_v {
                     Some(w) => Some(m("attn_v.weight", w)?),
                     None => None,
                 },
-                attn_q_norm: v("attn_q_norm.weight", d.attn_q_norm)?,
-                attn_k_norm: v("attn_k_norm.weight", d.attn_k_norm)?,
-                attn_output: m("attn_output.weight", d.attn_output)?,
-                post_attention_norm: v("post_attention_norm.weight", d.post_attention_norm)?,
-                ffn_norm: v("ffn_norm.weight", d.ffn_norm)?,
-                ffn_gate: m("ffn_gate.weight", d.ffn_gate)?,
-                ffn_up: m("ffn_up.weight", d.ffn_up)?,
-                ffn_down: m("ffn_down.weight", d.ffn_down)?,
-                post_ffw_norm: v("post_ffw_norm.weight", d.post_ffw_norm)?,
+                attn_q_norm: v("attn_q_norm.weight", &d.attn_q_norm)?,
+                attn_k_norm: v("attn_k_norm.weight", &d.attn_k_norm)?,
+                attn_output: m("attn_output.weight", &d.attn_output)?,
+                post_attention_norm: v("post_attention_norm.weight", &d.post_attention_norm)?,
+                ffn_norm: v("ffn_norm.weight", &d.ffn_norm)?,
+                ffn_gate: m("ffn_gate.weight", &d.ffn_gate)?,
+                ffn_up: m("ffn_up.weight", &d.ffn_up)?,
+                ffn_down: m("ffn_down.weight", &d.ffn_down)?,
+                post_ffw_norm: v("post_ffw_norm.weight", &d.post_ffw_norm)?,
                 moe,
                 output_scale: d.output_scale,
                 kpos: None,
@@ -385,10 +317,10 @@ impl GpuDecoder {
         }
         let output = match output {
             None => None,
-            Some(o) => Some(GpuOutput {
-                norm: vector(gpu, o.output_norm, "output_norm.weight")?,
-                head: matrix(gpu, file, "output.weight", o.output)?,
-                softcap: o.softcap,
+            Some((norm, head, softcap)) => Some(GpuOutput {
+                norm: vector(gpu, norm, "output_norm.weight")?,
+                head: matrix(gpu, file, "output.weight", head)?,
+                softcap,
             }),
         };
         Ok(GpuDecoder {

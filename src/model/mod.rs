@@ -7,6 +7,7 @@
 //! map; activations are quantized once per weight dot type and reused by every projection of
 //! the same input that shares it), and stopping a pass between layers ([`Cancel`]).
 
+pub mod decoder;
 pub mod gemma3;
 pub mod gemma4;
 #[cfg(feature = "vulkan")]
@@ -145,34 +146,34 @@ impl Model {
 
     /// Device memory allocated now (weights, KV caches, activations) when layers run on a GPU.
     pub fn vram_bytes(&self) -> Option<u64> {
-        #[cfg(feature = "vulkan")]
-        {
-            let gpu = match self {
-                Model::Gemma3(m) => m.gpu.as_ref(),
-                Model::Gemma4(m) => m.gpu.as_ref(),
-            };
-            gpu.map(|g| g.gpu().allocated_bytes())
+        self.decoder().vram_bytes()
+    }
+
+    /// The decoder both architectures share.
+    fn decoder(&self) -> &decoder::Decoder {
+        match self {
+            Model::Gemma3(m) => m,
+            Model::Gemma4(m) => m,
         }
-        #[cfg(not(feature = "vulkan"))]
-        None
+    }
+
+    fn decoder_mut(&mut self) -> &mut decoder::Decoder {
+        match self {
+            Model::Gemma3(m) => m,
+            Model::Gemma4(m) => m,
+        }
     }
 
     /// Where the model runs, in a line: "CPU", or the GPU, its layers and VRAM; with the
     /// reason when a GPU was asked for and none is used.
     pub fn placement(&self) -> &str {
-        match self {
-            Model::Gemma3(m) => &m.placement_note,
-            Model::Gemma4(m) => &m.placement_note,
-        }
+        &self.decoder().placement_note
     }
 
     /// Starts mapping the whole file in the background ([`GgufFile::prefetch`]), once. Called
     /// after the first prompt, so that it does not compete with the time to first token.
     pub fn prefetch(&self) {
-        match self {
-            Model::Gemma3(m) => m.gguf.prefetch(),
-            Model::Gemma4(m) => m.gguf.prefetch(),
-        }
+        self.decoder().prefetch()
     }
 
     pub fn n_vocab(&self) -> usize {
@@ -209,19 +210,13 @@ impl Model {
         kv_type: KvType,
         max_batch: Option<usize>,
     ) -> Result<KvCache, KvCacheError> {
-        match self {
-            Model::Gemma3(m) => m.new_cache_for(context, kv_type, max_batch),
-            Model::Gemma4(m) => m.new_cache_for(context, kv_type, max_batch),
-        }
+        self.decoder().new_cache_for(context, kv_type, max_batch)
     }
 
     /// Runs `tokens` at positions `pos ..` (the cache holds exactly `pos` positions) and
     /// returns `[n_rows][n_vocab]` logits, `n_rows` as `which` says.
     pub fn forward(&mut self, tokens: &[u32], pos: usize, cache: &mut KvCache, which: Logits) -> Vec<f32> {
-        match self {
-            Model::Gemma3(m) => m.forward(tokens, pos, cache, which),
-            Model::Gemma4(m) => m.forward(tokens, pos, cache, which),
-        }
+        self.decoder_mut().forward(tokens, pos, cache, which)
     }
 
     /// [`forward`](Self::forward), stopped before the next layer once `cancel` fires; the
@@ -234,10 +229,7 @@ impl Model {
         which: Logits,
         cancel: &dyn Cancel,
     ) -> Result<Vec<f32>, Cancelled> {
-        match self {
-            Model::Gemma3(m) => m.forward_cancellable(tokens, pos, cache, which, cancel),
-            Model::Gemma4(m) => m.forward_cancellable(tokens, pos, cache, which, cancel),
-        }
+        self.decoder_mut().forward_cancellable(tokens, pos, cache, which, cancel)
     }
 }
 

@@ -1,0 +1,462 @@
+//! The decoder both Gemma generations share, written once: the layers' weights named by
+//! tensor role, the forward pass over them on the CPU, the hand-over to the GPU for the layers
+//! `-ngl` puts there ([`super::gpu`]), and the output head. `gemma4.rs` and `gemma3.rs` read
+//! their hyperparameters and tensors into a [`Decoder`]; what differs between them is data in
+//! each [`Layer`] (head sizes and counts, window, which RoPE table, a query scale, the V norm,
+//! the experts, the output scale).
+//!
+//! Per token, `x: [n_embd]` (GEMMA4.md section 3):
+//!
+//! ```text
+//! x = token_embd[token] * sqrt(n_embd)
+//! for each layer (head dim hd and KV heads per layer):
+//!     h = rmsnorm(x) * attn_norm
+//!     q = rope(rmsnorm(attn_q h) * attn_q_norm) [* q_scale]             (per head)
+//!     k_raw = attn_k h;  v_raw = attn_v h, or k_raw when there is no attn_v (k_eq_v)
+//!     k = rope(rmsnorm(k_raw) * attn_k_norm);  v = rmsnorm(v_raw) or v_raw (v: no weight, no rope)
+//!     a = softmax(q kᵀ, causal [+ window]) v                           (scale 1.0)
+//!     x = x + rmsnorm(attn_output a) * post_attention_norm             (x_mid)
+//!     m = ffn_down(gelu(ffn_gate h2) * ffn_up h2),  h2 = rmsnorm(x) * ffn_norm
+//!     if MoE layer:
+//!         m = rmsnorm(m) * post_ffw_norm_1
+//!         r = rmsnorm(x) * ffn_gate_inp.scale / sqrt(n_embd)           (router input: x_mid)
+//!         experts, weights = top_k(softmax(ffn_gate_inp r)), renormalized, * ffn_down_exps.scale
+//!         e = Σ weight · down_e(gelu(gate_e h3) * up_e h3),  h3 = rmsnorm(x) * pre_ffw_norm_2
+//!         m = m + rmsnorm(e) * post_ffw_norm_2
+//!     x = (x + rmsnorm(m) * post_ffw_norm) [* layer_output_scale]
+//! logits = softcap(output · (rmsnorm(x) * output_norm))                (tied: output = token_embd)
+//! ```
+
+use ggml::attention::{attention, AttnShape};
+use ggml::gguf::GgufFile;
+use ggml::kernels::moe::{moe_ffn, GateUp};
+use ggml::kernels::Isa;
+use ggml::ops::elementwise::{add, mul, scale, softcap};
+use ggml::ops::gelu::gelu_mul;
+use ggml::ops::norm::rms_norm_heads;
+use ggml::ops::rope::{rope_neox_cached, RopeCache};
+use ggml::ops::softmax::softmax_top_k;
+
+#[cfg(feature = "vulkan")]
+use super::gpu::{GpuDecoder, Placement};
+use super::offload::{Offload, Resolved};
+use super::{norm_rows, norm_rows_inplace, Cancel, Cancelled, ExpertStack, Input, Logits, Matrix, ModelError, Never};
+use crate::kv_cache::{KvCache, KvCacheError, KvType, LayerSpec};
+
+/// One decoder layer: its shape, and its weights named by tensor role (`hd`: its head dim).
+pub(crate) struct Layer {
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub head_dim: usize,
+    /// Positions a sliding layer sees, the current one included; `None` on global layers.
+    pub window: Option<usize>,
+    /// Rotates by the global layers' RoPE ([`Decoder::rope_full`]), else by the sliding ones'.
+    pub full_rope: bool,
+    /// Multiplies q after RoPE (Gemma 3's `query_pre_attn_scalar^-1/2`; Gemma 4: none).
+    pub q_scale: Option<f32>,
+    /// Whether V goes through a weightless per-head RMSNorm (Gemma 4).
+    pub v_norm: bool,
+    /// `[n_embd]`
+    pub attn_norm: Vec<f32>,
+    /// `{n_embd, n_head · hd}`
+    pub attn_q: Matrix,
+    /// `{n_embd, n_head_kv · hd}`
+    pub attn_k: Matrix,
+    /// `{n_embd, n_head_kv · hd}`; `None` on k_eq_v layers, where V is the raw K projection.
+    pub attn_v: Option<Matrix>,
+    /// `[hd]`, shared by every head
+    pub attn_q_norm: Vec<f32>,
+    /// `[hd]`
+    pub attn_k_norm: Vec<f32>,
+    /// `{n_head · hd, n_embd}`
+    pub attn_output: Matrix,
+    /// `[n_embd]`
+    pub post_attention_norm: Vec<f32>,
+    /// `[n_embd]`
+    pub ffn_norm: Vec<f32>,
+    /// `{n_embd, n_ff}`
+    pub ffn_gate: Matrix,
+    /// `{n_embd, n_ff}`
+    pub ffn_up: Matrix,
+    /// `{n_ff, n_embd}`
+    pub ffn_down: Matrix,
+    /// `[n_embd]`
+    pub post_ffw_norm: Vec<f32>,
+    pub moe: Option<Moe>,
+    /// Multiplies the whole residual stream at the end of the layer (`layer_output_scale`).
+    pub output_scale: Option<f32>,
+}
+
+/// The expert half of an MoE layer's feed-forward block.
+pub(crate) struct Moe {
+    /// `{n_embd, n_expert}`: the router.
+    pub gate_inp: Matrix,
+    /// `[n_embd]`: multiplies the router's normed input.
+    pub gate_inp_scale: Vec<f32>,
+    /// `[n_embd]`
+    pub pre_ffw_norm_2: Vec<f32>,
+    /// `[n_embd]`: norms the dense MLP's output.
+    pub post_ffw_norm_1: Vec<f32>,
+    /// `[n_embd]`: norms the experts' output.
+    pub post_ffw_norm_2: Vec<f32>,
+    pub gate_up: ExpertGateUp,
+    /// `{n_ff_exp, n_embd, n_expert}`
+    pub down_exps: ExpertStack,
+    /// `[n_expert]`: multiplies each chosen expert's routing weight (1 when absent).
+    pub down_exps_scale: Vec<f32>,
+    /// Experts per token.
+    pub n_expert_used: usize,
+}
+
+/// `ffn_gate_up_exps` `{n_embd, 2 n_ff_exp, n_expert}` (gate rows first), or the two halves.
+pub(crate) enum ExpertGateUp {
+    Fused(ExpertStack),
+    Split { gate: ExpertStack, up: ExpertStack },
+}
+
+/// One layer type's RoPE: base, rotated dimensions, and the per-pair divisors (Gemma 4's
+/// proportional RoPE on global layers: `1` rotates, `1e30` stands still; kept f32, pitfall 3).
+pub(crate) struct Rope {
+    pub base: f32,
+    pub n_rot: usize,
+    pub freqs: Option<Vec<f32>>,
+}
+
+impl Rope {
+    /// cos/sin for each position of a batch: `[n_tokens]` of `[n_rot / 2]`.
+    fn angles(&self, positions: std::ops::Range<usize>) -> Vec<RopeCache> {
+        positions.map(|p| RopeCache::new(p, self.base, self.n_rot, self.freqs.as_deref())).collect()
+    }
+}
+
+/// A loaded decoder: the mapped file, the weights, and where the layers run.
+pub struct Decoder {
+    pub(crate) gguf: GgufFile,
+    /// `{n_embd, n_vocab}`: the input embedding, one row per token.
+    pub(crate) token_embd: Matrix,
+    pub(crate) layers: Vec<Layer>,
+    /// `[n_embd]`
+    pub(crate) output_norm: Vec<f32>,
+    /// `{n_embd, n_vocab}`: `output.weight`, or `token_embd` when tied (every Gemma 3 and 4).
+    pub(crate) output: Matrix,
+    pub(crate) rope_full: Rope,
+    pub(crate) rope_swa: Rope,
+    pub(crate) n_embd: usize,
+    pub(crate) n_vocab: usize,
+    pub(crate) eps: f32,
+    /// `c` of the final `c tanh(logits / c)`.
+    pub(crate) softcap: Option<f32>,
+    isa: Isa,
+    /// The last layers (and maybe the head) on a GPU (`-ngl`).
+    #[cfg(feature = "vulkan")]
+    pub(crate) gpu: Option<GpuDecoder>,
+    /// Where the model runs, in a line ([`super::Model::placement`]).
+    pub(crate) placement_note: String,
+}
+
+/// What a model file gives the decoder.
+pub(crate) struct Parts {
+    pub gguf: GgufFile,
+    pub token_embd: Matrix,
+    pub layers: Vec<Layer>,
+    pub output_norm: Vec<f32>,
+    pub output: Matrix,
+    pub rope_full: Rope,
+    pub rope_swa: Rope,
+    pub n_embd: usize,
+    pub n_vocab: usize,
+    pub eps: f32,
+    pub softcap: Option<f32>,
+}
+
+impl Decoder {
+    /// The decoder of `parts`, with the last layers on a GPU as `offload` asks.
+    pub(crate) fn new(parts: Parts, offload: &Offload) -> Result<Decoder, ModelError> {
+        let resolved: Resolved = offload.resolve()?;
+        #[cfg(feature = "vulkan")]
+        let gpu = resolved.gpu;
+        let Parts { gguf, token_embd, layers, output_norm, output, rope_full, rope_swa, n_embd, n_vocab, eps, softcap } =
+            parts;
+        let mut decoder = Decoder {
+            gguf,
+            token_embd,
+            layers,
+            output_norm,
+            output,
+            rope_full,
+            rope_swa,
+            n_embd,
+            n_vocab,
+            eps,
+            softcap,
+            isa: Isa::best(),
+            #[cfg(feature = "vulkan")]
+            gpu: None,
+            placement_note: resolved.note,
+        };
+        #[cfg(feature = "vulkan")]
+        if let Some(gpu) = gpu {
+            let placement = Placement::from_gpu_layers(decoder.layers.len(), offload.gpu_layers);
+            let first = placement.first_gpu_layer;
+            let head = placement.output_on_gpu.then_some((&decoder.output_norm[..], &decoder.output, decoder.softcap));
+            let uploaded = GpuDecoder::upload(
+                &gpu,
+                &decoder.gguf,
+                first,
+                &decoder.layers[first..],
+                head,
+                decoder.n_embd,
+                decoder.n_vocab,
+                decoder.eps,
+                offload.max_batch,
+            )
+            .map_err(|e| ModelError::Unsupported(format!("uploading to the GPU: {e}")))?;
+            decoder.placement_note = placement.describe(&decoder.placement_note, decoder.layers.len(), &gpu);
+            decoder.gpu = Some(uploaded);
+        }
+        Ok(decoder)
+    }
+
+    /// Starts mapping the whole file in the background, once ([`GgufFile::prefetch`]).
+    pub fn prefetch(&self) {
+        self.gguf.prefetch()
+    }
+
+    /// The cache shape of every layer.
+    pub fn kv_specs(&self) -> Vec<LayerSpec> {
+        (self.layers.iter())
+            .map(|l| LayerSpec {
+                n_kv_head: l.n_head_kv,
+                head_dim: l.head_dim,
+                window: l.window,
+                shares_cache_of: None,
+            })
+            .collect()
+    }
+
+    /// An empty f16 cache for up to `context` positions.
+    pub fn new_cache(&self, context: usize) -> Result<KvCache, KvCacheError> {
+        self.new_cache_of(context, KvType::F16)
+    }
+
+    /// An empty cache of `kv_type` elements for up to `context` positions.
+    pub fn new_cache_of(&self, context: usize, kv_type: KvType) -> Result<KvCache, KvCacheError> {
+        self.new_cache_for(context, kv_type, None)
+    }
+
+    /// [`new_cache_of`](Self::new_cache_of), in VRAM for the layers on a GPU, their rings sized
+    /// for batches of `max_batch` (`None`: the `-b` given at load).
+    pub fn new_cache_for(
+        &self,
+        context: usize,
+        kv_type: KvType,
+        #[allow(unused_variables)] max_batch: Option<usize>,
+    ) -> Result<KvCache, KvCacheError> {
+        #[cfg(feature = "vulkan")]
+        if let Some(g) = &self.gpu {
+            return g.new_cache(&self.kv_specs(), context, kv_type, max_batch);
+        }
+        KvCache::with_type(&self.kv_specs(), context, kv_type)
+    }
+
+    /// Device memory allocated now, when layers run on a GPU.
+    pub fn vram_bytes(&self) -> Option<u64> {
+        #[cfg(feature = "vulkan")]
+        return self.gpu.as_ref().map(|g| g.gpu().allocated_bytes());
+        #[cfg(not(feature = "vulkan"))]
+        None
+    }
+
+    /// Runs `tokens` at positions `pos ..`, appending their keys and values to `cache` (which
+    /// must hold exactly `pos` positions), and returns the logits `[n_rows][n_vocab]` of every
+    /// token or of the last one.
+    pub fn forward(&mut self, tokens: &[u32], pos: usize, cache: &mut KvCache, which: Logits) -> Vec<f32> {
+        let Ok(logits) = self.forward_cancellable(tokens, pos, cache, which, &Never) else {
+            unreachable!("Never does not cancel")
+        };
+        logits
+    }
+
+    /// [`forward`](Self::forward), or stops before a layer once `cancel` fires, with the cache
+    /// rewound to `pos` ([`Cancelled`]).
+    pub fn forward_cancellable(
+        &mut self,
+        tokens: &[u32],
+        pos: usize,
+        cache: &mut KvCache,
+        which: Logits,
+        cancel: &dyn Cancel,
+    ) -> Result<Vec<f32>, Cancelled> {
+        if let Some(max) = cache.max_batch().filter(|&m| tokens.len() > m) {
+            // A GPU layer's ring holds one batch of at most `max` beside its window.
+            return in_pieces(tokens, pos, cache, which, max, |t, p, c, w| {
+                self.forward_cancellable(t, p, c, w, cancel)
+            });
+        }
+        let (n_tokens, n_embd) = (tokens.len(), self.n_embd);
+        let file = self.gguf.bytes();
+        let q_pos: Vec<usize> = (pos..pos + n_tokens).collect();
+        let (rope_full, rope_swa) =
+            (self.rope_full.angles(pos..pos + n_tokens), self.rope_swa.angles(pos..pos + n_tokens));
+
+        // x: [n_tokens][n_embd]
+        let mut x = vec![0.0f32; n_tokens * n_embd];
+        for (&token, row) in tokens.iter().zip(x.chunks_exact_mut(n_embd)) {
+            assert!((token as usize) < self.n_vocab, "token {token} is past the vocabulary of {}", self.n_vocab);
+            self.token_embd.dequantize_row(file, token as usize, row);
+            scale(row, (n_embd as f32).sqrt());
+        }
+
+        #[cfg(feature = "vulkan")]
+        let n_cpu = self.gpu.as_ref().map_or(self.layers.len(), |g| g.first_layer());
+        #[cfg(not(feature = "vulkan"))]
+        let n_cpu = self.layers.len();
+        for (il, layer) in self.layers.iter().enumerate().take(n_cpu) {
+            if cancel.is_cancelled() {
+                return Err(Cancelled::rewind(cache, pos));
+            }
+            let rope = if layer.full_rope { &rope_full } else { &rope_swa };
+            self.layer(il, layer, &mut x, &q_pos, rope, cache);
+        }
+
+        #[cfg(feature = "vulkan")]
+        if let Some(g) = &mut self.gpu {
+            match g.forward(&x, pos, cache, &rope_full, &rope_swa, which, cancel)? {
+                super::gpu::Out::Logits(logits) => return Ok(logits),
+                super::gpu::Out::Stream(out) => x = out,
+            }
+        }
+        Ok(self.output_head(x, n_tokens, which))
+    }
+
+    /// Layer `il` on the CPU, on the stream `x: [n_tokens][n_embd]` in place.
+    fn layer(&self, il: usize, layer: &Layer, x: &mut [f32], q_pos: &[usize], rope: &[RopeCache], cache: &mut KvCache) {
+        let (n_embd, eps, isa) = (self.n_embd, self.eps, self.isa);
+        let file = self.gguf.bytes();
+        let (hd, n_head, n_head_kv) = (layer.head_dim, layer.n_head, layer.n_head_kv);
+
+        // Attention. h: [n_tokens][n_embd]
+        let h = norm_rows(x, n_embd, Some(&layer.attn_norm), eps);
+        let mut input = Input::new(&h, n_embd);
+        // q: [n_tokens][n_head][hd]; k, v: [n_tokens][n_head_kv][hd]
+        let mut q = input.project(isa, file, &layer.attn_q);
+        let mut k = input.project(isa, file, &layer.attn_k);
+        let mut v = match &layer.attn_v {
+            Some(attn_v) => input.project(isa, file, attn_v),
+            None => k.clone(),
+        };
+        rms_norm_heads(&mut q, hd, Some(&layer.attn_q_norm), eps);
+        rms_norm_heads(&mut k, hd, Some(&layer.attn_k_norm), eps);
+        if layer.v_norm {
+            rms_norm_heads(&mut v, hd, None, eps);
+        }
+        let (q_row, kv_row) = (n_head * hd, n_head_kv * hd);
+        for (t, rope) in rope.iter().enumerate() {
+            rope_neox_cached(&mut q[t * q_row..(t + 1) * q_row], hd, rope);
+            rope_neox_cached(&mut k[t * kv_row..(t + 1) * kv_row], hd, rope);
+        }
+        if let Some(s) = layer.q_scale {
+            scale(&mut q, s);
+        }
+        let pos = q_pos[0];
+        cache.layer_mut(il).expect("Gemma 3 and 4 26B/31B layers own their caches").update(pos, &k, &v);
+        let shape = AttnShape { n_head, n_kv_head: n_head_kv, head_dim: hd, scale: 1.0, window: layer.window };
+        // a: [n_tokens][n_head][hd]
+        let mut a = vec![0.0f32; q.len()];
+        attention(isa, &shape, &q, q_pos, cache.layer(il).slots(), &mut a);
+        let mut out = Input::new(&a, q_row).project(isa, file, &layer.attn_output);
+        norm_rows_inplace(&mut out, n_embd, Some(&layer.post_attention_norm), eps);
+        add(x, &out);
+
+        // Feed-forward: the dense MLP, then the experts beside it. gate, up: [n_tokens][n_ff]
+        let h = norm_rows(x, n_embd, Some(&layer.ffn_norm), eps);
+        let mut input = Input::new(&h, n_embd);
+        let mut gate = input.project(isa, file, &layer.ffn_gate);
+        let up = input.project(isa, file, &layer.ffn_up);
+        gelu_mul(&mut gate, &up);
+        // m: [n_tokens][n_embd]
+        let mut m = Input::new(&gate, layer.ffn_gate.n_out).project(isa, file, &layer.ffn_down);
+        if let Some(moe) = &layer.moe {
+            norm_rows_inplace(&mut m, n_embd, Some(&moe.post_ffw_norm_1), eps);
+            let mut e = self.experts(moe, x);
+            norm_rows_inplace(&mut e, n_embd, Some(&moe.post_ffw_norm_2), eps);
+            add(&mut m, &e);
+        }
+        norm_rows_inplace(&mut m, n_embd, Some(&layer.post_ffw_norm), eps);
+        add(x, &m);
+        if let Some(s) = layer.output_scale {
+            scale(x, s);
+        }
+    }
+
+    /// The experts' output for the post-attention stream `x_mid: [n_tokens][n_embd]`: each token
+    /// routed to its top experts (GEMMA4.md 2.5-2.6). Returns `[n_tokens][n_embd]`.
+    fn experts(&self, moe: &Moe, x_mid: &[f32]) -> Vec<f32> {
+        let (n_embd, k) = (self.n_embd, moe.n_expert_used);
+        let file = self.gguf.bytes();
+        let n_expert = moe.down_exps.n_expert;
+        // The router sees x_mid through a weightless norm, times its scale and n_embd^-1/2.
+        let mut r = norm_rows(x_mid, n_embd, None, self.eps);
+        for row in r.chunks_exact_mut(n_embd) {
+            mul(row, &moe.gate_inp_scale);
+            scale(row, 1.0 / (n_embd as f32).sqrt());
+        }
+        // router_logits: [n_tokens][n_expert]
+        let router_logits = Input::new(&r, n_embd).project(self.isa, file, &moe.gate_inp);
+        // choices: [n_tokens][k] of (expert, weight)
+        let mut choices = Vec::with_capacity(x_mid.len() / n_embd * k);
+        for row in router_logits.chunks_exact(n_expert) {
+            let (experts, weights) = softmax_top_k(row, k);
+            choices.extend(experts.into_iter().zip(weights).map(|(e, w)| (e, w * moe.down_exps_scale[e])));
+        }
+        let h = norm_rows(x_mid, n_embd, Some(&moe.pre_ffw_norm_2), self.eps);
+        let gate_up = match &moe.gate_up {
+            ExpertGateUp::Fused(gu) => GateUp::Fused(gu.view(file)),
+            ExpertGateUp::Split { gate, up } => GateUp::Split { gate: gate.view(file), up: up.view(file) },
+        };
+        let mut out = vec![0.0f32; x_mid.len()];
+        moe_ffn(self.isa, gate_up, moe.down_exps.view(file), &h, &choices, k, &mut out)
+            .expect("shapes checked at load");
+        out
+    }
+
+    /// `softcap(output · (rmsnorm(x) * output_norm))` of the rows of `x: [n_tokens][n_embd]`
+    /// that `which` asks for: `[n_rows][n_vocab]`.
+    fn output_head(&self, mut x: Vec<f32>, n_tokens: usize, which: Logits) -> Vec<f32> {
+        let n_embd = self.n_embd;
+        if which == Logits::Last {
+            x.drain(..(n_tokens - 1) * n_embd);
+        }
+        norm_rows_inplace(&mut x, n_embd, Some(&self.output_norm), self.eps);
+        // logits: [n_rows][n_vocab]
+        let mut logits = Input::new(&x, n_embd).project(self.isa, self.gguf.bytes(), &self.output);
+        if let Some(c) = self.softcap {
+            softcap(&mut logits, c);
+        }
+        logits
+    }
+}
+
+/// Runs a batch longer than `max` tokens as consecutive pieces of at most `max` through
+/// `forward` (a decoder's `forward_cancellable`). Logits of every piece (`Logits::All`) or of
+/// the last. A cancel rewinds the cache to `pos`, as one pass would.
+fn in_pieces(
+    tokens: &[u32],
+    pos: usize,
+    cache: &mut KvCache,
+    which: Logits,
+    max: usize,
+    mut forward: impl FnMut(&[u32], usize, &mut KvCache, Logits) -> Result<Vec<f32>, Cancelled>,
+) -> Result<Vec<f32>, Cancelled> {
+    let mut logits = Vec::new();
+    let n_pieces = tokens.len().div_ceil(max);
+    for (i, piece) in tokens.chunks(max).enumerate() {
+        let last = i + 1 == n_pieces;
+        match forward(piece, pos + i * max, cache, if last { which } else { Logits::Last }) {
+            Ok(l) if last || which == Logits::All => logits.extend(l),
+            Ok(_) => {}
+            Err(_) => return Err(Cancelled::rewind(cache, pos)),
+        }
+    }
+    Ok(logits)
+}
