@@ -28,7 +28,8 @@ fn model(name: &str) -> PathBuf {
     path
 }
 
-/// The logits `--logits-out` writes for `prompt` (ids) with `args`, `[rows][n_vocab]`.
+/// The logits `--logits-out` writes for `prompt` (ids) with `args`, `[rows][n_vocab]`; with an
+/// f32 KV cache unless `args` name another.
 fn logits(model: &Path, prompt: &[&str], args: &[&str], n_vocab: usize) -> Vec<Vec<f32>> {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("logits.f32");
@@ -36,9 +37,10 @@ fn logits(model: &Path, prompt: &[&str], args: &[&str], n_vocab: usize) -> Vec<V
         .args(["run", "-m"])
         .arg(model)
         .args(prompt)
-        .args(["-n", "0", "--kv-type", "f32", "--logits-out"])
+        .args(["-n", "0", "--logits-out"])
         .arg(&out)
         .args(args)
+        .args(if args.contains(&"--kv-type") { &[][..] } else { &["--kv-type", "f32"] })
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&run.stderr);
@@ -87,6 +89,12 @@ fn tiny_gemma4_on_the_gpu_matches_the_cpu() {
             assert!(kl <= 1e-4, "{name} {args:?}: mean KL {kl:e}");
             assert!(max <= 1e-3, "{name} {args:?}: max |diff| {max}");
         }
+        // The default f16 KV cache: both sides round K and V to f16 the same way (measured:
+        // mean KL 1.6e-7 on the MoE model).
+        let cpu16 = logits(&m, &["--ids", IDS], &["--kv-type", "f16"], 1024);
+        let gpu16 = logits(&m, &["--ids", IDS], &["--kv-type", "f16", "-ngl", "99", "--device", "0"], 1024);
+        let (agree, kl, _) = compare(&cpu16, &gpu16);
+        assert!(agree == 24 && kl <= 1e-4, "{name} f16 cache: top-1 {agree}/24, mean KL {kl:e}");
     }
 }
 
@@ -132,17 +140,22 @@ fn gemma3_270m_on_the_gpu_matches_the_float_reference() {
     let dir = tempfile::tempdir().unwrap();
     let reference_file = dir.path().join("f32.gguf");
     dequantized_copy(&m, &reference_file);
-    let prompt = ["-p", "The history of the printing press begins in the fifteenth century, when Johannes Gutenberg"];
+    // 141 tokens: their logits (141 MiB) come back in two pieces of at most lavapipe's 128 MiB.
+    let long = "The quick brown fox jumps over the lazy dog. ".repeat(14);
+    let long = ["-p", long.trim_end()];
     let n_vocab = 262144;
-    let reference = logits(&reference_file, &prompt, &[], n_vocab);
-    let cpu = logits(&m, &prompt, &[], n_vocab);
-    let gpu = logits(&m, &prompt, &["-ngl", "99", "--device", "0"], n_vocab);
+    let reference = logits(&reference_file, &long, &[], n_vocab);
+    assert_eq!(reference.len(), 141);
+    let cpu = logits(&m, &long, &[], n_vocab);
+    let gpu = logits(&m, &long, &["-ngl", "99", "--device", "0"], n_vocab);
     let (gpu_agree, gpu_kl, gpu_max) = compare(&reference, &gpu);
     let (_, cpu_kl, _) = compare(&reference, &cpu);
     assert_eq!(gpu_agree, reference.len(), "top-1 of the GPU against the float reference");
     assert!(gpu_kl <= 1e-4 && gpu_max <= 1e-3, "GPU against the float reference: KL {gpu_kl:e}, max {gpu_max}");
     assert!(gpu_kl < cpu_kl, "GPU KL {gpu_kl:e} against the CPU's quantized-activation path's {cpu_kl:e}");
     // Half the layers: the CPU's layers quantize activations, so only top-1 is asked of it.
+    let prompt = ["-p", "The history of the printing press begins in the fifteenth century, when Johannes Gutenberg"];
+    let cpu = logits(&m, &prompt, &[], n_vocab);
     let half = logits(&m, &prompt, &["-ngl", "9", "--device", "0", "-b", "6"], n_vocab);
     let (agree, _, _) = compare(&cpu, &half);
     assert_eq!(agree, cpu.len(), "-ngl 9 against the CPU");
