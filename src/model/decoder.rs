@@ -217,9 +217,21 @@ impl Decoder {
         Ok(decoder)
     }
 
-    /// Starts mapping the whole file in the background, once ([`GgufFile::prefetch`]).
+    /// Starts mapping the whole file in the background ([`GgufFile::prefetch`]), once. Called
+    /// after the first prompt, so that it does not compete with the time to first token.
     pub fn prefetch(&self) {
         self.gguf.prefetch()
+    }
+
+    /// Where the model runs, in a line: "CPU", or the GPU, its layers and VRAM; with the
+    /// reason when a GPU was asked for and none is used.
+    pub fn placement(&self) -> &str {
+        &self.placement_note
+    }
+
+    /// Tokens in the vocabulary: the width of a row of logits.
+    pub fn n_vocab(&self) -> usize {
+        self.n_vocab
     }
 
     /// The cache shape of every layer.

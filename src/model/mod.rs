@@ -14,6 +14,7 @@ pub mod gemma4;
 pub mod gpu;
 pub mod offload;
 
+pub use decoder::Decoder;
 pub use gemma3::Gemma3;
 pub use gemma4::Gemma4;
 
@@ -26,7 +27,7 @@ use ggml::kernels::{dot_type, Isa};
 use ggml::quants::{dequantize_row, QuantError};
 use ggml::GgmlType;
 
-use crate::kv_cache::{KvCache, KvCacheError, KvType};
+use crate::kv_cache::KvCache;
 pub use offload::Offload;
 
 #[derive(Debug, thiserror::Error)]
@@ -144,45 +145,6 @@ impl Model {
         }
     }
 
-    /// Device memory allocated now (weights, KV caches, activations) when layers run on a GPU.
-    pub fn vram_bytes(&self) -> Option<u64> {
-        self.decoder().vram_bytes()
-    }
-
-    /// The decoder both architectures share.
-    fn decoder(&self) -> &decoder::Decoder {
-        match self {
-            Model::Gemma3(m) => m,
-            Model::Gemma4(m) => m,
-        }
-    }
-
-    fn decoder_mut(&mut self) -> &mut decoder::Decoder {
-        match self {
-            Model::Gemma3(m) => m,
-            Model::Gemma4(m) => m,
-        }
-    }
-
-    /// Where the model runs, in a line: "CPU", or the GPU, its layers and VRAM; with the
-    /// reason when a GPU was asked for and none is used.
-    pub fn placement(&self) -> &str {
-        &self.decoder().placement_note
-    }
-
-    /// Starts mapping the whole file in the background ([`GgufFile::prefetch`]), once. Called
-    /// after the first prompt, so that it does not compete with the time to first token.
-    pub fn prefetch(&self) {
-        self.decoder().prefetch()
-    }
-
-    pub fn n_vocab(&self) -> usize {
-        match self {
-            Model::Gemma3(m) => m.hparams.n_vocab,
-            Model::Gemma4(m) => m.hparams.n_vocab,
-        }
-    }
-
     /// The context length the model was trained for.
     pub fn context_length(&self) -> usize {
         match self {
@@ -190,46 +152,25 @@ impl Model {
             Model::Gemma4(m) => m.hparams.context_length,
         }
     }
+}
 
-    /// An empty f16 cache for up to `context` positions.
-    pub fn new_cache(&self, context: usize) -> Result<KvCache, KvCacheError> {
-        self.new_cache_of(context, KvType::F16)
+/// Everything else (`forward`, `new_cache*`, `placement`, ...) is the shared [`Decoder`]'s.
+impl std::ops::Deref for Model {
+    type Target = Decoder;
+    fn deref(&self) -> &Decoder {
+        match self {
+            Model::Gemma3(m) => m,
+            Model::Gemma4(m) => m,
+        }
     }
+}
 
-    /// An empty cache of `kv_type` elements for up to `context` positions.
-    pub fn new_cache_of(&self, context: usize, kv_type: KvType) -> Result<KvCache, KvCacheError> {
-        self.new_cache_for(context, kv_type, None)
-    }
-
-    /// [`new_cache_of`](Self::new_cache_of) for forward passes of at most `max_batch` tokens
-    /// (sizes a GPU layer's sliding ring; `None`: the `-b` given at load). Longer passes still
-    /// run, in pieces.
-    pub fn new_cache_for(
-        &self,
-        context: usize,
-        kv_type: KvType,
-        max_batch: Option<usize>,
-    ) -> Result<KvCache, KvCacheError> {
-        self.decoder().new_cache_for(context, kv_type, max_batch)
-    }
-
-    /// Runs `tokens` at positions `pos ..` (the cache holds exactly `pos` positions) and
-    /// returns `[n_rows][n_vocab]` logits, `n_rows` as `which` says.
-    pub fn forward(&mut self, tokens: &[u32], pos: usize, cache: &mut KvCache, which: Logits) -> Vec<f32> {
-        self.decoder_mut().forward(tokens, pos, cache, which)
-    }
-
-    /// [`forward`](Self::forward), stopped before the next layer once `cancel` fires; the
-    /// cache is then as it was before the pass ([`Cancelled`]).
-    pub fn forward_cancellable(
-        &mut self,
-        tokens: &[u32],
-        pos: usize,
-        cache: &mut KvCache,
-        which: Logits,
-        cancel: &dyn Cancel,
-    ) -> Result<Vec<f32>, Cancelled> {
-        self.decoder_mut().forward_cancellable(tokens, pos, cache, which, cancel)
+impl std::ops::DerefMut for Model {
+    fn deref_mut(&mut self) -> &mut Decoder {
+        match self {
+            Model::Gemma3(m) => m,
+            Model::Gemma4(m) => m,
+        }
     }
 }
 

@@ -117,6 +117,28 @@ fn u(n: usize) -> u32 {
 }
 
 impl Commands<'_> {
+    /// Makes every earlier shader and transfer access (reads and writes: a later write must not
+    /// overtake an earlier read) visible to the `dst` accesses of stage `stage` recorded next.
+    fn barrier(&mut self, dst: vk::AccessFlags, stage: vk::PipelineStageFlags) {
+        let src = vk::AccessFlags::SHADER_READ
+            | vk::AccessFlags::SHADER_WRITE
+            | vk::AccessFlags::TRANSFER_READ
+            | vk::AccessFlags::TRANSFER_WRITE;
+        let barrier = [vk::MemoryBarrier::default().src_access_mask(src).dst_access_mask(dst)];
+        // SAFETY: the command buffer is recording (begun in `commands`).
+        unsafe {
+            self.gpu.inner.device.cmd_pipeline_barrier(
+                self.queue.cmd,
+                vk::PipelineStageFlags::COMPUTE_SHADER | vk::PipelineStageFlags::TRANSFER,
+                stage,
+                vk::DependencyFlags::empty(),
+                &barrier,
+                &[],
+                &[],
+            );
+        }
+    }
+
     /// One dispatch of `groups` workgroups (laid out as `common.glsl` reads them) times `z`.
     fn dispatch(
         &mut self,
@@ -157,21 +179,11 @@ impl Commands<'_> {
         let gy = u(groups.div_ceil(MAX_GROUPS as usize));
         // SAFETY: the command buffer is recording (begun in `commands`); the pipeline, its
         // layout and the bound buffers outlive the submission, which `finish` waits for.
+        if self.dispatches > 0 {
+            let read_write = vk::AccessFlags::SHADER_READ | vk::AccessFlags::SHADER_WRITE;
+            self.barrier(read_write, vk::PipelineStageFlags::COMPUTE_SHADER);
+        }
         unsafe {
-            if self.dispatches > 0 {
-                let barrier = [vk::MemoryBarrier::default()
-                    .src_access_mask(vk::AccessFlags::SHADER_WRITE | vk::AccessFlags::TRANSFER_WRITE)
-                    .dst_access_mask(vk::AccessFlags::SHADER_READ | vk::AccessFlags::SHADER_WRITE)];
-                d.cmd_pipeline_barrier(
-                    cmd,
-                    vk::PipelineStageFlags::COMPUTE_SHADER | vk::PipelineStageFlags::TRANSFER,
-                    vk::PipelineStageFlags::COMPUTE_SHADER,
-                    vk::DependencyFlags::empty(),
-                    &barrier,
-                    &[],
-                    &[],
-                );
-            }
             d.cmd_bind_pipeline(cmd, vk::PipelineBindPoint::COMPUTE, pipeline.pipeline);
             self.gpu.inner.push.cmd_push_descriptor_set(
                 cmd,
@@ -490,22 +502,14 @@ impl Commands<'_> {
                 src.size, dst.size
             )));
         }
+        self.barrier(
+            vk::AccessFlags::TRANSFER_READ | vk::AccessFlags::TRANSFER_WRITE,
+            vk::PipelineStageFlags::TRANSFER,
+        );
         let d = &self.gpu.inner.device;
         let cmd = self.queue.cmd;
         // SAFETY: the command buffer is recording; both buffers outlive the submission.
         unsafe {
-            let barrier = [vk::MemoryBarrier::default()
-                .src_access_mask(vk::AccessFlags::SHADER_WRITE | vk::AccessFlags::TRANSFER_WRITE)
-                .dst_access_mask(vk::AccessFlags::TRANSFER_READ | vk::AccessFlags::TRANSFER_WRITE)];
-            d.cmd_pipeline_barrier(
-                cmd,
-                vk::PipelineStageFlags::COMPUTE_SHADER | vk::PipelineStageFlags::TRANSFER,
-                vk::PipelineStageFlags::TRANSFER,
-                vk::DependencyFlags::empty(),
-                &barrier,
-                &[],
-                &[],
-            );
             let region = [vk::BufferCopy { src_offset, dst_offset, size: bytes }];
             d.cmd_copy_buffer(cmd, src.buffer, dst.buffer, &region);
         }
@@ -526,23 +530,12 @@ impl Commands<'_> {
         if data.is_empty() {
             return Ok(());
         }
+        self.barrier(vk::AccessFlags::TRANSFER_WRITE, vk::PipelineStageFlags::TRANSFER);
         let d = &self.gpu.inner.device;
         let cmd = self.queue.cmd;
         // SAFETY: the command buffer is recording; `dst` outlives the submission; the data is
         // copied into the command buffer by the call.
         unsafe {
-            let barrier = [vk::MemoryBarrier::default()
-                .src_access_mask(vk::AccessFlags::SHADER_WRITE | vk::AccessFlags::SHADER_READ)
-                .dst_access_mask(vk::AccessFlags::TRANSFER_WRITE)];
-            d.cmd_pipeline_barrier(
-                cmd,
-                vk::PipelineStageFlags::COMPUTE_SHADER | vk::PipelineStageFlags::TRANSFER,
-                vk::PipelineStageFlags::TRANSFER,
-                vk::DependencyFlags::empty(),
-                &barrier,
-                &[],
-                &[],
-            );
             for (i, chunk) in data.chunks(MAX).enumerate() {
                 d.cmd_update_buffer(cmd, dst.buffer, offset + (i * MAX) as u64, chunk);
             }
