@@ -34,6 +34,6 @@ pub mod softmax;
 #[cfg(target_arch = "x86_64")]
 mod lanes;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 #[cfg(target_arch = "x86_64")]
 pub mod vmath;

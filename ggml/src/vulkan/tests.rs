@@ -28,17 +28,9 @@ fn gpu() -> &'static Gpu {
     })
 }
 
-/// Deterministic values in about [-3, 3).
+/// Deterministic values in [-3, 3).
 fn random_f32(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s >> 12;
-            s ^= s << 25;
-            s ^= s >> 27;
-            ((s.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 6.0
-        })
-        .collect()
+    crate::ops::testing::random(n, seed, -3.0, 3.0)
 }
 
 /// `n_out` random rows of `n_in` elements of `ty` (quantized by our reference quantizers), as
