@@ -3,14 +3,14 @@
 //!
 //! At load, each offloaded layer's weights are uploaded from the memory map into VRAM
 //! ([`GpuDecoder::upload`]) from its [`Layer`], the decoder description Gemma 4 and Gemma 3
-//! share (`decoder.rs`). A forward pass takes the residual stream `x` from the
-//! CPU layers (or the embedding), records every GPU layer into one command buffer, submits it
-//! once, and hands back the logits (or `x`, when the head stays on the CPU). Uploaded weights'
-//! pages of the mapped file are released, so that the process does not hold them twice. The KV cache of a
-//! GPU layer lives in VRAM; its ring and positions stay in the host's [`KvCache`], which says
-//! which slot each new position takes.
+//! share (`decoder.rs`); their pages of the mapped file are then released, so that the process
+//! does not hold them twice. A forward pass takes the residual stream `x` from the CPU layers
+//! (or the embedding), records every GPU layer into one command buffer with its inputs,
+//! submits it once, and hands back the logits (or `x`, when the head stays on the CPU). The KV
+//! cache of a GPU layer lives in VRAM; its ring and positions stay in the host's [`KvCache`],
+//! which says which slot each new position takes.
 //!
-//! Per layer, the same math as the CPU pass (`gemma4.rs`), op for op:
+//! Per layer, the same math as the CPU pass (`Decoder::layer`), op for op:
 //!
 //! ```text
 //! h = rmsnorm(x) attn_norm;  q, k, v = attn_q h, attn_k h, attn_v h (or k)
