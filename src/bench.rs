@@ -18,7 +18,8 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use crate::info::{human_bytes, human_count, ModelInfo};
-use crate::model::{Logits, Model, Offload};
+use crate::model::{Logits, Model, Never, Offload};
+use crate::run::uncancelled;
 use crate::run::RunError;
 
 #[derive(Clone, Debug)]
@@ -133,16 +134,36 @@ impl Bench {
                         let elapsed = pool.install(|| -> Result<Duration, RunError> {
                             let mut cache = model.new_cache(depth + n_tokens)?;
                             for (i, chunk) in depth_tokens.chunks(batch).enumerate() {
-                                model.forward(chunk, i * batch, &mut cache, Logits::Last);
+                                uncancelled(model.forward_cancellable(
+                                    chunk,
+                                    i * batch,
+                                    &mut cache,
+                                    Logits::Last,
+                                    &Never,
+                                ))?;
                             }
                             let start = Instant::now();
                             if is_prompt {
                                 for (i, chunk) in tokens.chunks(batch).enumerate() {
-                                    model.forward(chunk, depth + i * batch, &mut cache, Logits::Last);
+                                    let pos = depth + i * batch;
+                                    uncancelled(model.forward_cancellable(
+                                        chunk,
+                                        pos,
+                                        &mut cache,
+                                        Logits::Last,
+                                        &Never,
+                                    ))?;
                                 }
                             } else {
                                 for (i, &t) in tokens.iter().enumerate() {
-                                    model.forward(&[t], depth + i, &mut cache, Logits::Last);
+                                    let pos = depth + i;
+                                    uncancelled(model.forward_cancellable(
+                                        &[t],
+                                        pos,
+                                        &mut cache,
+                                        Logits::Last,
+                                        &Never,
+                                    ))?;
                                 }
                             }
                             let elapsed = start.elapsed();

@@ -11,7 +11,7 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::kv_cache::{KvCacheError, KvType};
-use crate::model::{Model, ModelError, Offload};
+use crate::model::{Model, ModelError, Offload, Stopped};
 use crate::sample::{Sampler, SamplerConfig, SamplerError};
 use crate::session::Session;
 use crate::tokenizer::{Tokenizer, TokenizerError};
@@ -40,6 +40,18 @@ pub enum RunError {
     Output(std::io::Error),
     #[error("writing the logits: {0}")]
     Logits(std::io::Error),
+    #[error("the GPU failed during a forward pass: {0}")]
+    Device(String),
+}
+
+/// The logits of a pass that nothing cancels (its [`crate::model::Cancel`] is `Never`): it
+/// stops early only when a GPU fails, which is this error.
+pub(crate) fn uncancelled(pass: Result<Vec<f32>, Stopped>) -> Result<Vec<f32>, RunError> {
+    match pass {
+        Ok(logits) => Ok(logits),
+        Err(Stopped::Device(e)) => Err(RunError::Device(e)),
+        Err(Stopped::Cancelled(_)) => unreachable!("Never does not cancel"),
+    }
 }
 
 /// A prompt as text or as token ids.
@@ -215,4 +227,23 @@ pub fn run(gguf: GgufFile, options: &RunOptions, out: &mut dyn Write) -> Result<
 fn write_f32_le(out: &mut dyn Write, values: &[f32]) -> std::io::Result<()> {
     let bytes: Vec<u8> = values.iter().flat_map(|x| x.to_le_bytes()).collect();
     out.write_all(&bytes)
+}
+
+#[cfg(test)]
+mod device_error_tests {
+    use super::*;
+
+    /// A GPU that fails mid-pass ends a session with an error that says so (exit code 1 at the
+    /// command line), not a panic.
+    #[test]
+    fn a_failed_gpu_pass_is_an_error_naming_the_gpu() {
+        let lost = Stopped::Device("the GPU was lost (VK_ERROR_DEVICE_LOST) while the recorded ops".into());
+        let e = uncancelled(Err(lost)).unwrap_err();
+        assert!(matches!(e, RunError::Device(_)));
+        assert_eq!(
+            e.to_string(),
+            "the GPU failed during a forward pass: the GPU was lost (VK_ERROR_DEVICE_LOST) while the recorded ops"
+        );
+        assert_eq!(uncancelled(Ok(vec![1.0])).unwrap(), [1.0]);
+    }
 }

@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::kv_cache::{KvCache, KvType};
-use crate::model::{Cancel, Cancelled, Logits};
-use crate::run::{Generator, RunError, StopReason, Timings};
+use crate::model::{Cancel, Cancelled, Logits, Never, Stopped};
+use crate::run::{uncancelled, Generator, RunError, StopReason, Timings};
 use crate::sample::Sampler;
 use crate::stop::StopStrings;
 use crate::tokenizer::Tokenizer;
@@ -204,12 +204,13 @@ impl<'g> Session<'g> {
             let mut logits = match self.generator.model.forward_cancellable(chunk, pos, &mut self.cache, which, cancel)
             {
                 Ok(logits) => logits,
-                Err(Cancelled { kept }) => {
+                Err(Stopped::Cancelled(Cancelled { kept })) => {
                     self.ids.truncate(kept);
                     self.logits.clear();
                     cancelled = true;
                     break;
                 }
+                Err(Stopped::Device(e)) => return Err(RunError::Device(e)),
             };
             self.ids.extend_from_slice(chunk);
             if let Some(scores) = scores.as_mut() {
@@ -286,7 +287,8 @@ impl<'g> Session<'g> {
             if self.ids.len() >= self.context {
                 break StopReason::ContextFull;
             }
-            self.logits = model.forward(&[token], self.ids.len(), &mut self.cache, Logits::Last);
+            let pass = model.forward_cancellable(&[token], self.ids.len(), &mut self.cache, Logits::Last, &Never);
+            self.logits = uncancelled(pass)?;
             self.ids.push(token);
         };
         let tail = stops.push(&detok.finish()) + &stops.finish();

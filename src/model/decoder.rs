@@ -40,7 +40,9 @@ use ggml::ops::softmax::softmax_top_k;
 #[cfg(feature = "vulkan")]
 use super::gpu::{GpuDecoder, Placement};
 use super::offload::{Offload, Resolved};
-use super::{norm_rows, norm_rows_inplace, Cancel, Cancelled, ExpertStack, Input, Logits, Matrix, ModelError, Never};
+use super::{
+    norm_rows, norm_rows_inplace, Cancel, Cancelled, ExpertStack, Input, Logits, Matrix, ModelError, Never, Stopped,
+};
 use crate::kv_cache::{KvCache, KvCacheError, KvType, LayerSpec};
 
 /// One decoder layer: its shape, and its weights named by tensor role (`hd`: its head dim).
@@ -281,16 +283,18 @@ impl Decoder {
 
     /// Runs `tokens` at positions `pos ..`, appending their keys and values to `cache` (which
     /// must hold exactly `pos` positions), and returns the logits `[n_rows][n_vocab]` of every
-    /// token or of the last one.
+    /// token or of the last one. Panics if a GPU fails: the sessions call
+    /// [`forward_cancellable`](Self::forward_cancellable), which says so as an error.
     pub fn forward(&mut self, tokens: &[u32], pos: usize, cache: &mut KvCache, which: Logits) -> Vec<f32> {
-        let Ok(logits) = self.forward_cancellable(tokens, pos, cache, which, &Never) else {
-            unreachable!("Never does not cancel")
-        };
-        logits
+        match self.forward_cancellable(tokens, pos, cache, which, &Never) {
+            Ok(logits) => logits,
+            Err(Stopped::Cancelled(_)) => unreachable!("Never does not cancel"),
+            Err(e) => panic!("{e}"),
+        }
     }
 
     /// [`forward`](Self::forward), or stops before a layer once `cancel` fires, with the cache
-    /// rewound to `pos` ([`Cancelled`]).
+    /// rewound to `pos` ([`Stopped::Cancelled`]), or when a GPU fails ([`Stopped::Device`]).
     pub fn forward_cancellable(
         &mut self,
         tokens: &[u32],
@@ -298,7 +302,7 @@ impl Decoder {
         cache: &mut KvCache,
         which: Logits,
         cancel: &dyn Cancel,
-    ) -> Result<Vec<f32>, Cancelled> {
+    ) -> Result<Vec<f32>, Stopped> {
         if let Some(max) = cache.max_batch().filter(|&m| tokens.len() > m) {
             // A GPU layer's ring holds one batch of at most `max` beside its window.
             return in_pieces(tokens, pos, cache, which, max, |t, p, c, w| {
@@ -325,7 +329,7 @@ impl Decoder {
         let n_cpu = self.layers.len();
         for (il, layer) in self.layers.iter().enumerate().take(n_cpu) {
             if cancel.is_cancelled() {
-                return Err(Cancelled::rewind(cache, pos));
+                return Err(Cancelled::rewind(cache, pos).into());
             }
             let rope = if layer.full_rope { &rope_full } else { &rope_swa };
             self.layer(il, layer, &mut x, &q_pos, rope, cache);
@@ -458,8 +462,8 @@ fn in_pieces(
     cache: &mut KvCache,
     which: Logits,
     max: usize,
-    mut forward: impl FnMut(&[u32], usize, &mut KvCache, Logits) -> Result<Vec<f32>, Cancelled>,
-) -> Result<Vec<f32>, Cancelled> {
+    mut forward: impl FnMut(&[u32], usize, &mut KvCache, Logits) -> Result<Vec<f32>, Stopped>,
+) -> Result<Vec<f32>, Stopped> {
     let mut logits = Vec::new();
     let n_pieces = tokens.len().div_ceil(max);
     for (i, piece) in tokens.chunks(max).enumerate() {
@@ -467,7 +471,8 @@ fn in_pieces(
         match forward(piece, pos + i * max, cache, if last { which } else { Logits::Last }) {
             Ok(l) if last || which == Logits::All => logits.extend(l),
             Ok(_) => {}
-            Err(_) => return Err(Cancelled::rewind(cache, pos)),
+            Err(Stopped::Cancelled(_)) => return Err(Cancelled::rewind(cache, pos).into()),
+            Err(e) => return Err(e),
         }
     }
     Ok(logits)

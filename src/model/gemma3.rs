@@ -328,7 +328,7 @@ mod tests {
         model.forward(&tokens[..8], 0, &mut cache, Logits::All);
         let cancel = CancelAfter::new(1);
         let err = model.forward_cancellable(&tokens[8..], 8, &mut cache, Logits::All, &cancel).unwrap_err();
-        assert_eq!(err, Cancelled { kept: 8 });
+        assert_eq!(err, Cancelled { kept: 8 }.into());
         assert_eq!((cache.layer(0).n_positions(), cache.layer(1).n_positions()), (8, 8));
         let resumed = model.forward(&tokens[8..], 8, &mut cache, Logits::All);
 

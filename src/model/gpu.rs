@@ -26,7 +26,7 @@ use ggml::ops::rope::RopeCache;
 use ggml::vulkan::{Buffer, Commands, Gpu, GpuMatrix, VkError};
 
 use super::decoder::{ExpertGateUp, Layer};
-use super::{Cancel, Cancelled, ExpertStack, Logits, Matrix};
+use super::{Cancel, Cancelled, ExpertStack, Logits, Matrix, Stopped};
 use crate::kv_cache::KvCache;
 
 /// Where the layers and the output head run: the last `n_layer - first_gpu_layer` layers on the
@@ -372,22 +372,22 @@ impl GpuDecoder {
         rope_swa: &[RopeCache],
         which: Logits,
         cancel: &dyn Cancel,
-    ) -> Result<Out, Cancelled> {
+    ) -> Result<Out, Stopped> {
         let n_tokens = x.len() / self.n_embd;
         // Every GPU layer's cache slots for this batch, decided on the host (a cancel stops
         // here, before anything runs, and the caller's rewind undoes them).
         let mut slots = Vec::with_capacity(self.layers.len());
         for i in 0..self.layers.len() {
             if cancel.is_cancelled() {
-                return Err(Cancelled::rewind(cache, pos));
+                return Err(Cancelled::rewind(cache, pos).into());
             }
             let layer = cache.layer_mut(self.first + i).expect("Gemma layers own their caches");
             slots.push(layer.append_slots(pos, n_tokens).into_iter().map(|s| s as u32).collect::<Vec<u32>>());
         }
-        // A GPU that fails mid-pass (lost, hung) leaves nothing to continue with: a clear
-        // message, not a hang or a wrong answer.
+        // A GPU that fails mid-pass (lost, hung) leaves nothing to continue with: an error that
+        // says what it said, not a hang or a wrong answer.
         let out = self.run(x, pos, cache, rope_full, rope_swa, which, &slots);
-        let out = out.unwrap_or_else(|e| panic!("the GPU failed during a forward pass: {e}"));
+        let out = out.map_err(|e| Stopped::Device(e.to_string()))?;
         Ok(match self.output.is_some() {
             true => Out::Logits(out),
             false => Out::Stream(out),

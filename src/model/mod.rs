@@ -91,6 +91,18 @@ pub struct Cancelled {
     pub kept: usize,
 }
 
+/// Why a forward pass returned no logits.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Stopped {
+    /// Its [`Cancel`] fired; the cache is as it was before the pass.
+    #[error(transparent)]
+    Cancelled(#[from] Cancelled),
+    /// The GPU failed mid-pass (lost, hung): what it said. Its layers' caches are not usable
+    /// any more, so a session ends here.
+    #[error("the GPU failed during a forward pass: {0}")]
+    Device(String),
+}
+
 impl Cancelled {
     /// Rewinds `cache`, which some layers have extended past `pos` by a partial pass, to `pos`.
     pub(crate) fn rewind(cache: &mut KvCache, pos: usize) -> Cancelled {
