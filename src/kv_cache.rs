@@ -203,11 +203,6 @@ impl KvCache {
         self.own().filter_map(LayerCache::max_batch).min()
     }
 
-    /// K and V in VRAM, over every layer.
-    pub fn device_bytes(&self) -> usize {
-        self.own().map(LayerCache::device_bytes).sum()
-    }
-
     /// [`new`](Self::new) with K and V of type `kv_type`.
     pub fn with_type(specs: &[LayerSpec], context: usize, kv_type: KvType) -> Result<KvCache, KvCacheError> {
         if context == 0 {
@@ -550,8 +545,8 @@ impl LayerCache {
         positions * self.n_kv_head * self.head_dim * 2 * self.kv_type().bytes()
     }
 
-    /// K, V and positions as allocated now in host memory (a GPU layer's K and V are in VRAM:
-    /// [`device_bytes`](Self::device_bytes)).
+    /// K, V and positions as allocated now in host memory (a GPU layer's K and V are in VRAM,
+    /// counted by the device's allocator).
     pub fn allocated_bytes(&self) -> usize {
         let rows = match &self.data {
             #[cfg(feature = "vulkan")]
@@ -559,15 +554,6 @@ impl LayerCache {
             data => with_rows!(data, rows => rows.allocated_bytes()),
         };
         rows + self.pos.capacity() * size_of::<usize>()
-    }
-
-    /// K and V in VRAM (0 for a layer in host memory).
-    pub fn device_bytes(&self) -> usize {
-        match &self.data {
-            #[cfg(feature = "vulkan")]
-            Data::Device(d) => (d.rows.k.size + d.rows.v.size) as usize,
-            _ => 0,
-        }
     }
 
     /// The oldest position a query at `pos` sees.
