@@ -163,34 +163,24 @@ fn gemma3_270m_on_the_gpu_matches_the_float_reference() {
 
 #[test]
 fn gpu_layers_without_a_gpu_warn_and_run_on_the_cpu() {
-    let out = Command::new(env!("CARGO_BIN_EXE_gemma"))
-        .args(["run", "-m"])
-        .arg(model("tiny-gemma4-moe.gguf"))
-        .args(["--ids", "2 105 236", "-n", "2", "--temp", "0", "-ngl", "99"])
-        .env("VK_ICD_FILENAMES", "/nonexistent/icd.json")
-        .env("VK_DRIVER_FILES", "/nonexistent/icd.json")
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("gemma: CPU (no GPU") && stderr.contains("-ngl is ignored"), "{stderr}");
+    // `gemma run` on the tiny MoE model with `args` and `env`: (success, stderr).
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_gemma"));
+        cmd.args(["run", "-m"]).arg(model("tiny-gemma4-moe.gguf")).args(["--ids", "2 105 236", "-n", "2"]).args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let no_driver = [("VK_ICD_FILENAMES", "/nonexistent/icd.json"), ("VK_DRIVER_FILES", "/nonexistent/icd.json")];
+    let (ok, stderr) = run(&["--temp", "0", "-ngl", "99"], &no_driver);
+    assert!(ok && stderr.contains("gemma: CPU (no GPU") && stderr.contains("-ngl is ignored"), "{stderr}");
     // lavapipe alone is not chosen without --device.
-    let out = Command::new(env!("CARGO_BIN_EXE_gemma"))
-        .args(["run", "-m"])
-        .arg(model("tiny-gemma4-moe.gguf"))
-        .args(["--ids", "2 105 236", "-n", "2", "--temp", "0", "-ngl", "99"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() && stderr.contains("gemma: CPU (no GPU found"), "{stderr}");
-    let out = Command::new(env!("CARGO_BIN_EXE_gemma"))
-        .args(["run", "-m"])
-        .arg(model("tiny-gemma4-moe.gguf"))
-        .args(["--ids", "2 105 236", "-n", "2", "-ngl", "99", "--device", "7"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && stderr.contains("--device 7: there is no Vulkan device 7"), "{stderr}");
+    let (ok, stderr) = run(&["--temp", "0", "-ngl", "99"], &[]);
+    assert!(ok && stderr.contains("gemma: CPU (no GPU found"), "{stderr}");
+    let (ok, stderr) = run(&["-ngl", "99", "--device", "7"], &[]);
+    assert!(!ok && stderr.contains("--device 7: there is no Vulkan device 7"), "{stderr}");
 }
 
 /// `gemma bench -ngl 99` reports the device memory beside the peak RSS: at least the weights.
