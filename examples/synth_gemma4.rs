@@ -5,7 +5,12 @@
 //!
 //! ```text
 //! cargo run --release --features oracle --example synth_gemma4 -- OUT.gguf [--layers N]
+//! cargo run --release --features oracle --example synth_gemma4 -- --table OUT.json
 //! ```
+//!
+//! `--table` stops after step 2 and writes the quantized file's tensor table (name, type,
+//! dims; JSON, one tensor per line) instead of a model: the fixture the placement planner's
+//! tests read (`tests/fixtures/gemma4-26b-a4b-q4_k_m.tensors.json`).
 //!
 //! How, without a 50 GB intermediate:
 //! 1. an F32 skeleton with every tensor of the model is written with its data left as zeros
@@ -36,16 +41,18 @@ const VOCAB: &str = "models/ggml-vocab-gemma-4.gguf";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let (mut out, mut layers) = (None, None);
+    let (mut out, mut layers, mut table) = (None, None, false);
+    let usage = "usage: synth_gemma4 OUT.gguf [--layers N] | synth_gemma4 --table OUT.json";
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--layers" => layers = Some(it.next().context("--layers needs a number")?.parse::<usize>()?),
+            "--table" => table = true,
             _ if out.is_none() => out = Some(PathBuf::from(a)),
-            _ => bail!("usage: synth_gemma4 OUT.gguf [--layers N]"),
+            _ => bail!("{usage}"),
         }
     }
-    let out = out.context("usage: synth_gemma4 OUT.gguf [--layers N]")?;
+    let out = out.context(usage)?;
     let vocab = GgufFile::open(VOCAB).with_context(|| format!("{VOCAB} (run scripts/fetch-test-models.sh)"))?;
 
     let skeleton = out.with_extension("f32-skeleton.gguf");
@@ -56,6 +63,12 @@ fn main() -> Result<()> {
     llama_quantize(&skeleton, &quantized)?;
     std::fs::remove_file(&skeleton)?;
     eprintln!("quantized by llama.cpp ({:.1} s)", started.elapsed().as_secs_f64());
+    if table {
+        write_table(&quantized, &out)?;
+        std::fs::remove_file(&quantized)?;
+        eprintln!("{} written ({:.1} s)", out.display(), started.elapsed().as_secs_f64());
+        return Ok(());
+    }
     fill_random(&quantized)?;
     std::fs::rename(&quantized, &out)?;
     eprintln!("{} written ({:.1} s)", out.display(), started.elapsed().as_secs_f64());
@@ -153,6 +166,17 @@ fn llama_quantize(src: &Path, dst: &Path) -> Result<()> {
     if rc != 0 {
         bail!("llama_model_quantize {} -> {} failed ({rc})", src.display(), dst.display());
     }
+    Ok(())
+}
+
+/// The tensor table of the GGUF at `src` as JSON at `dst`: `[{"name", "type", "dims"}, ...]`,
+/// one tensor per line.
+fn write_table(src: &Path, dst: &Path) -> Result<()> {
+    let gguf = GgufFile::open(src)?;
+    let rows: Vec<String> = (gguf.header.tensors.iter())
+        .map(|t| serde_json::json!({ "name": t.name, "type": t.ty.name(), "dims": t.dims }).to_string())
+        .collect();
+    std::fs::write(dst, format!("[\n{}\n]\n", rows.join(",\n")))?;
     Ok(())
 }
 

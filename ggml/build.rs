@@ -55,7 +55,9 @@ mod shaders {
     }
 
     pub fn compile() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
+        // Read at run time: a build script compiled for one checkout may run for another that
+        // shares the target directory (CI's cache), and must read that checkout's shaders.
+        let dir = Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("shaders");
         println!("cargo::rerun-if-changed={}", dir.display());
         let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
         let compiler = shaderc::Compiler::new().expect("shaderc compiler");

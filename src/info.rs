@@ -406,7 +406,7 @@ impl ModelInfo {
 }
 
 impl Hparams {
-    fn read(h: &GgufHeader) -> Hparams {
+    pub(crate) fn read(h: &GgufHeader) -> Hparams {
         let Some(arch) = h.architecture() else { return Hparams::default() };
         let key = |k: &str| format!("{arch}.{k}");
         let u = |k: &str| h.get(&key(k)).and_then(Value::as_u64);
@@ -469,6 +469,42 @@ impl Hparams {
         } else {
             Some((k_global, v_global))
         }
+    }
+
+    /// Each layer's cache shape (K's head dim; Gemma's V heads are as wide), `None` when the
+    /// file lacks a layer's head count or dims. Layers past `block_count - shared_kv_layers`
+    /// read the last earlier cache of their type.
+    pub(crate) fn layer_specs(&self) -> Option<Vec<crate::kv_cache::LayerSpec>> {
+        let n = self.block_count? as usize;
+        let own = n - (self.shared_kv_layers.unwrap_or(0) as usize).min(n);
+        let sliding = |il: usize| self.sliding_layers.get(il) == Some(&true);
+        (0..n)
+            .map(|il| {
+                Some(crate::kv_cache::LayerSpec {
+                    n_kv_head: *self.head_count_kv.as_ref()?.get(il)? as usize,
+                    head_dim: self.head_dims(il)?.0 as usize,
+                    window: sliding(il).then_some(self.sliding_window? as usize),
+                    shares_cache_of: (il >= own).then(|| (0..own).rev().find(|&j| sliding(j) == sliding(il))).flatten(),
+                })
+            })
+            .collect()
+    }
+
+    /// The widths that size a GPU pass's activations, `None` without the basic shapes.
+    pub(crate) fn widths(&self, n_vocab: usize) -> Option<crate::model::fit::Widths> {
+        let n = self.block_count? as usize;
+        let max = |f: &dyn Fn(usize) -> Option<u64>| (0..n).filter_map(f).max().unwrap_or(0) as usize;
+        let heads = |v: &Option<Vec<u64>>, il: usize| v.as_ref()?.get(il).copied();
+        Some(crate::model::fit::Widths {
+            n_embd: self.embedding_length? as usize,
+            q: max(&|il| Some(heads(&self.head_count, il)? * self.head_dims(il)?.0)),
+            kv: max(&|il| Some(heads(&self.head_count_kv, il)? * self.head_dims(il)?.0)),
+            n_ff: max(&|il| heads(&self.feed_forward_length, il)),
+            n_expert: self.expert_count.unwrap_or(0) as usize,
+            k: self.expert_used_count.unwrap_or(0) as usize,
+            n_ff_exp: self.expert_feed_forward_length.unwrap_or(0) as usize,
+            n_vocab,
+        })
     }
 
     /// f16 K and V at `context` positions of layers `first ..`.

@@ -132,6 +132,27 @@ pub struct LayerSpec {
     pub shares_cache_of: Option<usize>,
 }
 
+impl LayerSpec {
+    /// Slots this layer's cache takes in VRAM, allocated whole ([`LayerCache::on_device`]):
+    /// every position of the context on a global layer, `window - 1 + max_batch` on a
+    /// sliding one.
+    pub fn device_capacity(&self, context: usize, max_batch: usize) -> usize {
+        device_capacity(self.window, context, max_batch)
+    }
+
+    /// Bytes of K and V in a cache of `capacity` slots (none when it reads another's).
+    pub fn bytes(&self, capacity: usize, kv_type: KvType) -> u64 {
+        match self.shares_cache_of {
+            Some(_) => 0,
+            None => (2 * self.n_kv_head * capacity * self.head_dim * kv_type.bytes()) as u64,
+        }
+    }
+}
+
+fn device_capacity(window: Option<usize>, context: usize, max_batch: usize) -> usize {
+    window.map_or(context, |w| (w - 1 + max_batch.max(1)).min(context))
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum KvCacheError {
     #[error("the context length must be positive")]
@@ -385,7 +406,7 @@ impl LayerCache {
         what: &str,
     ) -> Result<LayerCache, ggml::vulkan::VkError> {
         let mut cache = LayerCache::with_type(n_kv_head, head_dim, window, context, kv_type);
-        let capacity = window.map_or(context, |w| (w - 1 + max_batch.max(1)).min(context));
+        let capacity = device_capacity(window, context, max_batch);
         let rows = ggml::vulkan::KvBuffers::new(gpu, n_kv_head, head_dim, capacity, kv_type == KvType::F16, what)?;
         cache.data = Data::Device(Box::new(DeviceRows { gpu: gpu.clone(), rows }));
         cache.capacity = capacity;

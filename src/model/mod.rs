@@ -8,6 +8,7 @@
 //! the same input that shares it), and stopping a pass between layers ([`Cancel`]).
 
 pub mod decoder;
+pub mod fit;
 pub mod gemma3;
 pub mod gemma4;
 #[cfg(feature = "vulkan")]

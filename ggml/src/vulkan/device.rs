@@ -73,6 +73,38 @@ pub struct Buffer {
     pub size: u64,
 }
 
+impl Buffer {
+    /// The mapped bytes of a [`Gpu::host_buffer`]; an error for a device-local one.
+    fn mapped(&self) -> Result<&[u8], VkError> {
+        let a = self.allocation.as_ref().expect("allocated until dropped");
+        a.mapped_slice().ok_or_else(|| VkError::Shape("a device-local buffer cannot be mapped".into()))
+    }
+
+    /// Copies `out.len()` bytes from byte `offset` of a host buffer (after the submission
+    /// that wrote them was waited for).
+    pub fn read(&self, offset: usize, out: &mut [u8]) -> Result<(), VkError> {
+        let bytes = self.mapped()?;
+        let src = bytes.get(offset..offset + out.len()).ok_or_else(|| {
+            VkError::Shape(format!("read of {} bytes at {offset} of a {}-byte buffer", out.len(), self.size))
+        })?;
+        out.copy_from_slice(src);
+        Ok(())
+    }
+
+    /// Writes `data` at byte `offset` of a host buffer (before the submission that reads it).
+    pub fn write(&mut self, offset: usize, data: &[u8]) -> Result<(), VkError> {
+        self.mapped()?;
+        let size = self.size;
+        let a = self.allocation.as_mut().expect("allocated until dropped");
+        let bytes = a.mapped_slice_mut().expect("checked above");
+        let dst = bytes.get_mut(offset..offset + data.len()).ok_or_else(|| {
+            VkError::Shape(format!("write of {} bytes at {offset} of a {size}-byte buffer", data.len()))
+        })?;
+        dst.copy_from_slice(data);
+        Ok(())
+    }
+}
+
 /// A buffer and its memory, freed by whoever owns it (the staging buffer, by the device).
 struct Raw {
     buffer: vk::Buffer,
@@ -162,6 +194,16 @@ impl Gpu {
     pub fn buffer(&self, size: u64, what: &str) -> Result<Buffer, VkError> {
         let size = size.max(1).next_multiple_of(16);
         let raw = self.inner.raw_buffer(size, what, MemoryLocation::GpuOnly)?;
+        Ok(Buffer { inner: self.inner.clone(), buffer: raw.buffer, allocation: Some(raw.allocation), size })
+    }
+
+    /// A buffer in host memory that shaders and copies can use too (host-cached where the
+    /// device has such memory): what crosses between the CPU and the GPU mid-pass goes through
+    /// one, read and written with [`Buffer::read`] and [`Buffer::write`] while no submission
+    /// uses it.
+    pub fn host_buffer(&self, size: u64, what: &str) -> Result<Buffer, VkError> {
+        let size = size.max(1).next_multiple_of(16);
+        let raw = self.inner.raw_buffer(size, what, MemoryLocation::GpuToCpu)?;
         Ok(Buffer { inner: self.inner.clone(), buffer: raw.buffer, allocation: Some(raw.allocation), size })
     }
 
@@ -376,14 +418,29 @@ impl Queue {
     }
 
     pub(crate) fn submit_and_wait(&mut self, inner: &Inner, doing: &'static str) -> Result<(), VkError> {
+        self.submit(inner)?;
+        self.wait(inner, doing)
+    }
+
+    /// Ends the command buffer and submits it, its fence to signal when done; the caller waits
+    /// with [`wait`](Self::wait) before the buffers it uses are touched or dropped.
+    pub(crate) fn submit(&mut self, inner: &Inner) -> Result<(), VkError> {
         let d = &inner.device;
         // SAFETY: the command buffer was begun by `begin`; the fence is unsignaled (reset after
-        // every wait) and waited for before this returns, so nothing stays in flight.
+        // every wait).
         unsafe {
             check("vkEndCommandBuffer", d.end_command_buffer(self.cmd))?;
             let cmds = [self.cmd];
             let submit = [vk::SubmitInfo::default().command_buffers(&cmds)];
-            check("vkQueueSubmit", d.queue_submit(self.queue, &submit, self.fence))?;
+            check("vkQueueSubmit", d.queue_submit(self.queue, &submit, self.fence))
+        }
+    }
+
+    /// Waits for the submission [`submit`](Self::submit) made, and resets its fence.
+    pub(crate) fn wait(&mut self, inner: &Inner, doing: &'static str) -> Result<(), VkError> {
+        let d = &inner.device;
+        // SAFETY: the fence belongs to this queue and was submitted with its command buffer.
+        unsafe {
             let waited = d.wait_for_fences(&[self.fence], true, SUBMIT_TIMEOUT.as_nanos() as u64);
             match waited {
                 Ok(()) => {}

@@ -54,6 +54,9 @@ pub struct DeviceInfo {
     pub api_version: (u32, u32, u32),
     /// Bytes of device-local memory (the largest device-local heap).
     pub memory: u64,
+    /// Bytes of that heap this process may still allocate, as the driver estimates it
+    /// (`VK_EXT_memory_budget`: its budget less what is in use); `None` without the extension.
+    pub free_memory: Option<u64>,
     pub subgroup_size: u32,
     /// f16 arithmetic in shaders (`shaderFloat16`).
     pub fp16: bool,
@@ -145,13 +148,24 @@ impl Vulkan {
             let mut f12 = vk::PhysicalDeviceVulkan12Features::default();
             let mut features = vk::PhysicalDeviceFeatures2::default().push_next(&mut f12);
             inst.get_physical_device_features2(pd, &mut features);
-            let memory = inst.get_physical_device_memory_properties(pd);
-            let vram = memory.memory_heaps[..memory.memory_heap_count as usize]
-                .iter()
-                .filter(|h| h.flags.contains(vk::MemoryHeapFlags::DEVICE_LOCAL))
-                .map(|h| h.size)
-                .max()
-                .unwrap_or(0);
+            let mut budget = vk::PhysicalDeviceMemoryBudgetPropertiesEXT::default();
+            let mut memory = vk::PhysicalDeviceMemoryProperties2::default();
+            let has_budget = has(ash::ext::memory_budget::NAME);
+            if has_budget {
+                memory = memory.push_next(&mut budget);
+            }
+            inst.get_physical_device_memory_properties2(pd, &mut memory);
+            let props = memory.memory_properties;
+            let heaps = &props.memory_heaps[..props.memory_heap_count as usize];
+            // The largest device-local heap: its size, and what its budget leaves.
+            let vram_heap = (0..heaps.len())
+                .filter(|&i| heaps[i].flags.contains(vk::MemoryHeapFlags::DEVICE_LOCAL))
+                .max_by_key(|&i| heaps[i].size);
+            let vram = vram_heap.map_or(0, |i| heaps[i].size);
+            let free_memory = vram_heap
+                .filter(|_| has_budget)
+                .map(|i| budget.heap_budget[i].saturating_sub(budget.heap_usage[i]))
+                .filter(|&free| free > 0);
             let mut max_allocation = vk::PhysicalDeviceMaintenance3Properties::default();
             let mut props = vk::PhysicalDeviceProperties2::default().push_next(&mut max_allocation);
             inst.get_physical_device_properties2(pd, &mut props);
@@ -162,6 +176,7 @@ impl Vulkan {
                 kind: DeviceKind::of(p.device_type),
                 api_version: (vk::api_version_major(v), vk::api_version_minor(v), vk::api_version_patch(v)),
                 memory: vram,
+                free_memory,
                 subgroup_size: subgroup.subgroup_size,
                 fp16: f12.shader_float16 != 0,
                 int_dot: has(ash::khr::shader_integer_dot_product::NAME) || v >= vk::API_VERSION_1_3,
@@ -192,6 +207,7 @@ mod tests {
             kind,
             api_version: (1, 3, 0),
             memory: 1 << 30,
+            free_memory: None,
             subgroup_size: 32,
             fp16: true,
             int_dot: true,

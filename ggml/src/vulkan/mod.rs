@@ -23,7 +23,7 @@ mod tests;
 
 pub use device::{Buffer, Gpu};
 pub use instance::{DeviceInfo, DeviceKind, Vulkan};
-pub use ops::{Commands, KvBuffers};
+pub use ops::{Commands, InFlight, KvBuffers};
 pub use weights::GpuMatrix;
 
 use ash::vk;

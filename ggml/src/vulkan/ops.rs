@@ -98,6 +98,39 @@ pub struct Commands<'g> {
     dispatches: usize,
 }
 
+/// Commands submitted and not yet waited for ([`Commands::submit`]). Holds the queue; dropped
+/// without [`wait`](Self::wait), it waits anyway (nothing may stay in flight while the
+/// buffers it uses can be dropped).
+pub struct InFlight<'g> {
+    commands: Option<Commands<'g>>,
+}
+
+impl<'g> InFlight<'g> {
+    /// Waits for the GPU to finish, then starts recording again on the same queue.
+    pub fn wait(mut self) -> Result<Commands<'g>, VkError> {
+        let mut c = self.commands.take().expect("waited once");
+        c.queue.wait(&c.gpu.inner, "the recorded ops")?;
+        c.queue.begin(&c.gpu.inner)?;
+        // The first op waits for the earlier submission's writes, as any later op would.
+        c.dispatches = 1;
+        Ok(c)
+    }
+
+    /// Waits for the GPU to finish.
+    pub fn done(mut self) -> Result<(), VkError> {
+        let mut c = self.commands.take().expect("waited once");
+        c.queue.wait(&c.gpu.inner, "the recorded ops")
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.commands.take() {
+            let _ = c.queue.wait(&c.gpu.inner, "the recorded ops");
+        }
+    }
+}
+
 impl Gpu {
     /// Starts recording (holds the device's queue until [`Commands::finish`]).
     pub fn commands(&self) -> Result<Commands<'_>, VkError> {
@@ -116,7 +149,7 @@ fn u(n: usize) -> u32 {
     u32::try_from(n).expect("sizes fit in 32 bits")
 }
 
-impl Commands<'_> {
+impl<'g> Commands<'g> {
     /// Makes every earlier shader and transfer access (reads and writes: a later write must not
     /// overtake an earlier read) visible to the `dst` accesses of stage `stage` recorded next.
     fn barrier(&mut self, dst: vk::AccessFlags, stage: vk::PipelineStageFlags) {
@@ -546,8 +579,31 @@ impl Commands<'_> {
     }
 
     /// Submits everything recorded and waits for it.
-    pub fn finish(mut self) -> Result<(), VkError> {
-        self.queue.submit_and_wait(&self.gpu.inner, "the recorded ops")
+    pub fn finish(self) -> Result<(), VkError> {
+        self.submit()?.done()
+    }
+
+    /// Submits everything recorded and returns at once: the CPU works beside the GPU until
+    /// [`InFlight::wait`]. Host buffers the ops wrote are readable once it returns.
+    pub fn submit(mut self) -> Result<InFlight<'g>, VkError> {
+        // Every write before this point, visible to the host after the wait.
+        let barrier = [vk::MemoryBarrier::default()
+            .src_access_mask(vk::AccessFlags::SHADER_WRITE | vk::AccessFlags::TRANSFER_WRITE)
+            .dst_access_mask(vk::AccessFlags::HOST_READ)];
+        // SAFETY: the command buffer is recording (begun in `commands`).
+        unsafe {
+            self.gpu.inner.device.cmd_pipeline_barrier(
+                self.queue.cmd,
+                vk::PipelineStageFlags::COMPUTE_SHADER | vk::PipelineStageFlags::TRANSFER,
+                vk::PipelineStageFlags::HOST,
+                vk::DependencyFlags::empty(),
+                &barrier,
+                &[],
+                &[],
+            );
+        }
+        self.queue.submit(&self.gpu.inner)?;
+        Ok(InFlight { commands: Some(self) })
     }
 
     /// An error unless `b` holds at least `n` f32s.
