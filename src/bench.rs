@@ -86,6 +86,11 @@ impl Bench {
         self.model.placement()
     }
 
+    /// Device memory allocated now, when layers run on a GPU.
+    pub fn vram_bytes(&self) -> Option<u64> {
+        self.model.vram_bytes()
+    }
+
     pub fn load(path: &std::path::Path, offload: &Offload) -> Result<Bench, RunError> {
         let started = Instant::now();
         let gguf = GgufFile::open(path)?;

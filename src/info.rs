@@ -33,6 +33,20 @@ pub struct ModelInfo {
     pub metadata: BTreeMap<String, serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tensors: Option<Vec<TensorRow>>,
+    /// `--plan`: what the fit would place on the GPU.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plan: Option<PlanReport>,
+}
+
+/// The fit's plan for a file (`gemma info --plan`): for what budget, what goes where, and the
+/// costs it weighed.
+#[derive(Debug, Serialize)]
+pub struct PlanReport {
+    /// The device and budget it was made for.
+    #[serde(rename = "for")]
+    pub made_for: String,
+    pub plan: crate::model::fit::Plan,
+    pub costs: crate::model::fit::Costs,
 }
 
 #[derive(Debug, Serialize)]
@@ -245,6 +259,7 @@ impl ModelInfo {
             tokenizer: TokenizerInfo::read(h),
             chat_template_bytes: h.get("tokenizer.chat_template").and_then(Value::as_str).map(str::len),
             metadata: h.metadata.iter().map(|(k, v)| (k.clone(), value_json(v))).collect(),
+            plan: None,
             tensors: tensors.then(|| {
                 h.tensors
                     .iter()
@@ -388,6 +403,10 @@ impl ModelInfo {
                     side(d.cpu_weights_bytes, d.cpu_kv_cache_bytes)
                 ),
             );
+        }
+        if let Some(p) = &self.plan {
+            let _ = writeln!(s, "{:<15}{}", "plan for", p.made_for);
+            s.push_str(&p.plan.describe(&p.costs));
         }
         if let Some(tensors) = &self.tensors {
             let _ = writeln!(

@@ -11,6 +11,7 @@ use gemma::chat::{ChatTemplate, Message, RenderOptions};
 use gemma::info::ModelInfo;
 use gemma::jsonl::{self, JsonlError, JsonlOptions};
 use gemma::kv_cache::KvType;
+use gemma::model::offload::MoeUpload;
 use gemma::model::Offload;
 use gemma::repl::{self, ChatOptions};
 use gemma::run::{Generator, Prompt, RunError, RunOptions};
@@ -47,6 +48,19 @@ enum Command {
         /// (`-ngl`, as `gemma run` takes it)
         #[arg(long = "gpu-layers", visible_aliases = ["ngl", "n-gpu-layers"])]
         gpu_layers: Option<u64>,
+        /// Show where the fit would place the model (as `gemma run` does by default): for
+        /// --vram-budget, else for the GPU's free memory. Loads nothing
+        #[arg(long)]
+        plan: bool,
+        /// With --plan: plan for this many GiB of VRAM
+        #[arg(long = "vram-budget", value_name = "GIB", requires = "plan")]
+        vram_budget: Option<f64>,
+        /// With --plan: the Vulkan device to plan for
+        #[arg(long = "device", value_name = "N", requires = "plan")]
+        device: Option<usize>,
+        /// With --plan: prompt tokens per forward batch (sizes the activations)
+        #[arg(short = 'b', long = "batch-size", default_value_t = 512)]
+        batch_size: usize,
     },
     /// Generate text from a prompt (-p, -f, --ids, or stdin); the completion alone goes to stdout
     Run(RunArgs),
@@ -173,19 +187,65 @@ struct ModelArgs {
 #[derive(Args, Clone)]
 struct GpuArgs {
     /// Layers to run on the GPU, the last ones first; the output head counts as one more layer
-    /// (llama.cpp's meaning: -ngl 99 puts everything on the GPU). Without a GPU: a warning,
-    /// and the CPU runs everything
-    #[arg(long = "gpu-layers", visible_aliases = ["ngl", "n-gpu-layers"], default_value_t = 0)]
-    gpu_layers: usize,
+    /// (llama.cpp's meaning: -ngl 99 puts everything on the GPU, -ngl 0 nothing). Default: the
+    /// fit decides (see --fit). Without a GPU: a warning, and the CPU runs everything
+    #[arg(long = "gpu-layers", visible_aliases = ["ngl", "n-gpu-layers"])]
+    gpu_layers: Option<usize>,
+    /// Keep every layer's experts in RAM (the CPU runs them); the rest of each layer runs on
+    /// the GPU. Alone, it puts every layer on the GPU (as -ngl 99 --cpu-moe)
+    #[arg(long = "cpu-moe", conflicts_with = "n_cpu_moe")]
+    cpu_moe: bool,
+    /// Keep the experts of the first N layers in RAM
+    #[arg(long = "n-cpu-moe", value_name = "N")]
+    n_cpu_moe: Option<usize>,
+    /// Without -ngl/--cpu-moe/--n-cpu-moe, fit the model to the GPU's free memory: the layers
+    /// without their experts, the output head and the KV cache first, then the experts of as
+    /// many layers as fit (the rest stay in RAM)
+    #[arg(long = "fit", value_enum, default_value_t = OnOff::On)]
+    fit: OnOff,
+    /// Plan for at most this many GiB of VRAM (also simulates a smaller card)
+    #[arg(long = "vram-budget", value_name = "GIB")]
+    vram_budget: Option<f64>,
+    /// For the layers whose experts stay in RAM: copy a batch's experts to VRAM and run them
+    /// there (on), run them on the CPU (off), or whichever the measured speeds say is faster
+    /// for the batch (auto: prompts upload, generation stays on the CPU)
+    #[arg(long = "moe-upload", value_enum, default_value_t = MoeUpload::Auto)]
+    moe_upload: MoeUpload,
     /// The Vulkan device to use (`gemma devices` lists them; default: the first discrete GPU,
     /// else an integrated one; a CPU device such as lavapipe only when named)
     #[arg(long = "device", value_name = "N")]
     device: Option<usize>,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum OnOff {
+    On,
+    Off,
+}
+
+/// GiB as bytes, or a usage error.
+fn gib(what: &str, value: f64) -> Result<u64> {
+    if !(value.is_finite() && value > 0.0) {
+        return Err(UsageError(format!("{what} must be a positive number of GiB, not {value}")).into());
+    }
+    Ok((value * (1u64 << 30) as f64) as u64)
+}
+
 impl GpuArgs {
-    fn offload(&self, max_batch: usize) -> Offload {
-        Offload { gpu_layers: self.gpu_layers, device: self.device, max_batch }
+    /// The request for a context of `context` positions of `kv_type` and batches of
+    /// `max_batch` tokens.
+    fn offload(&self, max_batch: usize, context: usize, kv_type: KvType) -> Result<Offload> {
+        Ok(Offload {
+            gpu_layers: self.gpu_layers,
+            n_cpu_moe: if self.cpu_moe { Some(usize::MAX) } else { self.n_cpu_moe },
+            fit: self.fit == OnOff::On,
+            vram_budget: self.vram_budget.map(|v| gib("--vram-budget", v)).transpose()?,
+            device: self.device,
+            max_batch,
+            context,
+            kv_type,
+            moe_upload: self.moe_upload,
+        })
     }
 }
 
@@ -338,11 +398,23 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Info { file, ctx_size, tensors, json, gpu_layers } => {
+        Command::Info { file, ctx_size, tensors, json, gpu_layers, plan, vram_budget, device, batch_size } => {
             let gguf = GgufFile::open(&file)?;
             let mut info = ModelInfo::new(&gguf, ctx_size, tensors);
             if let Some(n) = gpu_layers {
                 info = info.with_gpu_layers(&gguf, n);
+            }
+            if plan {
+                let context = usize::try_from(ctx_size).context("--ctx-size")?;
+                let costs = gemma::model::fit::Costs::from_header(&gguf.header, context, KvType::F16, batch_size)
+                    .with_context(|| format!("{}: the file lacks the layer shapes to plan for", file.display()))?;
+                let offload = Offload {
+                    vram_budget: vram_budget.map(|v| gib("--vram-budget", v)).transpose()?,
+                    device,
+                    ..Offload::default()
+                };
+                let (plan, made_for) = offload.plan(&costs)?;
+                info.plan = Some(gemma::info::PlanReport { made_for, plan, costs });
             }
             let text = if json { serde_json::to_string_pretty(&info)? + "\n" } else { info.to_text() };
             print(&text)
@@ -356,11 +428,13 @@ fn run(cli: Cli) -> Result<()> {
         Command::Chat(args) => chat_command(args),
         Command::Bench { model, prompt, gen, depth, threads, batch_size, repetitions, output, gpu } => {
             let threads = if threads.is_empty() { vec![num_cpus::get_physical()] } else { threads };
+            // The KV cache of the longest test: its depth and its tokens.
+            let context = depth.iter().max().unwrap_or(&0) + prompt.iter().chain(&gen).max().unwrap_or(&0);
             let options = BenchOptions { prompt, gen, depth, threads, batch: batch_size, repetitions };
             let md = matches!(output, BenchFormat::Md);
-            let mut bench =
-                Bench::load(&model, &gpu.offload(batch_size)).with_context(|| model.display().to_string())?;
-            if gpu.gpu_layers > 0 {
+            let offload = gpu.offload(batch_size, context.max(1), KvType::F16)?;
+            let mut bench = Bench::load(&model, &offload).with_context(|| model.display().to_string())?;
+            if offload.asks_for_gpu() || bench.vram_bytes().is_some() {
                 eprintln!("gemma: {}", bench.placement());
             }
             if md {
@@ -409,7 +483,7 @@ fn run_command(args: RunArgs) -> Result<()> {
     }
     set_threads(args.model.threads)?;
     let ModelArgs { model, ctx_size, batch_size, kv_type, gpu, .. } = args.model;
-    let offload = gpu.offload(batch_size);
+    let offload = gpu.offload(batch_size, ctx_size, kv_type)?;
     if args.jsonl {
         let gguf = GgufFile::open(&model)?;
         let template = chat_template(&gguf);
@@ -541,7 +615,7 @@ fn chat_command(args: ChatArgs) -> Result<()> {
     args.model.check()?;
     set_threads(args.model.threads)?;
     let ModelArgs { model, ctx_size, batch_size, kv_type, gpu, .. } = args.model;
-    let offload = gpu.offload(batch_size);
+    let offload = gpu.offload(batch_size, ctx_size, kv_type)?;
     let gguf = GgufFile::open(&model)?;
     let template = ChatTemplate::from_gguf(&gguf.header).with_context(|| model.display().to_string())?;
     let bos_eos = ChatTemplate::bos_eos(&gguf.header).with_context(|| model.display().to_string())?;
@@ -574,7 +648,7 @@ fn load(gguf: GgufFile, progress: bool, offload: &Offload, quiet: bool) -> Resul
         spinner.finish_and_clear();
     }
     if let Ok(g) = &generator {
-        if offload.gpu_layers > 0 && !quiet {
+        if (offload.asks_for_gpu() || g.model.vram_bytes().is_some()) && !quiet {
             eprintln!("gemma: {}", g.model.placement());
         }
     }

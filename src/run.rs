@@ -18,15 +18,15 @@ use crate::tokenizer::{Tokenizer, TokenizerError};
 
 #[derive(Debug, Error)]
 pub enum RunError {
-    #[error("{0}")]
+    #[error(transparent)]
     Gguf(#[from] ggml::gguf::GgufError),
-    #[error("{0}")]
+    #[error(transparent)]
     Model(#[from] ModelError),
-    #[error("{0}")]
+    #[error(transparent)]
     Tokenizer(#[from] TokenizerError),
-    #[error("{0}")]
+    #[error(transparent)]
     Sampler(#[from] SamplerError),
-    #[error("{0}")]
+    #[error(transparent)]
     KvCache(#[from] KvCacheError),
     #[error("the prompt is {prompt} tokens and {n_predict} more were asked for, but the context is {context}")]
     ContextTooSmall { prompt: usize, n_predict: usize, context: usize },

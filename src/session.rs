@@ -320,16 +320,20 @@ mod tests {
     }
 
     /// The model on the CPU, then with every layer and the head on lavapipe (`-ngl 99`,
-    /// its KV cache in VRAM): the session tests hold for both.
+    /// its KV cache in VRAM), then the same with the experts in RAM (`--cpu-moe`): the
+    /// session tests hold for all three.
     fn generators(name: &str) -> Vec<Generator> {
         let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models").join(name);
         let vk = ggml::vulkan::Vulkan::load().expect("the GPU tests need Vulkan: run scripts/setup.sh");
         let devices = vk.devices().unwrap();
         let lavapipe = devices.iter().find(|d| d.kind == ggml::vulkan::DeviceKind::Cpu).expect("lavapipe");
-        let offload = Offload { gpu_layers: 99, device: Some(lavapipe.index), max_batch: 512 };
+        let offload = Offload { gpu_layers: Some(99), device: Some(lavapipe.index), ..Offload::default() };
         let on_gpu = Generator::load_with(GgufFile::open(&path).unwrap(), &offload).unwrap();
         assert!(on_gpu.model.placement().contains("llvmpipe"), "{}", on_gpu.model.placement());
-        vec![generator(name), on_gpu]
+        // And every layer there with its experts in RAM (the CPU runs them mid-pass).
+        let hybrid = Offload { n_cpu_moe: Some(usize::MAX), ..offload };
+        let hybrid = Generator::load_with(GgufFile::open(&path).unwrap(), &hybrid).unwrap();
+        vec![generator(name), on_gpu, hybrid]
     }
 
     static NEVER: AtomicBool = AtomicBool::new(false);

@@ -31,6 +31,11 @@ fn model(name: &str) -> PathBuf {
 /// The logits `--logits-out` writes for `prompt` (ids) with `args`, `[rows][n_vocab]`; with an
 /// f32 KV cache unless `args` name another.
 fn logits(model: &Path, prompt: &[&str], args: &[&str], n_vocab: usize) -> Vec<Vec<f32>> {
+    logits_and_log(model, prompt, args, n_vocab).0
+}
+
+/// [`logits`], and what gemma said on stderr.
+fn logits_and_log(model: &Path, prompt: &[&str], args: &[&str], n_vocab: usize) -> (Vec<Vec<f32>>, String) {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("logits.f32");
     let run = Command::new(env!("CARGO_BIN_EXE_gemma"))
@@ -43,13 +48,13 @@ fn logits(model: &Path, prompt: &[&str], args: &[&str], n_vocab: usize) -> Vec<V
         .args(if args.contains(&"--kv-type") { &[][..] } else { &["--kv-type", "f32"] })
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&run.stderr);
+    let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
     assert!(run.status.success(), "{args:?}: {stderr}");
     if args.iter().any(|a| a.starts_with("-ngl")) {
         assert!(stderr.contains("gemma: GPU 0: llvmpipe"), "{args:?} did not run on lavapipe: {stderr}");
     }
     let bytes = std::fs::read(&out).unwrap();
-    bytemuck::cast_slice::<u8, f32>(&bytes).chunks_exact(n_vocab).map(|r| r.to_vec()).collect()
+    (bytemuck::cast_slice::<u8, f32>(&bytes).chunks_exact(n_vocab).map(|r| r.to_vec()).collect(), stderr)
 }
 
 /// (positions whose top token agrees, mean KL(a || b), max |a - b|).
@@ -109,10 +114,70 @@ fn the_26b_a4b_shapes_on_the_gpu_match_the_cpu() {
     );
     let ids = "2 105 2364 107 3689 563 506 5279 236881 106 107 105 4368 107 9259 1234 77777 31337";
     let cpu = logits(&path, &["--ids", ids], &[], 262144);
-    let gpu = logits(&path, &["--ids", ids], &["-ngl", "99", "--device", "0"], 262144);
-    let (agree, kl, _) = compare(&cpu, &gpu);
-    assert_eq!(agree, cpu.len(), "top-1");
-    assert!(kl <= 1e-4, "mean KL {kl:e}");
+    // Everything on the GPU; every layer there with the experts in RAM; the first layer's
+    // experts in RAM.
+    for (args, placed) in [
+        (&["-ngl", "99"][..], "2 of 2 layers and the output head"),
+        (&["--cpu-moe"], "2 of 2 layers (their experts in RAM) and the output head"),
+        (&["--n-cpu-moe", "1"], "2 of 2 layers (the experts of layers 0..1 in RAM) and the output head"),
+    ] {
+        let args: Vec<&str> = args.iter().copied().chain(["--device", "0"]).collect();
+        let (gpu, log) = logits_and_log(&path, &["--ids", ids], &args, 262144);
+        assert!(log.contains(placed), "{args:?}: {log}");
+        let (agree, kl, _) = compare(&cpu, &gpu);
+        assert_eq!(agree, cpu.len(), "{args:?}: top-1");
+        assert!(kl <= 1e-4, "{args:?}: mean KL {kl:e}");
+    }
+}
+
+/// The tiny MoE with its experts in RAM (`--cpu-moe`, `--n-cpu-moe`, with `-ngl` and in
+/// batches), and under budgets that make the fit keep experts in RAM, place whole layers, or
+/// place nothing: the same logits as the CPU's, and stderr says what went where.
+#[test]
+fn experts_in_ram_and_fitted_plans_match_the_cpu() {
+    use gemma::kv_cache::KvType;
+    use gemma::model::fit::{fit, Costs, FitKind};
+    let m = model("tiny-gemma4-moe.gguf");
+    let cpu = logits(&m, &["--ids", IDS], &[], 1024);
+    // The fit's budgets, for `gemma run`'s defaults (-c 4096, -b 512) and the f32 cache.
+    let costs = Costs::from_header(&GgufFile::open(&m).unwrap().header, 4096, KvType::F32, 512).unwrap();
+    let bytes_at = |ngl, n_cpu_moe| gemma::model::fit::Placement::from_gpu_layers(6, ngl, n_cpu_moe).gpu_bytes(&costs);
+    let gib = |bytes: u64| (bytes as f64 / (1u64 << 30) as f64).to_string();
+    let (three_in_ram, two_layers) = (gib(bytes_at(99, 3)), gib(bytes_at(2, 0)));
+    assert_eq!(fit(&costs, bytes_at(99, 3)).kind, FitKind::ExpertsInRam);
+    assert_eq!(fit(&costs, bytes_at(2, 0)).kind, FitKind::WholeLayers, "the non-expert part needs more");
+    let cases: [(&[&str], &str); 6] = [
+        (&["--cpu-moe"], "6 of 6 layers (their experts in RAM) and the output head"),
+        (&["--n-cpu-moe", "1", "-b", "5"], "6 of 6 layers (the experts of layers 0..1 in RAM) and the output head"),
+        (&["-ngl", "3", "--n-cpu-moe", "4", "-b", "7"], "3 of 6 layers (the experts of layers 3..4 in RAM)"),
+        (&["--vram-budget", &three_in_ram], "--n-cpu-moe 3"),
+        (&["--vram-budget", &two_layers], "2 of 6 layers ("),
+        (&["--vram-budget", "0.001"], "fits nothing of this model on GPU 0"),
+    ];
+    for (args, placed) in cases {
+        let args: Vec<&str> = args.iter().copied().chain(["--device", "0"]).collect();
+        let (gpu, log) = logits_and_log(&m, &["--ids", IDS], &args, 1024);
+        assert!(log.contains(placed), "{args:?}: {log}");
+        let (agree, kl, max) = compare(&cpu, &gpu);
+        assert_eq!(agree, 24, "{args:?}: top-1 on {agree}/24");
+        assert!(kl <= 1e-4, "{args:?}: mean KL {kl:e}");
+        assert!(max <= 1e-3, "{args:?}: max |diff| {max}");
+    }
+    // A placement larger than the budget is an error before anything is uploaded, saying
+    // what the fit would do.
+    let out = Command::new(env!("CARGO_BIN_EXE_gemma"))
+        .args(["run", "-m"])
+        .arg(&m)
+        .args(["--ids", "2 105", "-n", "1", "-ngl", "99", "--device", "0", "--vram-budget", &two_layers])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("6 of 6 layers and the output head on the GPU need")
+            && stderr.contains("the fit would place 2 of 6 layers"),
+        "{stderr}"
+    );
 }
 
 /// Writes `src` with every tensor dequantized to F32: the float reference of a quantized file.

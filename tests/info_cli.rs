@@ -106,3 +106,51 @@ fn gpu_layers_split_the_memory_between_the_devices() {
     // The CPU keeps the embedding alone: 262144 rows of 640 in the file's type.
     assert!(embd > 262144 * 640 / 2 && embd < 262144 * 640 * 2, "{embd}");
 }
+
+/// `gemma info --plan --vram-budget`: the fit's plan without loading, its costs equal to the
+/// file's own tensor sizes (the experts, the tied head as the embedding's copy), within the
+/// budget, and the same placement as the text says.
+#[test]
+fn plan_shows_where_the_fit_puts_the_model() {
+    let m = model("synth-gemma4-2l-v1.gguf");
+    let out = gemma().args(["info", "--json", "--tensors", "--plan", "--vram-budget", "1.2"]).arg(&m).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let bytes_of = |pred: &dyn Fn(&str) -> bool| -> u64 {
+        let tensors = info["tensors"].as_array().unwrap();
+        tensors.iter().filter(|t| pred(t["name"].as_str().unwrap())).map(|t| t["n_bytes"].as_u64().unwrap()).sum()
+    };
+    let plan = &info["plan"];
+    for il in 0..2 {
+        let prefix = format!("blk.{il}.");
+        let experts = bytes_of(&|n| n.starts_with(&prefix) && n.ends_with("_exps.weight"));
+        let dense = bytes_of(&|n| n.starts_with(&prefix) && !n.ends_with("_exps.weight"));
+        assert_eq!(plan["costs"]["layers"][il]["experts"].as_u64(), Some(experts), "layer {il}");
+        assert_eq!(plan["costs"]["layers"][il]["dense"].as_u64(), Some(dense), "layer {il}");
+    }
+    let head = bytes_of(&|n| n == "token_embd.weight" || n == "output_norm.weight");
+    assert_eq!(plan["costs"]["head"].as_u64(), Some(head));
+    let budget = (1.2 * (1u64 << 30) as f64) as u64;
+    assert_eq!(plan["plan"]["budget"].as_u64(), Some(budget));
+    assert!(plan["plan"]["gpu_bytes"].as_u64().unwrap() <= budget);
+    // 1.2 GiB holds the layers without their experts and the head (~0.95 GiB), not a layer's
+    // experts (0.43 and 0.52 GiB) beside them.
+    assert_eq!(plan["plan"]["kind"], "experts_in_ram");
+    assert_eq!(plan["plan"]["placement"]["n_cpu_moe"], 2);
+
+    let text = gemma().args(["info", "--plan", "--vram-budget", "1.2"]).arg(&m).output().unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("plan for       --vram-budget 1.20 GiB"), "{text}");
+    assert!(text.contains("2 of 2 layers (their experts in RAM) and the output head"), "{text}");
+
+    // Without a budget or a GPU to plan for: an error that says what to give.
+    let none = gemma()
+        .args(["info", "--plan"])
+        .arg(&m)
+        .env("VK_ICD_FILENAMES", "/nonexistent/icd.json")
+        .env("VK_DRIVER_FILES", "/nonexistent/icd.json")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&none.stderr);
+    assert!(!none.status.success() && stderr.contains("give --vram-budget GIB"), "{stderr}");
+}

@@ -38,7 +38,7 @@ use ggml::ops::rope::{rope_neox_cached, RopeCache};
 use ggml::ops::softmax::softmax_top_k;
 
 #[cfg(feature = "vulkan")]
-use super::gpu::{GpuDecoder, Placement};
+use super::gpu::GpuDecoder;
 use super::offload::{Offload, Resolved};
 use super::{
     norm_rows, norm_rows_inplace, Cancel, Cancelled, ExpertStack, Input, Logits, Matrix, ModelError, Never, Stopped,
@@ -174,7 +174,7 @@ pub(crate) struct Parts {
 impl Decoder {
     /// The decoder of `parts`, with the last layers on a GPU as `offload` asks.
     pub(crate) fn new(parts: Parts, offload: &Offload) -> Result<Decoder, ModelError> {
-        let resolved: Resolved = offload.resolve()?;
+        let resolved: Resolved = offload.resolve(&parts.gguf.header, parts.layers.len())?;
         #[cfg(feature = "vulkan")]
         let gpu = resolved.gpu;
         let Parts { gguf, token_embd, layers, output_norm, output, rope_full, rope_swa, n_embd, n_vocab, eps, softcap } =
@@ -198,22 +198,31 @@ impl Decoder {
         };
         #[cfg(feature = "vulkan")]
         if let Some(gpu) = gpu {
-            let placement = Placement::from_gpu_layers(decoder.layers.len(), offload.gpu_layers);
-            let first = placement.first_gpu_layer;
+            let placement = resolved.placement;
             let head = placement.output_on_gpu.then_some((&decoder.output_norm[..], &decoder.output, decoder.softcap));
             let uploaded = GpuDecoder::upload(
                 &gpu,
                 &decoder.gguf,
-                first,
-                &decoder.layers[first..],
+                &placement,
+                &decoder.layers,
                 head,
                 decoder.n_embd,
                 decoder.n_vocab,
                 decoder.eps,
                 offload.max_batch,
+                offload.moe_upload,
             )
             .map_err(|e| ModelError::Unsupported(format!("uploading to the GPU: {e}")))?;
-            decoder.placement_note = placement.describe(&decoder.placement_note, decoder.layers.len(), &gpu);
+            let n_layer = decoder.layers.len();
+            let (first_line, plan) = match decoder.placement_note.split_once('\n') {
+                Some((first, plan)) => (first.to_string(), format!("\n{plan}")),
+                None => (decoder.placement_note.clone(), String::new()),
+            };
+            decoder.placement_note = format!(
+                "{first_line}, {} ({} of VRAM){plan}",
+                placement.summary(n_layer),
+                crate::info::human_bytes(gpu.allocated_bytes())
+            );
             decoder.gpu = Some(uploaded);
         }
         Ok(decoder)
@@ -271,6 +280,12 @@ impl Decoder {
             return g.new_cache(&self.kv_specs(), context, kv_type, max_batch);
         }
         KvCache::with_type(&self.kv_specs(), context, kv_type)
+    }
+
+    /// How the GPU layers that keep their experts in RAM ran them so far (`None` without a GPU).
+    #[cfg(feature = "vulkan")]
+    pub fn moe_stats(&self) -> Option<super::gpu::MoeStats> {
+        self.gpu.as_ref().map(|g| g.moe_stats())
     }
 
     /// Device memory allocated now, when layers run on a GPU.
@@ -337,7 +352,11 @@ impl Decoder {
 
         #[cfg(feature = "vulkan")]
         if let Some(g) = &mut self.gpu {
-            match g.forward(&x, pos, cache, &rope_full, &rope_swa, which, cancel)? {
+            let (isa, file, layers) = (self.isa, self.gguf.bytes(), &self.layers);
+            let cpu_experts = |il: usize, h: &[f32], choices: &[(usize, f32)]| {
+                expert_ffn(isa, file, layers[il].moe.as_ref().expect("an MoE layer"), h, choices)
+            };
+            match g.forward(&x, pos, cache, &rope_full, &rope_swa, which, file, &cpu_experts, cancel)? {
                 super::gpu::Out::Logits(logits) => return Ok(logits),
                 super::gpu::Out::Stream(out) => x = out,
             }
@@ -426,14 +445,7 @@ impl Decoder {
             choices.extend(experts.into_iter().zip(weights).map(|(e, w)| (e, w * moe.down_exps_scale[e])));
         }
         let h = norm_rows(x_mid, n_embd, Some(&moe.pre_ffw_norm_2), self.eps);
-        let gate_up = match &moe.gate_up {
-            ExpertGateUp::Fused(gu) => GateUp::Fused(gu.view(file)),
-            ExpertGateUp::Split { gate, up } => GateUp::Split { gate: gate.view(file), up: up.view(file) },
-        };
-        let mut out = vec![0.0f32; x_mid.len()];
-        moe_ffn(self.isa, gate_up, moe.down_exps.view(file), &h, &choices, k, &mut out)
-            .expect("shapes checked at load");
-        out
+        expert_ffn(self.isa, file, moe, &h, &choices)
     }
 
     /// `softcap(output · (rmsnorm(x) * output_norm))` of the rows of `x: [n_tokens][n_embd]`
@@ -451,6 +463,20 @@ impl Decoder {
         }
         logits
     }
+}
+
+/// The experts' weighted sum for their input `h: [n_tokens][n_embd]` (`pre_ffw_norm_2` applied)
+/// and each token's `k` (expert, weight) choices: `[n_tokens][n_embd]`. The CPU's experts,
+/// for its own layers and for GPU layers that keep their experts in RAM.
+fn expert_ffn(isa: Isa, file: &[u8], moe: &Moe, h: &[f32], choices: &[(usize, f32)]) -> Vec<f32> {
+    let gate_up = match &moe.gate_up {
+        ExpertGateUp::Fused(gu) => GateUp::Fused(gu.view(file)),
+        ExpertGateUp::Split { gate, up } => GateUp::Split { gate: gate.view(file), up: up.view(file) },
+    };
+    let mut out = vec![0.0f32; h.len()];
+    moe_ffn(isa, gate_up, moe.down_exps.view(file), h, choices, moe.n_expert_used, &mut out)
+        .expect("shapes checked at load");
+    out
 }
 
 /// Runs a batch longer than `max` tokens as consecutive pieces of at most `max` through

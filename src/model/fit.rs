@@ -41,8 +41,12 @@ pub struct Costs {
     /// The output norm and matrix (a tied head is a copy of the embedding: the lookups stay
     /// on the CPU).
     pub head: u64,
-    /// One pass's activations for a batch of `max_batch` tokens, and one row of logits.
+    /// One pass's activations for a batch of `max_batch` tokens, a piece of logits, and the
+    /// upload staging buffer.
     pub compute: u64,
+    /// Whether the experts kept in RAM may cross to VRAM for a prompt (`--moe-upload` not
+    /// off): then VRAM holds buffers for the largest such layer's experts.
+    pub uploads: bool,
 }
 
 /// The widths that size a GPU pass's activations (the widest layer's).
@@ -59,12 +63,21 @@ pub struct Widths {
     pub n_vocab: usize,
 }
 
+/// Bytes of the host-visible buffer uploads go through (`ggml::vulkan::device::STAGING_BYTES`),
+/// which a card with resizable BAR places in VRAM: the fit counts it.
+pub const UPLOAD_STAGING: u64 = 64 << 20;
+
+/// The most bytes of logits the GPU computes before they are read back (`--logits-out`
+/// reads every position's, in pieces of this size).
+pub const LOGITS_PIECE: u64 = 64 << 20;
+
 /// cos and sin of up to 512 rotated pairs per token.
 pub(crate) const ROPE_TABLE: usize = 2 * 512;
 
 impl Widths {
     /// Bytes of the activations of a pass of `t` tokens through `n_layer` GPU layers:
-    /// `gpu.rs`'s `Scratch`, buffer by buffer, and one row of logits.
+    /// `gpu.rs`'s `Scratch`, buffer by buffer, a piece of logits (every row's, up to
+    /// [`LOGITS_PIECE`]), and the upload staging.
     pub fn scratch_bytes(&self, t: usize, n_layer: usize) -> u64 {
         let t = t.max(1);
         let (e, k) = (self.n_embd.max(1), self.k.max(1));
@@ -80,7 +93,12 @@ impl Widths {
             + 2 * ROPE_TABLE
             + 1
             + n_layer;
-        4 * (t * per_token + self.n_vocab) as u64
+        4 * (t * per_token) as u64 + self.logits_piece_rows(t) as u64 * 4 * self.n_vocab as u64 + UPLOAD_STAGING
+    }
+
+    /// Rows of logits per piece for a batch of `t` tokens.
+    pub fn logits_piece_rows(&self, t: usize) -> usize {
+        (LOGITS_PIECE as usize / (4 * self.n_vocab.max(1))).clamp(1, t.max(1))
     }
 }
 
@@ -135,6 +153,7 @@ impl Costs {
             compute: widths.scratch_bytes(max_batch, layers.len()),
             layers,
             head: output.unwrap_or(embd) + output_norm,
+            uploads: true,
         })
     }
 
@@ -189,7 +208,17 @@ impl Placement {
         if !self.uses_gpu(c.n_layer()) {
             return 0;
         }
-        self.gpu_weights(c) + self.gpu_kv(c) + c.compute
+        self.gpu_weights(c) + self.gpu_kv(c) + c.compute + self.upload_buffers(c)
+    }
+
+    /// Bytes of the buffers the experts kept in RAM cross to VRAM through: the largest such
+    /// layer's, when uploads are on.
+    pub fn upload_buffers(&self, c: &Costs) -> u64 {
+        let in_ram = (c.layers.iter().enumerate()).filter(|&(il, _)| self.layer_on_gpu(il) && !self.experts_on_gpu(il));
+        match c.uploads {
+            true => in_ram.map(|(_, l)| l.experts).max().unwrap_or(0),
+            false => 0,
+        }
     }
 
     pub fn gpu_weights(&self, c: &Costs) -> u64 {
@@ -296,9 +325,13 @@ impl Plan {
         };
         let _ = writeln!(s, "plan           {how} (budget {})", h(self.budget));
         if p.uses_gpu(n) {
+            let uploads = match p.upload_buffers(c) {
+                0 => String::new(),
+                b => format!(", expert uploads {}", h(b)),
+            };
             let _ = writeln!(
                 s,
-                "  GPU          {}: weights {} ({}), KV {}, activations {}",
+                "  GPU          {}: weights {} ({}), KV {}, activations {}{uploads}",
                 h(self.gpu_bytes),
                 h(p.gpu_weights(c)),
                 p.summary(n),
@@ -334,7 +367,7 @@ mod tests {
     /// with the activations 1.35 GiB.
     fn costs() -> Costs {
         let l = LayerCost { dense: GB / 10, experts: GB, kv: GB / 20 };
-        Costs { layers: vec![l; 4], head: GB, compute: GB / 5 }
+        Costs { layers: vec![l; 4], head: GB, compute: GB / 5, uploads: false }
     }
 
     #[test]

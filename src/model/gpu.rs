@@ -23,61 +23,21 @@
 
 use ggml::gguf::GgufFile;
 use ggml::ops::rope::RopeCache;
+use std::sync::Arc;
+use std::time::Instant;
+
 use ggml::vulkan::{Buffer, Commands, Gpu, GpuMatrix, VkError};
 
 use super::decoder::{ExpertGateUp, Layer};
+use super::fit::{Placement, Widths, LOGITS_PIECE, ROPE_TABLE};
+use super::offload::MoeUpload;
 use super::{Cancel, Cancelled, ExpertStack, Logits, Matrix, Stopped};
 use crate::kv_cache::KvCache;
-
-/// Where the layers and the output head run: the last `n_layer - first_gpu_layer` layers on the
-/// GPU, and the head too when `output_on_gpu`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Placement {
-    pub first_gpu_layer: usize,
-    pub output_on_gpu: bool,
-}
-
-impl Placement {
-    /// llama.cpp's `-ngl N` for a model of `n_layer` layers: the last `N` of the `n_layer + 1`
-    /// (the output head counting as the last one).
-    pub fn from_gpu_layers(n_layer: usize, gpu_layers: usize) -> Placement {
-        let n = gpu_layers.min(n_layer + 1);
-        Placement { first_gpu_layer: n_layer - n.min(n_layer), output_on_gpu: n > n_layer }
-    }
-
-    /// `note` (the device's name) with what runs there and the VRAM it holds now.
-    pub fn describe(&self, note: &str, n_layer: usize, gpu: &Gpu) -> String {
-        format!(
-            "{note}, {} of {n_layer} layers{} ({} of VRAM)",
-            n_layer - self.first_gpu_layer,
-            if self.output_on_gpu { " and the output head" } else { "" },
-            crate::info::human_bytes(gpu.allocated_bytes())
-        )
-    }
-}
 
 /// What the GPU layers hand back: the logits when the head ran there, else the stream.
 pub(crate) enum Out {
     Logits(Vec<f32>),
     Stream(Vec<f32>),
-}
-
-/// `Ok` when the weights of layers of `sizes` bytes and a head of `head` bytes fit `memory`
-/// bytes; else `Err(n)`: the most of the last layers that fit without the head (the `-ngl` to
-/// suggest).
-fn fits(sizes: &[u64], head: u64, memory: u64) -> Result<(), usize> {
-    if sizes.iter().sum::<u64>() + head <= memory {
-        return Ok(());
-    }
-    let mut sum = 0;
-    Err(sizes
-        .iter()
-        .rev()
-        .take_while(|&&s| {
-            sum += s;
-            sum <= memory
-        })
-        .count())
 }
 
 struct GpuLayer {
@@ -113,14 +73,66 @@ struct GpuMoe {
     pre_ffw_norm_2: Buffer,
     post_ffw_norm_1: Buffer,
     post_ffw_norm_2: Buffer,
-    gate: GpuMatrix,
-    /// `None`: `gate` is the fused stack, up in its second half of rows.
-    up: Option<GpuMatrix>,
-    down: GpuMatrix,
     down_scale: Buffer,
     n_expert: usize,
     k: usize,
     n_ff_exp: usize,
+    /// `None`: the experts stay in RAM and the CPU runs them (`--cpu-moe`, `--n-cpu-moe`).
+    experts: Option<GpuExperts>,
+}
+
+struct GpuExperts {
+    gate: GpuMatrix,
+    /// `None`: `gate` is the fused stack, up in its second half of rows.
+    up: Option<GpuMatrix>,
+    down: GpuMatrix,
+}
+
+/// The experts of the layers that keep them in RAM, copied to VRAM for a pass whose batch makes
+/// that cheaper than the CPU running them (`--moe-upload`; prompts): buffers that hold any one
+/// such layer's stacks, reused layer after layer, and two host buffers their bytes cross from,
+/// in turn: one layer's bytes are written into one while the submission that copies the
+/// previous layer's from the other runs.
+struct ExpertUploads {
+    staging: [Buffer; 2],
+    /// The staging buffer the next layer's bytes go to.
+    next: usize,
+    /// Per GPU layer with its experts in RAM: its stacks laid over the shared buffers, and
+    /// where their bytes are in the file, in staging order.
+    layers: Vec<Option<UploadedLayer>>,
+    mode: MoeUpload,
+    /// Seconds per byte of weights copied from the file into VRAM (measured at load).
+    upload_per_byte: f64,
+    /// Seconds per (token, expert) of the CPU's experts, as last measured.
+    cpu_per_slot: Option<f64>,
+}
+
+struct UploadedLayer {
+    experts: GpuExperts,
+    sources: Vec<std::ops::Range<usize>>,
+    bytes: u64,
+}
+
+/// How often the layers with their experts in RAM had them run by the CPU, and copied to VRAM
+/// and run there ([`GpuDecoder::moe_stats`]; `gemma bench` reports it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct MoeStats {
+    /// Layer passes whose experts the CPU ran.
+    pub cpu: u64,
+    /// Layer passes whose experts were copied to VRAM and run there, and the bytes copied.
+    pub uploaded: u64,
+    pub uploaded_bytes: u64,
+}
+
+/// Host buffers through which a layer with its experts in RAM hands its routed tokens to the
+/// CPU and takes the experts' output back: `h` `[n_tokens][n_embd]` (the experts' input),
+/// `ids` and `weights` `[n_tokens][k]`, `e` `[n_tokens][n_embd]`.
+struct Crossing {
+    n_tokens: usize,
+    h: Buffer,
+    ids: Buffer,
+    weights: Buffer,
+    e: Buffer,
 }
 
 struct GpuOutput {
@@ -176,7 +188,16 @@ pub struct GpuDecoder {
     /// The batch the sliding rings of a new cache are sized for, unless told otherwise.
     pub max_batch: usize,
     scratch: Option<Scratch>,
+    /// For the layers whose experts are in RAM; made on first use.
+    crossing: Option<Crossing>,
+    uploads: Option<ExpertUploads>,
+    moe_stats: MoeStats,
 }
+
+/// The CPU's experts for a layer whose experts stay in RAM: `(il, h, choices)` → the
+/// weighted sum `[n_tokens][n_embd]` for the experts' input `h: [n_tokens][n_embd]` and each
+/// token's `k` (expert, weight) choices (`Decoder::expert_ffn`).
+pub(crate) type CpuExperts<'a> = dyn Fn(usize, &[f32], &[(usize, f32)]) -> Vec<f32> + 'a;
 
 /// Uploads a matrix, then releases its pages of the mapped file.
 fn matrix(gpu: &Gpu, file: &GgufFile, name: &str, m: &Matrix) -> Result<GpuMatrix, VkError> {
@@ -197,63 +218,27 @@ fn vector(gpu: &Gpu, v: &[f32], name: &str) -> Result<Buffer, VkError> {
     gpu.buffer_from(v, name)
 }
 
-/// Bytes of a layer's weights (what it takes in VRAM, before activations and KV cache).
-fn layer_bytes(l: &Layer) -> u64 {
-    let m = |w: &Matrix| w.bytes.len() as u64;
-    let v = |x: &[f32]| 4 * x.len() as u64;
-    let mut n = m(&l.attn_q) + m(&l.attn_k) + l.attn_v.as_ref().map_or(0, m) + m(&l.attn_output);
-    n += m(&l.ffn_gate) + m(&l.ffn_up) + m(&l.ffn_down);
-    n += v(&l.attn_norm) + v(&l.attn_q_norm) + v(&l.attn_k_norm) + v(&l.post_attention_norm);
-    n += v(&l.ffn_norm) + v(&l.post_ffw_norm);
-    if let Some(e) = &l.moe {
-        let st = |s: &ExpertStack| s.bytes.len() as u64;
-        let gate_up = match &e.gate_up {
-            ExpertGateUp::Fused(gu) => st(gu),
-            ExpertGateUp::Split { gate, up } => st(gate) + st(up),
-        };
-        n += m(&e.gate_inp) + gate_up + st(&e.down_exps);
-        n += v(&e.gate_inp_scale) + v(&e.pre_ffw_norm_2) + v(&e.post_ffw_norm_1) + v(&e.post_ffw_norm_2);
-    }
-    n
-}
-
 impl GpuDecoder {
-    /// Uploads layers `first ..` (`layers` holds them, in order) and, when given, the output
-    /// head. Weights larger than the device's memory are an error before anything is
-    /// uploaded, naming the `-ngl` that would fit.
+    /// Uploads the layers `placement` puts on the GPU (`layers` holds every layer of the
+    /// model) without the experts it keeps in RAM, and, when given, the output head. The
+    /// caller checked that they fit ([`super::offload`]).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn upload(
         gpu: &Gpu,
         file: &GgufFile,
-        first: usize,
+        placement: &Placement,
         layers: &[Layer],
         output: Option<(&[f32], &Matrix, Option<f32>)>,
         n_embd: usize,
         n_vocab: usize,
         eps: f32,
         max_batch: usize,
+        moe_upload: MoeUpload,
     ) -> Result<GpuDecoder, VkError> {
-        let sizes: Vec<u64> = layers.iter().map(layer_bytes).collect();
-        let head = output.as_ref().map_or(0, |o| o.1.bytes.len() as u64);
-        let total = sizes.iter().sum::<u64>() + head;
-        let memory = gpu.info().memory;
-        if let Err(fit) = fits(&sizes, head, memory) {
-            let h = crate::info::human_bytes;
-            return Err(VkError::OutOfMemory {
-                what: format!(
-                    "layers {first}..{}{}",
-                    first + sizes.len(),
-                    if head > 0 { " and the output head" } else { "" }
-                ),
-                bytes: total,
-                detail: format!(
-                    "their weights take {}, the device has {} (before the KV cache and activations); \
-                     -ngl {fit} would fit the weights",
-                    h(total),
-                    h(memory)
-                ),
-            });
-        }
+        let first = placement.first_gpu_layer;
+        let all_layers = layers;
+        let layers = &layers[first.min(layers.len())..];
+        let started = Instant::now();
         let mut gpu_layers = Vec::with_capacity(layers.len());
         for (i, d) in layers.iter().enumerate() {
             let il = first + i;
@@ -263,12 +248,21 @@ impl GpuDecoder {
             let moe = match &d.moe {
                 None => None,
                 Some(e) => {
-                    let (gate, up) = match &e.gate_up {
-                        ExpertGateUp::Fused(gu) => (stack(gpu, file, &name("ffn_gate_up_exps.weight"), gu)?, None),
-                        ExpertGateUp::Split { gate, up } => (
-                            stack(gpu, file, &name("ffn_gate_exps.weight"), gate)?,
-                            Some(stack(gpu, file, &name("ffn_up_exps.weight"), up)?),
-                        ),
+                    let experts = match placement.experts_on_gpu(il) {
+                        false => None,
+                        true => {
+                            let (gate, up) = match &e.gate_up {
+                                ExpertGateUp::Fused(gu) => {
+                                    (stack(gpu, file, &name("ffn_gate_up_exps.weight"), gu)?, None)
+                                }
+                                ExpertGateUp::Split { gate, up } => (
+                                    stack(gpu, file, &name("ffn_gate_exps.weight"), gate)?,
+                                    Some(stack(gpu, file, &name("ffn_up_exps.weight"), up)?),
+                                ),
+                            };
+                            let down = stack(gpu, file, &name("ffn_down_exps.weight"), &e.down_exps)?;
+                            Some(GpuExperts { gate, up, down })
+                        }
                     };
                     Some(GpuMoe {
                         gate_inp: m("ffn_gate_inp.weight", &e.gate_inp)?,
@@ -276,13 +270,11 @@ impl GpuDecoder {
                         pre_ffw_norm_2: v("pre_ffw_norm_2.weight", &e.pre_ffw_norm_2)?,
                         post_ffw_norm_1: v("post_ffw_norm_1.weight", &e.post_ffw_norm_1)?,
                         post_ffw_norm_2: v("post_ffw_norm_2.weight", &e.post_ffw_norm_2)?,
-                        gate,
-                        up,
-                        down: stack(gpu, file, &name("ffn_down_exps.weight"), &e.down_exps)?,
                         down_scale: v("ffn_down_exps.scale", &e.down_exps_scale)?,
                         n_expert: e.down_exps.n_expert,
                         k: e.n_expert_used,
                         n_ff_exp: e.down_exps.n_in,
+                        experts,
                     })
                 }
             };
@@ -323,6 +315,12 @@ impl GpuDecoder {
                 softcap,
             }),
         };
+        let uploaded_bytes = gpu.allocated_bytes();
+        let upload_per_byte = started.elapsed().as_secs_f64() / uploaded_bytes.max(1) as f64;
+        let uploads = match moe_upload {
+            MoeUpload::Off => None,
+            mode => ExpertUploads::new(gpu, placement, all_layers, mode, upload_per_byte)?,
+        };
         Ok(GpuDecoder {
             gpu: gpu.clone(),
             first,
@@ -333,7 +331,15 @@ impl GpuDecoder {
             eps,
             max_batch: max_batch.max(1),
             scratch: None,
+            crossing: None,
+            uploads,
+            moe_stats: MoeStats::default(),
         })
+    }
+
+    /// How the layers with their experts in RAM ran so far.
+    pub fn moe_stats(&self) -> MoeStats {
+        self.moe_stats
     }
 
     pub fn gpu(&self) -> &Gpu {
@@ -362,6 +368,7 @@ impl GpuDecoder {
     /// positions `pos ..`, their keys and values going to `cache`. Returns the logits
     /// `[n_rows][n_vocab]` when the head is here, else the stream as `x` (all rows, for the
     /// CPU's head). `rope_full`/`rope_swa`: each token's angles for the two layer types.
+    /// `cpu_experts` runs the experts of the layers that keep them in RAM.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn forward(
         &mut self,
@@ -371,6 +378,8 @@ impl GpuDecoder {
         rope_full: &[RopeCache],
         rope_swa: &[RopeCache],
         which: Logits,
+        file: &[u8],
+        cpu_experts: &CpuExperts,
         cancel: &dyn Cancel,
     ) -> Result<Out, Stopped> {
         let n_tokens = x.len() / self.n_embd;
@@ -386,7 +395,7 @@ impl GpuDecoder {
         }
         // A GPU that fails mid-pass (lost, hung) leaves nothing to continue with: an error that
         // says what it said, not a hang or a wrong answer.
-        let out = self.run(x, pos, cache, rope_full, rope_swa, which, &slots);
+        let out = self.run(x, pos, cache, rope_full, rope_swa, which, &slots, file, cpu_experts);
         let out = out.map_err(|e| Stopped::Device(e.to_string()))?;
         Ok(match self.output.is_some() {
             true => Out::Logits(out),
@@ -404,6 +413,8 @@ impl GpuDecoder {
         rope_swa: &[RopeCache],
         which: Logits,
         slots: &[Vec<u32>],
+        file: &[u8],
+        cpu_experts: &CpuExperts,
     ) -> Result<Vec<f32>, VkError> {
         let (n_embd, eps) = (self.n_embd, self.eps);
         let n_tokens = x.len() / n_embd;
@@ -415,6 +426,8 @@ impl GpuDecoder {
                 layer.kpos = Some(gpu.buffer(4 * capacity as u64, "slot positions")?);
             }
         }
+        let mut crossing = self.crossing.take();
+        let k_max = self.k_max();
         let s = self.scratch.as_ref().expect("made above");
         let mut c = gpu.commands()?;
         // Host inputs of this pass, carried in the command buffer: the stream, positions,
@@ -474,17 +487,73 @@ impl GpuDecoder {
             c.add(&s.x, &s.o, n_tokens * n_embd)?;
 
             // Feed-forward: the dense MLP, then the experts beside it.
-            let n_ff = l.ffn_gate.n_out;
-            c.rms_norm(&s.x, &s.h, Some(&l.ffn_norm), n_embd, n_tokens, eps)?;
-            c.matvec(&l.ffn_gate, &s.h, n_embd, &s.gate, n_ff, n_tokens)?;
-            c.matvec(&l.ffn_up, &s.h, n_embd, &s.up, n_ff, n_tokens)?;
-            c.gelu_mul(&s.gate, &s.up, n_ff, n_tokens, n_ff, n_ff, 0)?;
-            c.matvec(&l.ffn_down, &s.gate, n_ff, &s.m, n_embd, n_tokens)?;
-            if let Some(e) = &l.moe {
-                c.rms_norm(&s.m, &s.m, Some(&e.post_ffw_norm_1), n_embd, n_tokens, eps)?;
-                Self::experts(&mut c, s, e, n_embd, n_tokens, eps)?;
-                c.rms_norm(&s.e, &s.e, Some(&e.post_ffw_norm_2), n_embd, n_tokens, eps)?;
-                c.add(&s.m, &s.e, n_tokens * n_embd)?;
+            match &l.moe {
+                Some(e) if e.experts.is_none() => {
+                    let il = self.first + i;
+                    let upload = self.uploads.as_mut().filter(|u| u.wanted(i, n_tokens, e.k));
+                    if let Some(u) = upload {
+                        // The experts cross to VRAM: their bytes go to the host staging
+                        // buffer while the GPU runs the dense MLP and the router.
+                        Self::dense_mlp(&mut c, s, l, n_embd, n_tokens, eps)?;
+                        c.rms_norm(&s.m, &s.m, Some(&e.post_ffw_norm_1), n_embd, n_tokens, eps)?;
+                        Self::route(&mut c, s, e, n_embd, n_tokens, eps)?;
+                        let pending = c.submit()?;
+                        let up = u.layers[i].as_ref().expect("wanted");
+                        let staging = &mut u.staging[u.next];
+                        u.next = 1 - u.next;
+                        let mut at = 0;
+                        for range in &up.sources {
+                            staging.write(at, &file[range.clone()])?;
+                            at += range.len();
+                        }
+                        c = pending.wait()?;
+                        let w = &up.experts;
+                        let mut at = 0;
+                        for m in [Some(&w.gate), w.up.as_ref(), Some(&w.down)].into_iter().flatten() {
+                            m.copy_from(&mut c, staging, at)?;
+                            at += m.bytes();
+                        }
+                        Self::experts(&mut c, s, e, w, n_embd, n_tokens)?;
+                        self.moe_stats.uploaded += 1;
+                        self.moe_stats.uploaded_bytes += up.bytes;
+                    } else {
+                        // The CPU runs them while the GPU runs the dense MLP; their sum
+                        // crosses back.
+                        let cross = match crossing.as_mut().filter(|x| x.n_tokens >= n_tokens) {
+                            Some(cross) => cross,
+                            None => crossing.insert(Crossing::new(&gpu, n_tokens, n_embd, k_max)?),
+                        };
+                        Self::route(&mut c, s, e, n_embd, n_tokens, eps)?;
+                        c.copy(&s.h, 0, &cross.h, 0, (4 * n_tokens * n_embd) as u64)?;
+                        c.copy(&s.ids, 0, &cross.ids, 0, (4 * n_tokens * e.k) as u64)?;
+                        c.copy(&s.weights, 0, &cross.weights, 0, (4 * n_tokens * e.k) as u64)?;
+                        c = c.submit()?.wait()?;
+                        Self::dense_mlp(&mut c, s, l, n_embd, n_tokens, eps)?;
+                        let dense = c.submit()?;
+                        let started = Instant::now();
+                        let e_out = cross.experts(il, e.k, n_embd, n_tokens, cpu_experts)?;
+                        if let Some(u) = self.uploads.as_mut() {
+                            u.cpu_per_slot = Some(started.elapsed().as_secs_f64() / (n_tokens * e.k) as f64);
+                        }
+                        c = dense.wait()?;
+                        cross.e.write(0, bytemuck::cast_slice(&e_out))?;
+                        c.copy(&cross.e, 0, &s.e, 0, (4 * n_tokens * n_embd) as u64)?;
+                        c.rms_norm(&s.m, &s.m, Some(&e.post_ffw_norm_1), n_embd, n_tokens, eps)?;
+                        self.moe_stats.cpu += 1;
+                    }
+                    c.rms_norm(&s.e, &s.e, Some(&e.post_ffw_norm_2), n_embd, n_tokens, eps)?;
+                    c.add(&s.m, &s.e, n_tokens * n_embd)?;
+                }
+                Some(e) => {
+                    let experts = e.experts.as_ref().expect("matched above");
+                    Self::dense_mlp(&mut c, s, l, n_embd, n_tokens, eps)?;
+                    c.rms_norm(&s.m, &s.m, Some(&e.post_ffw_norm_1), n_embd, n_tokens, eps)?;
+                    Self::route(&mut c, s, e, n_embd, n_tokens, eps)?;
+                    Self::experts(&mut c, s, e, experts, n_embd, n_tokens)?;
+                    c.rms_norm(&s.e, &s.e, Some(&e.post_ffw_norm_2), n_embd, n_tokens, eps)?;
+                    c.add(&s.m, &s.e, n_tokens * n_embd)?;
+                }
+                None => Self::dense_mlp(&mut c, s, l, n_embd, n_tokens, eps)?,
             }
             c.rms_norm(&s.m, &s.m, Some(&l.post_ffw_norm), n_embd, n_tokens, eps)?;
             c.add(&s.x, &s.m, n_tokens * n_embd)?;
@@ -492,6 +561,7 @@ impl GpuDecoder {
                 c.scale(&s.x, a, n_tokens * n_embd)?;
             }
         }
+        self.crossing = crossing;
         let Some(out) = &self.output else {
             c.finish()?;
             let mut x = vec![0f32; n_tokens * n_embd];
@@ -503,7 +573,8 @@ impl GpuDecoder {
             Logits::All => 0..n_tokens,
             Logits::Last => n_tokens - 1..n_tokens,
         };
-        let per_piece = (gpu.info().max_buffer_range as usize / (4 * self.n_vocab)).clamp(1, n_tokens);
+        let range = gpu.info().max_buffer_range.min(LOGITS_PIECE) as usize;
+        let per_piece = (range / (4 * self.n_vocab)).clamp(1, n_tokens);
         let mut logits = Vec::with_capacity(rows.len() * self.n_vocab);
         let piece_buf = gpu.buffer((4 * per_piece.min(rows.len()) * self.n_vocab) as u64, "logits")?;
         for start in rows.clone().step_by(per_piece) {
@@ -525,8 +596,31 @@ impl GpuDecoder {
         Ok(logits)
     }
 
-    /// The experts' output for the post-attention stream `x` into `s.e` (GEMMA4.md 2.5-2.6).
-    fn experts(
+    /// The most experts per token of any layer.
+    fn k_max(&self) -> usize {
+        self.layers.iter().filter_map(|l| l.moe.as_ref().map(|e| e.k)).max().unwrap_or(1)
+    }
+
+    /// The dense MLP of layer `l` on the stream `s.x` into `s.m`.
+    fn dense_mlp(
+        c: &mut Commands,
+        s: &Scratch,
+        l: &GpuLayer,
+        n_embd: usize,
+        n_tokens: usize,
+        eps: f32,
+    ) -> Result<(), VkError> {
+        let n_ff = l.ffn_gate.n_out;
+        c.rms_norm(&s.x, &s.h, Some(&l.ffn_norm), n_embd, n_tokens, eps)?;
+        c.matvec(&l.ffn_gate, &s.h, n_embd, &s.gate, n_ff, n_tokens)?;
+        c.matvec(&l.ffn_up, &s.h, n_embd, &s.up, n_ff, n_tokens)?;
+        c.gelu_mul(&s.gate, &s.up, n_ff, n_tokens, n_ff, n_ff, 0)?;
+        c.matvec(&l.ffn_down, &s.gate, n_ff, &s.m, n_embd, n_tokens)
+    }
+
+    /// The router's choices for the post-attention stream `s.x` into `s.ids` and `s.weights`,
+    /// and the experts' input into `s.h` (GEMMA4.md 2.5).
+    fn route(
         c: &mut Commands,
         s: &Scratch,
         e: &GpuMoe,
@@ -541,24 +635,51 @@ impl GpuDecoder {
         c.matvec(&e.gate_inp, &s.h, n_embd, &s.logits, e.n_expert, n_tokens)?;
         c.moe_route(&s.logits, e.n_expert, e.k, n_tokens, &e.down_scale, &s.ids, &s.weights)?;
         // The experts' input: x through pre_ffw_norm_2.
-        c.rms_norm(&s.x, &s.h, Some(&e.pre_ffw_norm_2), n_embd, n_tokens, eps)?;
+        c.rms_norm(&s.x, &s.h, Some(&e.pre_ffw_norm_2), n_embd, n_tokens, eps)
+    }
+
+    /// The routed experts' weighted sum for the input `s.h` into `s.e` (GEMMA4.md 2.6).
+    fn experts(
+        c: &mut Commands,
+        s: &Scratch,
+        e: &GpuMoe,
+        w: &GpuExperts,
+        n_embd: usize,
+        n_tokens: usize,
+    ) -> Result<(), VkError> {
         let ff = e.n_ff_exp;
         // gu: [n_tokens · k][2 ff], the gate in the first half of each row (and, fused, up in
         // the second); a split up projection goes to eu: [n_tokens · k][ff].
         let slots = n_tokens * e.k;
-        c.matvec_id(&e.gate, &s.ids, e.k, n_tokens, &s.h, n_embd, false, &s.gu, 2 * ff)?;
-        match &e.up {
+        c.matvec_id(&w.gate, &s.ids, e.k, n_tokens, &s.h, n_embd, false, &s.gu, 2 * ff)?;
+        match &w.up {
             None => c.gelu_mul(&s.gu, &s.gu, ff, slots, 2 * ff, 2 * ff, ff)?,
             Some(up) => {
                 c.matvec_id(up, &s.ids, e.k, n_tokens, &s.h, n_embd, false, &s.eu, ff)?;
                 c.gelu_mul(&s.gu, &s.eu, ff, slots, 2 * ff, ff, 0)?;
             }
         }
-        c.matvec_id(&e.down, &s.ids, e.k, n_tokens, &s.gu, 2 * ff, true, &s.yd, n_embd)?;
+        c.matvec_id(&w.down, &s.ids, e.k, n_tokens, &s.gu, 2 * ff, true, &s.yd, n_embd)?;
         c.moe_sum(&s.yd, &s.ids, &s.weights, n_embd, e.k, n_tokens, &s.e)
     }
 
-    /// Allocates the activations for `n_tokens` tokens, unless those there are big enough.
+    /// The widths of the GPU's layers (the widest of each).
+    fn widths(&self) -> Widths {
+        let widest = |f: &dyn Fn(&GpuLayer) -> usize| self.layers.iter().map(f).max().unwrap_or(0).max(1);
+        Widths {
+            n_embd: self.n_embd,
+            q: widest(&|l| l.n_head * l.head_dim),
+            kv: widest(&|l| l.n_head_kv * l.head_dim),
+            n_ff: widest(&|l| l.ffn_gate.n_out),
+            n_expert: widest(&|l| l.moe.as_ref().map_or(1, |e| e.n_expert)),
+            k: widest(&|l| l.moe.as_ref().map_or(1, |e| e.k)),
+            n_ff_exp: widest(&|l| l.moe.as_ref().map_or(1, |e| e.n_ff_exp)),
+            n_vocab: self.n_vocab,
+        }
+    }
+
+    /// Allocates the activations for `n_tokens` tokens, unless those there are big enough
+    /// (the sizes [`Widths::scratch_bytes`] counts for the fit).
     fn make_scratch(&mut self, n_tokens: usize) -> Result<(), VkError> {
         if self.scratch.as_ref().is_some_and(|s| s.n_tokens >= n_tokens) {
             return Ok(());
@@ -566,16 +687,9 @@ impl GpuDecoder {
         self.scratch = None;
         let gpu = &self.gpu;
         let t = n_tokens.max(1);
-        let widest = |f: &dyn Fn(&GpuLayer) -> usize| self.layers.iter().map(f).max().unwrap_or(0).max(1);
-        let q_width = widest(&|l| l.n_head * l.head_dim);
-        let kv_width = widest(&|l| l.n_head_kv * l.head_dim);
-        let n_ff = widest(&|l| l.ffn_gate.n_out);
-        let n_expert = widest(&|l| l.moe.as_ref().map_or(1, |e| e.n_expert));
-        let k = widest(&|l| l.moe.as_ref().map_or(1, |e| e.k));
-        let ff_exp = widest(&|l| l.moe.as_ref().map_or(1, |e| e.n_ff_exp));
-        let n_rot = 2 * 512;
+        let w = self.widths();
+        let (e, k, ff_exp) = (w.n_embd, w.k, w.n_ff_exp);
         let f = |n: usize, what: &str| gpu.buffer(4 * n as u64, what);
-        let e = self.n_embd;
         let slots = (0..self.layers.len()).map(|_| f(t, "cache slots")).collect::<Result<_, _>>()?;
         self.scratch = Some(Scratch {
             n_tokens: t,
@@ -584,20 +698,20 @@ impl GpuDecoder {
             o: f(t * e, "attention output")?,
             m: f(t * e, "feed-forward output")?,
             e: f(t * e, "experts' output")?,
-            q: f(t * q_width, "q")?,
-            a: f(t * q_width, "attention")?,
-            k: f(t * kv_width, "k")?,
-            v: f(t * kv_width, "v")?,
-            gate: f(t * n_ff, "gate")?,
-            up: f(t * n_ff, "up")?,
-            logits: f(t * n_expert, "router logits")?,
+            q: f(t * w.q, "q")?,
+            a: f(t * w.q, "attention")?,
+            k: f(t * w.kv, "k")?,
+            v: f(t * w.kv, "v")?,
+            gate: f(t * w.n_ff, "gate")?,
+            up: f(t * w.n_ff, "up")?,
+            logits: f(t * w.n_expert, "router logits")?,
             ids: f(t * k, "expert ids")?,
             weights: f(t * k, "expert weights")?,
             gu: f(t * k * 2 * ff_exp, "expert gate/up")?,
             eu: f(t * k * ff_exp, "expert up")?,
             yd: f(t * k * e, "expert down")?,
-            cs_full: f(t * n_rot, "rope angles")?,
-            cs_swa: f(t * n_rot, "rope angles")?,
+            cs_full: f(t * ROPE_TABLE, "rope angles")?,
+            cs_swa: f(t * ROPE_TABLE, "rope angles")?,
             qpos: f(t, "positions")?,
             slots,
         });
@@ -605,29 +719,169 @@ impl GpuDecoder {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// A layer's expert stacks with their tensor roles, in staging order: gate (and up, or fused),
+/// then down.
+fn stacks(l: &Layer) -> Vec<(&'static str, &ExpertStack)> {
+    let Some(e) = &l.moe else { return Vec::new() };
+    let mut v = match &e.gate_up {
+        ExpertGateUp::Fused(gu) => vec![("ffn_gate_up_exps.weight", gu)],
+        ExpertGateUp::Split { gate, up } => vec![("ffn_gate_exps.weight", gate), ("ffn_up_exps.weight", up)],
+    };
+    v.push(("ffn_down_exps.weight", &e.down_exps));
+    v
+}
 
-    #[test]
-    fn placement_follows_llama_cpp_ngl() {
-        // 30 layers: -ngl 0 nothing, 10 the last ten, 30 every layer but not the head, 31 and
-        // more everything.
-        assert_eq!(Placement::from_gpu_layers(30, 0), Placement { first_gpu_layer: 30, output_on_gpu: false });
-        assert_eq!(Placement::from_gpu_layers(30, 10), Placement { first_gpu_layer: 20, output_on_gpu: false });
-        assert_eq!(Placement::from_gpu_layers(30, 30), Placement { first_gpu_layer: 0, output_on_gpu: false });
-        assert_eq!(Placement::from_gpu_layers(30, 31), Placement { first_gpu_layer: 0, output_on_gpu: true });
-        assert_eq!(Placement::from_gpu_layers(30, 99), Placement { first_gpu_layer: 0, output_on_gpu: true });
+impl ExpertUploads {
+    /// The buffers and views for the GPU layers of `layers` (every layer of the model) whose
+    /// experts `placement` keeps in RAM; `None` when there are none.
+    fn new(
+        gpu: &Gpu,
+        placement: &Placement,
+        layers: &[Layer],
+        mode: MoeUpload,
+        upload_per_byte: f64,
+    ) -> Result<Option<ExpertUploads>, VkError> {
+        let first = placement.first_gpu_layer.min(layers.len());
+        let in_ram: Vec<usize> =
+            (first..layers.len()).filter(|&il| layers[il].moe.is_some() && !placement.experts_on_gpu(il)).collect();
+        if in_ram.is_empty() {
+            return Ok(None);
+        }
+        let parts = |name: &str, st: &ExpertStack| GpuMatrix::stack_parts(gpu, name, st.ty, st.n_in, st.rows, st.n_expert);
+        // Buffers as large as the largest part at each position of any layer's list of parts.
+        let mut sizes: Vec<u64> = Vec::new();
+        let mut staging_bytes = 0;
+        for &il in &in_ram {
+            let mut list = Vec::new();
+            for (name, st) in stacks(&layers[il]) {
+                list.extend(parts(name, st)?);
+            }
+            for (j, &b) in list.iter().enumerate() {
+                match sizes.get_mut(j) {
+                    Some(size) => *size = (*size).max(b),
+                    None => sizes.push(b),
+                }
+            }
+            staging_bytes = staging_bytes.max(list.iter().sum::<u64>());
+        }
+        let buffers: Vec<Arc<Buffer>> =
+            sizes.iter().map(|&b| gpu.buffer(b, "uploaded experts").map(Arc::new)).collect::<Result<_, _>>()?;
+        let staging = [0, 1].map(|_| gpu.host_buffer(staging_bytes, "the experts' upload staging"));
+        let [a, b] = staging;
+        let staging = [a?, b?];
+        let mut views: Vec<Option<UploadedLayer>> = (first..layers.len()).map(|_| None).collect();
+        for il in in_ram {
+            let (mut next, mut mats, mut sources) = (0, Vec::new(), Vec::new());
+            for (name, st) in stacks(&layers[il]) {
+                let n = parts(name, st)?.len();
+                let name = format!("blk.{il}.{name}");
+                mats.push(GpuMatrix::stack_over(gpu, &name, st.ty, st.n_in, st.rows, st.n_expert, &buffers[next..])?);
+                sources.push(st.bytes.clone());
+                next += n;
+            }
+            let bytes = sources.iter().map(|r| r.len() as u64).sum();
+            let down = mats.pop().expect("a down stack");
+            let up = (mats.len() == 2).then(|| mats.pop().expect("two"));
+            let gate = mats.pop().expect("a gate stack");
+            views[il - first] = Some(UploadedLayer { experts: GpuExperts { gate, up, down }, sources, bytes });
+        }
+        Ok(Some(ExpertUploads { staging, next: 0, layers: views, mode, upload_per_byte, cpu_per_slot: None }))
     }
 
+    /// Whether GPU layer `i` (with its experts in RAM) copies them to VRAM for a batch of
+    /// `n_tokens` tokens routed to `k` experts each: forced, or when moving its bytes (at the
+    /// speed measured at load) takes less time than the CPU took per routed token lately.
+    /// Until the CPU has been timed once, the CPU runs them.
+    fn wanted(&self, i: usize, n_tokens: usize, k: usize) -> bool {
+        let Some(layer) = self.layers.get(i).and_then(Option::as_ref) else { return false };
+        match self.mode {
+            MoeUpload::On => true,
+            MoeUpload::Off => false,
+            MoeUpload::Auto => self
+                .cpu_per_slot
+                .is_some_and(|cpu| layer.bytes as f64 * self.upload_per_byte < (n_tokens * k) as f64 * cpu),
+        }
+    }
+}
+
+impl Crossing {
+    fn new(gpu: &Gpu, n_tokens: usize, n_embd: usize, k: usize) -> Result<Crossing, VkError> {
+        let f = |n: usize, what: &str| gpu.host_buffer(4 * n as u64, what);
+        Ok(Crossing {
+            n_tokens,
+            h: f(n_tokens * n_embd, "the experts' input (host)")?,
+            ids: f(n_tokens * k, "expert ids (host)")?,
+            weights: f(n_tokens * k, "expert weights (host)")?,
+            e: f(n_tokens * n_embd, "the experts' output (host)")?,
+        })
+    }
+
+    /// The CPU's experts of layer `il` for the routed tokens the GPU left here.
+    fn experts(
+        &self,
+        il: usize,
+        k: usize,
+        n_embd: usize,
+        n_tokens: usize,
+        cpu_experts: &CpuExperts,
+    ) -> Result<Vec<f32>, VkError> {
+        let mut h = vec![0f32; n_tokens * n_embd];
+        self.h.read(0, bytemuck::cast_slice_mut(&mut h))?;
+        let (mut ids, mut weights) = (vec![0u32; n_tokens * k], vec![0f32; n_tokens * k]);
+        self.ids.read(0, bytemuck::cast_slice_mut(&mut ids))?;
+        self.weights.read(0, bytemuck::cast_slice_mut(&mut weights))?;
+        let choices: Vec<(usize, f32)> = ids.iter().zip(&weights).map(|(&e, &w)| (e as usize, w)).collect();
+        Ok(cpu_experts(il, &h, &choices))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use ggml::gguf::GgufFile;
+
+    use super::super::fit::{Costs, Placement, UPLOAD_STAGING};
+    use super::super::{Logits, Model, Offload};
+    use crate::kv_cache::KvType;
+
     #[test]
-    fn too_little_memory_names_the_ngl_that_fits() {
-        let gb = 1u64 << 30;
-        // 30 layers of 0.5 GiB and a 0.6 GiB head on an 8 GiB card: 16 layers fit.
-        let sizes = vec![gb / 2; 30];
-        assert_eq!(fits(&sizes, 6 * gb / 10, 8 * gb), Err(16));
-        assert_eq!(fits(&sizes, 6 * gb / 10, 24 * gb), Ok(()));
-        assert_eq!(fits(&sizes[..2], 0, gb), Ok(()));
-        assert_eq!(fits(&sizes, 0, gb / 4), Err(0));
+    fn the_fit_counts_the_staging_buffer_the_device_allocates() {
+        assert_eq!(UPLOAD_STAGING, ggml::vulkan::device::STAGING_BYTES);
+    }
+
+    /// What the fit plans for a placement covers what a pass of a full batch allocates, and
+    /// not by much more: on lavapipe, the tiny MoE with every layer on the GPU, and with its
+    /// experts in RAM.
+    #[test]
+    fn the_fit_does_not_underestimate_what_a_pass_allocates() {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/tiny-gemma4-moe.gguf");
+        let vk = ggml::vulkan::Vulkan::load().expect("the GPU tests need Vulkan: run scripts/setup.sh");
+        let lavapipe = vk.devices().unwrap().into_iter().find(|d| d.kind == ggml::vulkan::DeviceKind::Cpu);
+        let (context, batch) = (96, 48);
+        for n_cpu_moe in [None, Some(usize::MAX)] {
+            let offload = Offload {
+                gpu_layers: Some(99),
+                n_cpu_moe,
+                device: Some(lavapipe.as_ref().expect("lavapipe").index),
+                max_batch: batch,
+                context,
+                kv_type: KvType::F32,
+                ..Offload::default()
+            };
+            let gguf = GgufFile::open(&path).unwrap();
+            let costs = Costs::from_header(&gguf.header, context, KvType::F32, batch).unwrap();
+            let mut model = Model::load_with(gguf, &offload).unwrap();
+            let planned = Placement::from_gpu_layers(costs.n_layer(), 99, n_cpu_moe.unwrap_or(0)).gpu_bytes(&costs);
+            let mut cache = model.new_cache_for(context, KvType::F32, Some(batch)).unwrap();
+            let tokens: Vec<u32> = (0..batch as u32).map(|i| 100 + 7 * i).collect();
+            model.forward(&tokens, 0, &mut cache, Logits::All);
+            let allocated = model.vram_bytes().unwrap();
+            eprintln!("{n_cpu_moe:?}: planned {planned}, allocated {allocated}");
+            assert!(
+                allocated <= planned && planned <= allocated + allocated / 4,
+                "{n_cpu_moe:?}: planned {planned}, allocated {allocated}"
+            );
+        }
     }
 }

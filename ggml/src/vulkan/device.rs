@@ -25,7 +25,7 @@ mod spirv {
 pub(crate) const SUBMIT_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Bytes of the host-visible staging buffer that uploads and downloads go through.
-const STAGING_BYTES: u64 = 64 << 20;
+pub const STAGING_BYTES: u64 = 64 << 20;
 
 /// One pipeline per shader variant.
 pub(crate) struct Pipeline {
@@ -56,6 +56,8 @@ pub(crate) struct Inner {
     allocator: ManuallyDrop<Mutex<Allocator>>,
     pipelines: Mutex<HashMap<&'static str, Arc<Pipeline>>>,
     pub queue: Mutex<Queue>,
+    /// Bytes of the allocator's memory in host RAM (readback and host buffers): not VRAM.
+    host_bytes: std::sync::atomic::AtomicU64,
 }
 
 /// An opened Vulkan device. Cheap to clone (one shared device).
@@ -71,6 +73,8 @@ pub struct Buffer {
     allocation: Option<Allocation>,
     /// Bytes.
     pub size: u64,
+    /// In host memory ([`Gpu::host_buffer`]).
+    host: bool,
 }
 
 impl Buffer {
@@ -179,6 +183,7 @@ impl Gpu {
                 allocator: ManuallyDrop::new(Mutex::new(allocator)),
                 pipelines: Mutex::new(HashMap::new()),
                 queue: Mutex::new(Queue { queue, pool, cmd, fence, staging: None, readback: None }),
+                host_bytes: std::sync::atomic::AtomicU64::new(0),
             });
             Ok(Gpu { inner })
         }
@@ -194,7 +199,13 @@ impl Gpu {
     pub fn buffer(&self, size: u64, what: &str) -> Result<Buffer, VkError> {
         let size = size.max(1).next_multiple_of(16);
         let raw = self.inner.raw_buffer(size, what, MemoryLocation::GpuOnly)?;
-        Ok(Buffer { inner: self.inner.clone(), buffer: raw.buffer, allocation: Some(raw.allocation), size })
+        Ok(Buffer {
+            inner: self.inner.clone(),
+            buffer: raw.buffer,
+            allocation: Some(raw.allocation),
+            size,
+            host: false,
+        })
     }
 
     /// A buffer in host memory that shaders and copies can use too (host-cached where the
@@ -204,13 +215,17 @@ impl Gpu {
     pub fn host_buffer(&self, size: u64, what: &str) -> Result<Buffer, VkError> {
         let size = size.max(1).next_multiple_of(16);
         let raw = self.inner.raw_buffer(size, what, MemoryLocation::GpuToCpu)?;
-        Ok(Buffer { inner: self.inner.clone(), buffer: raw.buffer, allocation: Some(raw.allocation), size })
+        self.inner.host_bytes.fetch_add(raw.allocation.size(), std::sync::atomic::Ordering::Relaxed);
+        Ok(Buffer { inner: self.inner.clone(), buffer: raw.buffer, allocation: Some(raw.allocation), size, host: true })
     }
 
-    /// Bytes of device memory allocated through this device's allocator now.
+    /// Bytes of device memory allocated through this device's allocator now: buffers, and the
+    /// upload staging buffer (in VRAM on a card with resizable BAR); not what lies in host RAM
+    /// (the readback buffer, host buffers).
     pub fn allocated_bytes(&self) -> u64 {
         let allocator = self.inner.allocator.lock().unwrap();
-        allocator.generate_report().total_allocated_bytes
+        let host = self.inner.host_bytes.load(std::sync::atomic::Ordering::Relaxed);
+        allocator.generate_report().total_allocated_bytes.saturating_sub(host)
     }
 
     /// Copies `data` into `dst` at byte `offset`, through the staging buffer; blocks.
@@ -385,7 +400,9 @@ impl Queue {
 
     fn readback(&mut self, inner: &Inner) -> Result<&Raw, VkError> {
         if self.readback.is_none() {
-            self.readback = Some(inner.raw_buffer(STAGING_BYTES, "the readback buffer", MemoryLocation::GpuToCpu)?);
+            let raw = inner.raw_buffer(STAGING_BYTES, "the readback buffer", MemoryLocation::GpuToCpu)?;
+            inner.host_bytes.fetch_add(raw.allocation.size(), std::sync::atomic::Ordering::Relaxed);
+            self.readback = Some(raw);
         }
         Ok(self.readback.as_ref().expect("just made"))
     }
@@ -461,6 +478,9 @@ impl Drop for Buffer {
         // for), so nothing uses the buffer any more.
         unsafe { self.inner.device.destroy_buffer(self.buffer, None) };
         if let Some(a) = self.allocation.take() {
+            if self.host {
+                self.inner.host_bytes.fetch_sub(a.size(), std::sync::atomic::Ordering::Relaxed);
+            }
             let _ = self.inner.allocator.lock().unwrap().free(a);
         }
     }

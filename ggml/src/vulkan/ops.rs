@@ -253,7 +253,7 @@ impl<'g> Commands<'g> {
         self.fits(y, n_tokens * y_stride, "matvec output")?;
         for part in &w.parts {
             let push = [u(w.n_in), u(part.n_rows), u(w.row_bytes), u(part.row0), u(x_stride), u(y_stride), 0, 0, 0];
-            self.dispatch(MATVEC[w.suffix()], &[&part.buffer, x, y], &push, part.n_rows.div_ceil(4), n_tokens)?;
+            self.dispatch(MATVEC[w.suffix()], &[&*part.buffer, x, y], &push, part.n_rows.div_ceil(4), n_tokens)?;
         }
         Ok(())
     }
@@ -298,7 +298,7 @@ impl<'g> Commands<'g> {
                 u(k),
                 x_per_slot as u32,
             ];
-            self.dispatch(MATVEC_ID[w.suffix()], &[&part.buffer, x, y, ids], &push, rows.div_ceil(4), slots)?;
+            self.dispatch(MATVEC_ID[w.suffix()], &[&*part.buffer, x, y, ids], &push, rows.div_ceil(4), slots)?;
         }
         Ok(())
     }
@@ -429,7 +429,7 @@ impl<'g> Commands<'g> {
         self.fits(out, n_tokens * w.n_in, "embedding output")?;
         for part in &w.parts {
             let push = [u(w.n_in), u(part.n_rows), u(w.row_bytes), u(part.row0), scale.to_bits()];
-            self.dispatch(GET_ROWS[w.suffix()], &[&part.buffer, ids, out], &push, n_tokens, 1)?;
+            self.dispatch(GET_ROWS[w.suffix()], &[&*part.buffer, ids, out], &push, n_tokens, 1)?;
         }
         Ok(())
     }

@@ -333,16 +333,28 @@ fn expert_matvec_reads_each_tokens_experts_from_a_stack_of_128() {
             GpuMatrix::upload_stack(gpu, "exps", ty, n_in, rows, n_expert, &bytes, Some(5 * 24 * row_bytes + 100))
                 .unwrap();
         assert_eq!(split.parts.len(), 26, "parts of 5 whole experts");
+        // And laid over buffers of its parts' sizes, its bytes copied in from a host buffer
+        // (at an offset) in the same submission as the product: how experts kept in RAM
+        // cross for a prompt.
+        let sizes = GpuMatrix::stack_parts(gpu, "exps", ty, n_in, rows, n_expert).unwrap();
+        let buffers: Vec<Arc<Buffer>> = sizes.iter().map(|&b| Arc::new(gpu.buffer(b, "slot").unwrap())).collect();
+        let over = GpuMatrix::stack_over(gpu, "exps", ty, n_in, rows, n_expert, &buffers).unwrap();
+        let mut host = gpu.host_buffer(bytes.len() as u64 + 64, "staging").unwrap();
+        host.write(64, &bytes).unwrap();
         let ids: Vec<u32> = (0..n_tokens * k).map(|i| ((i * 37 + 5) % n_expert) as u32).collect();
         let x = random_f32(n_tokens * n_in, 32);
         let (idb, xb) = (gpu.buffer_from(&ids, "ids").unwrap(), gpu.buffer_from(&x, "x").unwrap());
         let (a, b) = (zeros(gpu, n_tokens * k * rows), zeros(gpu, n_tokens * k * rows));
+        let streamed = zeros(gpu, n_tokens * k * rows);
         let mut c = gpu.commands().unwrap();
         c.matvec_id(&whole, &idb, k, n_tokens, &xb, n_in, false, &a, rows).unwrap();
         c.matvec_id(&split, &idb, k, n_tokens, &xb, n_in, false, &b, rows).unwrap();
+        over.copy_from(&mut c, &host, 64).unwrap();
+        c.matvec_id(&over, &idb, k, n_tokens, &xb, n_in, false, &streamed, rows).unwrap();
         c.finish().unwrap();
         let (a, b) = (read(gpu, &a, n_tokens * k * rows), read(gpu, &b, n_tokens * k * rows));
         assert_same(&b, &a, &format!("{ty:?} split stack"));
+        assert_same(&read(gpu, &streamed, n_tokens * k * rows), &a, &format!("{ty:?} stack copied in"));
         let wf = dequantized(ty, &bytes, n_in);
         for (z, &e) in ids.iter().enumerate() {
             let xt = &x[z / k * n_in..][..n_in];

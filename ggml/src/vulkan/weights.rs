@@ -3,13 +3,17 @@
 //! buffers when the tensor is larger than one storage-buffer binding may be (lavapipe: 128
 //! MiB, which Gemma 3 270M's 262144-row embedding already exceeds).
 
+use std::sync::Arc;
+
 use super::device::{Buffer, Gpu};
+use super::ops::Commands;
 use super::VkError;
 use crate::GgmlType;
 
-/// Rows `row0 .. row0 + n_rows` of a matrix, in one buffer.
+/// Rows `row0 .. row0 + n_rows` of a matrix, from the start of one buffer (shared when the
+/// matrix is a view over buffers that hold different layers' experts in turn).
 pub struct Part {
-    pub buffer: Buffer,
+    pub buffer: Arc<Buffer>,
     pub row0: usize,
     pub n_rows: usize,
 }
@@ -72,25 +76,9 @@ impl GpuMatrix {
         bytes: &[u8],
         max_part_bytes: Option<u64>,
     ) -> Result<GpuMatrix, VkError> {
-        if !TYPES.contains(&ty) {
-            return Err(VkError::Shape(format!("{name}: {} weights have no GPU kernel yet", ty.name())));
-        }
-        let row_bytes = ty.row_bytes(n_in as u64).filter(|_| n_in.is_multiple_of(4));
-        let Some(row_bytes) = row_bytes else {
-            return Err(VkError::Shape(format!("{name}: rows of {n_in} {} elements do not suit the GPU", ty.name())));
-        };
-        let row_bytes = row_bytes as usize;
+        let (row_bytes, rows_per_part) = layout(gpu, name, ty, n_in, n_out, group, max_part_bytes)?;
         if bytes.len() != row_bytes * n_out {
             return Err(VkError::Shape(format!("{name}: {} bytes for {n_out} rows of {row_bytes}", bytes.len())));
-        }
-        let info = gpu.info();
-        // Less 16 bytes: buffers are rounded up to whole 16-byte words.
-        let limit = max_part_bytes.unwrap_or(u64::MAX).min(info.max_buffer_range - 16).min(info.max_allocation);
-        let rows_per_part = limit as usize / row_bytes / group * group;
-        if rows_per_part == 0 {
-            return Err(VkError::Shape(format!(
-                "{name}: {group} rows of {row_bytes} bytes do not fit one buffer of at most {limit} bytes"
-            )));
         }
         let mut parts = Vec::new();
         for row0 in (0..n_out).step_by(rows_per_part) {
@@ -98,13 +86,104 @@ impl GpuMatrix {
             let data = &bytes[row0 * row_bytes..(row0 + n_rows) * row_bytes];
             let buffer = gpu.buffer(data.len() as u64, name)?;
             gpu.upload(&buffer, 0, data)?;
-            parts.push(Part { buffer, row0, n_rows });
+            parts.push(Part { buffer: Arc::new(buffer), row0, n_rows });
         }
         Ok(GpuMatrix { ty, n_in, n_out, row_bytes, group, parts })
+    }
+
+    /// Bytes of each part of a stack of `n_expert` matrices of `rows` rows (as
+    /// [`upload_stack`](Self::upload_stack) would split it), in order.
+    pub fn stack_parts(
+        gpu: &Gpu,
+        name: &str,
+        ty: GgmlType,
+        n_in: usize,
+        rows: usize,
+        n_expert: usize,
+    ) -> Result<Vec<u64>, VkError> {
+        let n_out = rows * n_expert;
+        let (row_bytes, rows_per_part) = layout(gpu, name, ty, n_in, n_out, rows, None)?;
+        Ok((0..n_out).step_by(rows_per_part).map(|row0| (rows_per_part.min(n_out - row0) * row_bytes) as u64).collect())
+    }
+
+    /// A stack laid out over `buffers` as [`stack_parts`](Self::stack_parts) sizes it (each
+    /// buffer at least as large as its part), with nothing uploaded: its bytes arrive with
+    /// [`copy_from`](Self::copy_from) before each use.
+    pub fn stack_over(
+        gpu: &Gpu,
+        name: &str,
+        ty: GgmlType,
+        n_in: usize,
+        rows: usize,
+        n_expert: usize,
+        buffers: &[Arc<Buffer>],
+    ) -> Result<GpuMatrix, VkError> {
+        let n_out = rows * n_expert;
+        let (row_bytes, rows_per_part) = layout(gpu, name, ty, n_in, n_out, rows, None)?;
+        let starts: Vec<usize> = (0..n_out).step_by(rows_per_part).collect();
+        if buffers.len() < starts.len() {
+            return Err(VkError::Shape(format!("{name}: {} buffers for {} parts", buffers.len(), starts.len())));
+        }
+        let mut parts = Vec::new();
+        for (&row0, buffer) in starts.iter().zip(buffers) {
+            let n_rows = rows_per_part.min(n_out - row0);
+            if buffer.size < (n_rows * row_bytes) as u64 {
+                return Err(VkError::Shape(format!("{name}: a part of {} bytes in {}", n_rows * row_bytes, buffer.size)));
+            }
+            parts.push(Part { buffer: buffer.clone(), row0, n_rows });
+        }
+        Ok(GpuMatrix { ty, n_in, n_out, row_bytes, group: rows, parts })
+    }
+
+    /// Records the copy of the matrix's bytes (its rows in order, as in the GGUF tensor) from
+    /// `src` at byte `offset` into its parts.
+    pub fn copy_from(&self, c: &mut Commands, src: &Buffer, offset: u64) -> Result<(), VkError> {
+        for part in &self.parts {
+            let bytes = (part.n_rows * self.row_bytes) as u64;
+            c.copy(src, offset + (part.row0 * self.row_bytes) as u64, &part.buffer, 0, bytes)?;
+        }
+        Ok(())
+    }
+
+    /// Bytes of the matrix's data.
+    pub fn bytes(&self) -> u64 {
+        (self.n_out * self.row_bytes) as u64
     }
 
     /// The shader variant suffix of this matrix's type.
     pub(crate) fn suffix(&self) -> usize {
         TYPES.iter().position(|&t| t == self.ty).expect("checked at upload")
     }
+}
+
+/// The row size of `n_out` rows of `n_in` elements of `ty`, and how many rows (whole groups
+/// of `group`) one part holds: at most `max_part_bytes` (when given) and what one buffer
+/// binding and allocation may be.
+fn layout(
+    gpu: &Gpu,
+    name: &str,
+    ty: GgmlType,
+    n_in: usize,
+    n_out: usize,
+    group: usize,
+    max_part_bytes: Option<u64>,
+) -> Result<(usize, usize), VkError> {
+    if !TYPES.contains(&ty) {
+        return Err(VkError::Shape(format!("{name}: {} weights have no GPU kernel yet", ty.name())));
+    }
+    let row_bytes = ty.row_bytes(n_in as u64).filter(|_| n_in.is_multiple_of(4));
+    let Some(row_bytes) = row_bytes else {
+        return Err(VkError::Shape(format!("{name}: rows of {n_in} {} elements do not suit the GPU", ty.name())));
+    };
+    let row_bytes = row_bytes as usize;
+    let info = gpu.info();
+    // Less 16 bytes: buffers are rounded up to whole 16-byte words.
+    let limit = max_part_bytes.unwrap_or(u64::MAX).min(info.max_buffer_range - 16).min(info.max_allocation);
+    let rows_per_part = limit as usize / row_bytes / group * group;
+    if rows_per_part == 0 {
+        return Err(VkError::Shape(format!(
+            "{name}: {group} rows of {row_bytes} bytes do not fit one buffer of at most {limit} bytes"
+        )));
+    }
+    Ok((row_bytes, rows_per_part.min(n_out.max(1))))
 }
