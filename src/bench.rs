@@ -18,6 +18,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use crate::info::{human_bytes, human_count, ModelInfo};
+use crate::model::decoder::MoeStats;
 use crate::model::{Logits, Model, Never, Offload};
 use crate::run::uncancelled;
 use crate::run::RunError;
@@ -47,6 +48,10 @@ pub struct BenchResult {
     pub samples_ts: Vec<f64>,
     pub avg_ts: f64,
     pub stddev_ts: f64,
+    /// With GPU layers that keep their experts in RAM: how the timed runs ran them (CPU or
+    /// copied to VRAM, in layer passes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub experts_in_ram: Option<MoeStats>,
 }
 
 /// The whole run: the model, how long it took to load, the results, the peak memory.
@@ -134,9 +139,10 @@ impl Bench {
                         test += &format!(" @ d{depth}");
                     }
                     let mut samples = Vec::with_capacity(options.repetitions);
+                    let mut experts_in_ram: Option<MoeStats> = None;
                     for rep in 0..=options.repetitions {
                         let (depth_tokens, tokens) = (random(depth), random(n_tokens));
-                        let elapsed = pool.install(|| -> Result<Duration, RunError> {
+                        let elapsed = pool.install(|| -> Result<(Duration, Option<MoeStats>), RunError> {
                             let mut cache = model.new_cache(depth + n_tokens)?;
                             for (i, chunk) in depth_tokens.chunks(batch).enumerate() {
                                 uncancelled(model.forward_cancellable(
@@ -148,6 +154,7 @@ impl Bench {
                                 ))?;
                             }
                             let start = Instant::now();
+                            let moe_before = model.moe_stats();
                             if is_prompt {
                                 for (i, chunk) in tokens.chunks(batch).enumerate() {
                                     let pos = depth + i * batch;
@@ -173,11 +180,21 @@ impl Bench {
                             }
                             let elapsed = start.elapsed();
                             peak_vram = peak_vram.max(model.vram_bytes());
-                            Ok(elapsed)
+                            let moe = model.moe_stats().zip(moe_before).map(|(after, before)| after.since(before));
+                            Ok((elapsed, moe))
                         })?;
+                        let (elapsed, moe) = elapsed;
                         // Repetition 0 is the warm-up.
                         if rep > 0 {
                             samples.push(n_tokens as f64 / elapsed.as_secs_f64().max(1e-9));
+                            if let Some(m) = moe {
+                                let sum = experts_in_ram.get_or_insert_with(MoeStats::default);
+                                *sum = MoeStats {
+                                    cpu: sum.cpu + m.cpu,
+                                    uploaded: sum.uploaded + m.uploaded,
+                                    uploaded_bytes: sum.uploaded_bytes + m.uploaded_bytes,
+                                };
+                            }
                         }
                     }
                     let (avg_ts, stddev_ts) = mean_stddev(&samples);
@@ -191,6 +208,7 @@ impl Bench {
                         samples_ts: samples,
                         avg_ts,
                         stddev_ts,
+                        experts_in_ram,
                     };
                     progress(&result);
                     results.push(result);
@@ -250,6 +268,18 @@ pub fn table_header() -> String {
         "| {:<24} | {:>10} | {:>8} | {:>7} | {:>14} | {:>20} |\n|{:-<26}|{:->12}|{:->10}|{:->9}|{:->16}|{:->22}|",
         "model", "size", "params", "threads", "test", "t/s", "", ":", ":", ":", ":", ":"
     )
+}
+
+/// What the timed runs of `r` did with the experts kept in RAM, in a line (or nothing).
+pub fn experts_line(r: &BenchResult) -> Option<String> {
+    let m = r.experts_in_ram?;
+    Some(format!(
+        "{}: experts in RAM ran on the CPU in {} layer passes and were copied to VRAM in {} ({})",
+        r.test,
+        m.cpu,
+        m.uploaded,
+        human_bytes(m.uploaded_bytes)
+    ))
 }
 
 /// One table row for `r`.

@@ -447,6 +447,10 @@ fn run(cli: Cli) -> Result<()> {
                 }
             })?;
             if md {
+                let lines: Vec<String> = report.results.iter().filter_map(bench::experts_line).collect();
+                if !lines.is_empty() {
+                    println!("\n{}", lines.join("\n"));
+                }
                 let rss = report.peak_rss.map_or("unknown".to_string(), gemma::info::human_bytes);
                 let vram =
                     report.peak_vram.map(|v| format!(", VRAM {}", gemma::info::human_bytes(v))).unwrap_or_default();

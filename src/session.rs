@@ -310,6 +310,7 @@ mod tests {
     use ggml::gguf::GgufFile;
 
     use super::*;
+    use crate::model::offload::MoeUpload;
     use crate::model::{CancelAfter, Offload};
     use crate::sample::SamplerConfig;
 
@@ -320,8 +321,8 @@ mod tests {
     }
 
     /// The model on the CPU, then with every layer and the head on lavapipe (`-ngl 99`,
-    /// its KV cache in VRAM), then the same with the experts in RAM (`--cpu-moe`): the
-    /// session tests hold for all three.
+    /// its KV cache in VRAM), then the same with the experts in RAM (`--cpu-moe`), run by the
+    /// CPU and copied to VRAM: the session tests hold for all four.
     fn generators(name: &str) -> Vec<Generator> {
         let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models").join(name);
         let vk = ggml::vulkan::Vulkan::load().expect("the GPU tests need Vulkan: run scripts/setup.sh");
@@ -330,10 +331,14 @@ mod tests {
         let offload = Offload { gpu_layers: Some(99), device: Some(lavapipe.index), ..Offload::default() };
         let on_gpu = Generator::load_with(GgufFile::open(&path).unwrap(), &offload).unwrap();
         assert!(on_gpu.model.placement().contains("llvmpipe"), "{}", on_gpu.model.placement());
-        // And every layer there with its experts in RAM (the CPU runs them mid-pass).
-        let hybrid = Offload { n_cpu_moe: Some(usize::MAX), ..offload };
-        let hybrid = Generator::load_with(GgufFile::open(&path).unwrap(), &hybrid).unwrap();
-        vec![generator(name), on_gpu, hybrid]
+        // And every layer there with its experts in RAM, run by the CPU mid-pass, or copied to
+        // VRAM for every batch (each choice made the same way every time: `auto` decides by
+        // measured speeds, so its logits may differ in the last bits from run to run).
+        let hybrid = |moe_upload| {
+            let o = Offload { n_cpu_moe: Some(usize::MAX), moe_upload, ..offload.clone() };
+            Generator::load_with(GgufFile::open(&path).unwrap(), &o).unwrap()
+        };
+        vec![generator(name), on_gpu, hybrid(MoeUpload::Off), hybrid(MoeUpload::On)]
     }
 
     static NEVER: AtomicBool = AtomicBool::new(false);

@@ -114,11 +114,13 @@ fn the_26b_a4b_shapes_on_the_gpu_match_the_cpu() {
     );
     let ids = "2 105 2364 107 3689 563 506 5279 236881 106 107 105 4368 107 9259 1234 77777 31337";
     let cpu = logits(&path, &["--ids", ids], &[], 262144);
-    // Everything on the GPU; every layer there with the experts in RAM; the first layer's
-    // experts in RAM.
+    // Everything on the GPU; every layer there with the experts in RAM, run by the CPU and
+    // copied to VRAM (stacks of 270-290 MB: parts of at most 128 MiB on lavapipe); the first
+    // layer's experts in RAM.
     for (args, placed) in [
         (&["-ngl", "99"][..], "2 of 2 layers and the output head"),
-        (&["--cpu-moe"], "2 of 2 layers (their experts in RAM) and the output head"),
+        (&["--cpu-moe", "--moe-upload", "off"], "2 of 2 layers (their experts in RAM) and the output head"),
+        (&["--cpu-moe", "--moe-upload", "on"], "2 of 2 layers (their experts in RAM) and the output head"),
         (&["--n-cpu-moe", "1"], "2 of 2 layers (the experts of layers 0..1 in RAM) and the output head"),
     ] {
         let args: Vec<&str> = args.iter().copied().chain(["--device", "0"]).collect();
@@ -146,8 +148,11 @@ fn experts_in_ram_and_fitted_plans_match_the_cpu() {
     let (three_in_ram, two_layers) = (gib(bytes_at(99, 3)), gib(bytes_at(2, 0)));
     assert_eq!(fit(&costs, bytes_at(99, 3)).kind, FitKind::ExpertsInRam);
     assert_eq!(fit(&costs, bytes_at(2, 0)).kind, FitKind::WholeLayers, "the non-expert part needs more");
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 9] = [
         (&["--cpu-moe"], "6 of 6 layers (their experts in RAM) and the output head"),
+        (&["--cpu-moe", "--moe-upload", "on"], "6 of 6 layers (their experts in RAM) and the output head"),
+        (&["--cpu-moe", "--moe-upload", "off", "-b", "7"], "6 of 6 layers (their experts in RAM)"),
+        (&["--n-cpu-moe", "3", "--moe-upload", "on", "-b", "5"], "(the experts of layers 0..3 in RAM)"),
         (&["--n-cpu-moe", "1", "-b", "5"], "6 of 6 layers (the experts of layers 0..1 in RAM) and the output head"),
         (&["-ngl", "3", "--n-cpu-moe", "4", "-b", "7"], "3 of 6 layers (the experts of layers 3..4 in RAM)"),
         (&["--vram-budget", &three_in_ram], "--n-cpu-moe 3"),
@@ -262,4 +267,29 @@ fn bench_reports_vram_with_gpu_layers() {
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let vram = rows[0]["peak_vram"].as_u64().expect("peak_vram with -ngl");
     assert!(vram >= std::fs::metadata(&m).unwrap().len(), "{vram} bytes");
+}
+
+/// `gemma bench` says how the experts kept in RAM ran: with `--moe-upload on` every layer pass
+/// copies them to VRAM, with `off` the CPU runs every one (6 layers: a pp16 is one pass, a tg4
+/// four).
+#[test]
+fn bench_says_where_the_experts_in_ram_ran() {
+    let m = model("tiny-gemma4-moe.gguf");
+    for (mode, uploaded) in [("on", true), ("off", false)] {
+        let out = Command::new(env!("CARGO_BIN_EXE_gemma"))
+            .args(["bench", "-m"])
+            .arg(&m)
+            .args(["-p", "16", "-n", "4", "-r", "1", "--cpu-moe", "--device", "0", "--moe-upload", mode, "-o", "json"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        for (row, passes) in [(&rows[0], 6), (&rows[1], 24)] {
+            let e = &row["experts_in_ram"];
+            let (want_up, want_cpu) = if uploaded { (passes, 0) } else { (0, passes) };
+            assert_eq!((e["uploaded"].as_u64(), e["cpu"].as_u64()), (Some(want_up), Some(want_cpu)), "{mode}: {row}");
+            // The tiny model's experts: 6 layers of 1.5 MiB (hand-derived from its tensor table).
+            assert_eq!(e["uploaded_bytes"].as_u64(), Some(want_up * 1_572_864), "{mode}: {row}");
+        }
+    }
 }

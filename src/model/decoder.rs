@@ -116,6 +116,28 @@ pub(crate) enum ExpertGateUp {
     Split { gate: ExpertStack, up: ExpertStack },
 }
 
+/// How often the GPU layers that keep their experts in RAM had the CPU run them, and had
+/// them copied to VRAM and run there (`--moe-upload`; `gemma bench` reports it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct MoeStats {
+    /// Layer passes whose experts the CPU ran.
+    pub cpu: u64,
+    /// Layer passes whose experts were copied to VRAM and run there, and the bytes copied.
+    pub uploaded: u64,
+    pub uploaded_bytes: u64,
+}
+
+impl MoeStats {
+    /// What happened between `earlier` and `self`.
+    pub fn since(self, earlier: MoeStats) -> MoeStats {
+        MoeStats {
+            cpu: self.cpu - earlier.cpu,
+            uploaded: self.uploaded - earlier.uploaded,
+            uploaded_bytes: self.uploaded_bytes - earlier.uploaded_bytes,
+        }
+    }
+}
+
 /// One layer type's RoPE: base, rotated dimensions, and the per-pair divisors (Gemma 4's
 /// proportional RoPE on global layers: `1` rotates, `1e30` stands still; kept f32, pitfall 3).
 pub(crate) struct Rope {
@@ -282,10 +304,13 @@ impl Decoder {
         KvCache::with_type(&self.kv_specs(), context, kv_type)
     }
 
-    /// How the GPU layers that keep their experts in RAM ran them so far (`None` without a GPU).
-    #[cfg(feature = "vulkan")]
-    pub fn moe_stats(&self) -> Option<super::gpu::MoeStats> {
-        self.gpu.as_ref().map(|g| g.moe_stats())
+    /// How the GPU layers that keep their experts in RAM ran them so far (`None` when no layer
+    /// does).
+    pub fn moe_stats(&self) -> Option<MoeStats> {
+        #[cfg(feature = "vulkan")]
+        return self.gpu.as_ref().and_then(|g| g.moe_stats());
+        #[cfg(not(feature = "vulkan"))]
+        None
     }
 
     /// Device memory allocated now, when layers run on a GPU.

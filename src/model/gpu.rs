@@ -28,7 +28,7 @@ use std::time::Instant;
 
 use ggml::vulkan::{Buffer, Commands, Gpu, GpuMatrix, VkError};
 
-use super::decoder::{ExpertGateUp, Layer};
+use super::decoder::{ExpertGateUp, Layer, MoeStats};
 use super::fit::{Placement, Widths, LOGITS_PIECE, ROPE_TABLE};
 use super::offload::MoeUpload;
 use super::{Cancel, Cancelled, ExpertStack, Logits, Matrix, Stopped};
@@ -111,17 +111,6 @@ struct UploadedLayer {
     experts: GpuExperts,
     sources: Vec<std::ops::Range<usize>>,
     bytes: u64,
-}
-
-/// How often the layers with their experts in RAM had them run by the CPU, and copied to VRAM
-/// and run there ([`GpuDecoder::moe_stats`]; `gemma bench` reports it).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct MoeStats {
-    /// Layer passes whose experts the CPU ran.
-    pub cpu: u64,
-    /// Layer passes whose experts were copied to VRAM and run there, and the bytes copied.
-    pub uploaded: u64,
-    pub uploaded_bytes: u64,
 }
 
 /// Host buffers through which a layer with its experts in RAM hands its routed tokens to the
@@ -337,9 +326,10 @@ impl GpuDecoder {
         })
     }
 
-    /// How the layers with their experts in RAM ran so far.
-    pub fn moe_stats(&self) -> MoeStats {
-        self.moe_stats
+    /// How the layers with their experts in RAM ran so far; `None` when there are none.
+    pub fn moe_stats(&self) -> Option<MoeStats> {
+        let any = self.layers.iter().any(|l| l.moe.as_ref().is_some_and(|e| e.experts.is_none()));
+        any.then_some(self.moe_stats)
     }
 
     pub fn gpu(&self) -> &Gpu {
@@ -747,7 +737,8 @@ impl ExpertUploads {
         if in_ram.is_empty() {
             return Ok(None);
         }
-        let parts = |name: &str, st: &ExpertStack| GpuMatrix::stack_parts(gpu, name, st.ty, st.n_in, st.rows, st.n_expert);
+        let parts =
+            |name: &str, st: &ExpertStack| GpuMatrix::stack_parts(gpu, name, st.ty, st.n_in, st.rows, st.n_expert);
         // Buffers as large as the largest part at each position of any layer's list of parts.
         let mut sizes: Vec<u64> = Vec::new();
         let mut staging_bytes = 0;

@@ -128,7 +128,11 @@ impl GpuMatrix {
         for (&row0, buffer) in starts.iter().zip(buffers) {
             let n_rows = rows_per_part.min(n_out - row0);
             if buffer.size < (n_rows * row_bytes) as u64 {
-                return Err(VkError::Shape(format!("{name}: a part of {} bytes in {}", n_rows * row_bytes, buffer.size)));
+                return Err(VkError::Shape(format!(
+                    "{name}: a part of {} bytes in {}",
+                    n_rows * row_bytes,
+                    buffer.size
+                )));
             }
             parts.push(Part { buffer: buffer.clone(), row0, n_rows });
         }
