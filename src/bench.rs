@@ -188,12 +188,7 @@ impl Bench {
                         if rep > 0 {
                             samples.push(n_tokens as f64 / elapsed.as_secs_f64().max(1e-9));
                             if let Some(m) = moe {
-                                let sum = experts_in_ram.get_or_insert_with(MoeStats::default);
-                                *sum = MoeStats {
-                                    cpu: sum.cpu + m.cpu,
-                                    uploaded: sum.uploaded + m.uploaded,
-                                    uploaded_bytes: sum.uploaded_bytes + m.uploaded_bytes,
-                                };
+                                experts_in_ram = Some(experts_in_ram.unwrap_or_default().plus(m));
                             }
                         }
                     }
@@ -272,14 +267,7 @@ pub fn table_header() -> String {
 
 /// What the timed runs of `r` did with the experts kept in RAM, in a line (or nothing).
 pub fn experts_line(r: &BenchResult) -> Option<String> {
-    let m = r.experts_in_ram?;
-    Some(format!(
-        "{}: experts in RAM ran on the CPU in {} layer passes and were copied to VRAM in {} ({})",
-        r.test,
-        m.cpu,
-        m.uploaded,
-        human_bytes(m.uploaded_bytes)
-    ))
+    Some(format!("{}: {}", r.test, r.experts_in_ram?.describe()))
 }
 
 /// One table row for `r`.

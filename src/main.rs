@@ -211,6 +211,10 @@ struct GpuArgs {
     /// for the batch (auto: prompts upload, generation stays on the CPU)
     #[arg(long = "moe-upload", value_enum, default_value_t = MoeUpload::Auto)]
     moe_upload: MoeUpload,
+    /// VRAM in GiB for the hot-expert cache: each layer's most often routed experts among
+    /// those kept in RAM, run on the GPU (default: what the placement leaves; 0: none)
+    #[arg(long = "expert-cache", value_name = "GIB")]
+    expert_cache: Option<f64>,
     /// The Vulkan device to use (`gemma devices` lists them; default: the first discrete GPU,
     /// else an integrated one; a CPU device such as lavapipe only when named)
     #[arg(long = "device", value_name = "N")]
@@ -245,6 +249,11 @@ impl GpuArgs {
             context,
             kv_type,
             moe_upload: self.moe_upload,
+            expert_cache: match self.expert_cache {
+                Some(v) if v == 0.0 => Some(0),
+                Some(v) => Some(gib("--expert-cache", v)?),
+                None => None,
+            },
         })
     }
 }

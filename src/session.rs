@@ -333,9 +333,10 @@ mod tests {
         assert!(on_gpu.model.placement().contains("llvmpipe"), "{}", on_gpu.model.placement());
         // And every layer there with its experts in RAM, run by the CPU mid-pass, or copied to
         // VRAM for every batch (each choice made the same way every time: `auto` decides by
-        // measured speeds, so its logits may differ in the last bits from run to run).
+        // measured speeds, and the expert cache by what was routed before, so with them logits
+        // may differ in the last bits from run to run; these tests ask for equal bits).
         let hybrid = |moe_upload| {
-            let o = Offload { n_cpu_moe: Some(usize::MAX), moe_upload, ..offload.clone() };
+            let o = Offload { n_cpu_moe: Some(usize::MAX), moe_upload, expert_cache: Some(0), ..offload.clone() };
             Generator::load_with(GgufFile::open(&path).unwrap(), &o).unwrap()
         };
         vec![generator(name), on_gpu, hybrid(MoeUpload::Off), hybrid(MoeUpload::On)]

@@ -133,8 +133,9 @@ fn the_26b_a4b_shapes_on_the_gpu_match_the_cpu() {
 }
 
 /// The tiny MoE with its experts in RAM (`--cpu-moe`, `--n-cpu-moe`, with `-ngl` and in
-/// batches), and under budgets that make the fit keep experts in RAM, place whole layers, or
-/// place nothing: the same logits as the CPU's, and stderr says what went where.
+/// batches; run by the CPU, copied to VRAM, split with the expert cache), and under budgets
+/// that make the fit keep experts in RAM, place whole layers, or place nothing: the same logits
+/// as the CPU's, and stderr says what went where.
 #[test]
 fn experts_in_ram_and_fitted_plans_match_the_cpu() {
     use gemma::kv_cache::KvType;
@@ -148,10 +149,14 @@ fn experts_in_ram_and_fitted_plans_match_the_cpu() {
     let (three_in_ram, two_layers) = (gib(bytes_at(99, 3)), gib(bytes_at(2, 0)));
     assert_eq!(fit(&costs, bytes_at(99, 3)).kind, FitKind::ExpertsInRam);
     assert_eq!(fit(&costs, bytes_at(2, 0)).kind, FitKind::WholeLayers, "the non-expert part needs more");
-    let cases: [(&[&str], &str); 9] = [
+    // The CPU alone, the hot-expert cache holding every expert (the default: VRAM to spare)
+    // or 2 of each layer's 8 (0.003 GiB; 192 KiB an expert), in batches of 3 and 7.
+    let cases: [(&[&str], &str); 11] = [
         (&["--cpu-moe"], "6 of 6 layers (their experts in RAM) and the output head"),
         (&["--cpu-moe", "--moe-upload", "on"], "6 of 6 layers (their experts in RAM) and the output head"),
-        (&["--cpu-moe", "--moe-upload", "off", "-b", "7"], "6 of 6 layers (their experts in RAM)"),
+        (&["--cpu-moe", "--moe-upload", "off", "-b", "7", "--expert-cache", "0"], "(their experts in RAM)"),
+        (&["--cpu-moe", "--moe-upload", "off", "-b", "3"], "(their experts in RAM)"),
+        (&["--cpu-moe", "--moe-upload", "off", "-b", "3", "--expert-cache", "0.003"], "(their experts in RAM)"),
         (&["--n-cpu-moe", "3", "--moe-upload", "on", "-b", "5"], "(the experts of layers 0..3 in RAM)"),
         (&["--n-cpu-moe", "1", "-b", "5"], "6 of 6 layers (the experts of layers 0..1 in RAM) and the output head"),
         (&["-ngl", "3", "--n-cpu-moe", "4", "-b", "7"], "3 of 6 layers (the experts of layers 3..4 in RAM)"),
@@ -271,25 +276,47 @@ fn bench_reports_vram_with_gpu_layers() {
 
 /// `gemma bench` says how the experts kept in RAM ran: with `--moe-upload on` every layer pass
 /// copies them to VRAM, with `off` the CPU runs every one (6 layers: a pp16 is one pass, a tg4
-/// four).
+/// four), and with the expert cache, how many of the 2 choices per token it held: all of them
+/// when it holds every expert (the warm-up run filled it), some when it holds 2 of 8.
 #[test]
 fn bench_says_where_the_experts_in_ram_ran() {
     let m = model("tiny-gemma4-moe.gguf");
-    for (mode, uploaded) in [("on", true), ("off", false)] {
+    let bench = |args: &[&str]| -> serde_json::Value {
         let out = Command::new(env!("CARGO_BIN_EXE_gemma"))
             .args(["bench", "-m"])
             .arg(&m)
-            .args(["-p", "16", "-n", "4", "-r", "1", "--cpu-moe", "--device", "0", "--moe-upload", mode, "-o", "json"])
+            .args(["-p", "16", "-n", "4", "-r", "1", "--cpu-moe", "--device", "0", "-o", "json"])
+            .args(args)
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    for (mode, uploaded) in [("on", true), ("off", false)] {
+        let rows = bench(&["--moe-upload", mode, "--expert-cache", "0"]);
         for (row, passes) in [(&rows[0], 6), (&rows[1], 24)] {
             let e = &row["experts_in_ram"];
             let (want_up, want_cpu) = if uploaded { (passes, 0) } else { (0, passes) };
             assert_eq!((e["uploaded"].as_u64(), e["cpu"].as_u64()), (Some(want_up), Some(want_cpu)), "{mode}: {row}");
             // The tiny model's experts: 6 layers of 1.5 MiB (hand-derived from its tensor table).
             assert_eq!(e["uploaded_bytes"].as_u64(), Some(want_up * 1_572_864), "{mode}: {row}");
+            assert_eq!(e["cache_choices"].as_u64(), Some(0), "{mode}: {row}");
         }
+    }
+    let every = bench(&["--moe-upload", "off"]);
+    let some = bench(&["--moe-upload", "off", "--expert-cache", "0.003"]);
+    for (i, tokens) in [(0, 16), (1, 4)] {
+        let (all, part) = (&every[i]["experts_in_ram"], &some[i]["experts_in_ram"]);
+        // 6 layers, 2 choices per token.
+        let choices = 6 * 2 * tokens;
+        assert_eq!(
+            (all["cache_hits"].as_u64(), all["cache_choices"].as_u64()),
+            (Some(choices), Some(choices)),
+            "{all}"
+        );
+        assert_eq!(all["cpu"].as_u64(), Some(0), "{all}");
+        let hits = part["cache_hits"].as_u64().unwrap();
+        assert_eq!(part["cache_choices"].as_u64(), Some(choices), "{part}");
+        assert!(hits > 0 && hits < choices, "{part}");
     }
 }

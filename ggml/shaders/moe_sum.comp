@@ -1,6 +1,7 @@
 #version 450
 // The MoE output: out[t] = Σ_j w[t][j] · y[t k + j] over a token's k experts, added in
-// ascending expert order with each product rounded, as the CPU's moe_ffn sums them.
+// ascending expert order with each product rounded, as the CPU's moe_ffn sums them; choices of
+// weight 0 are skipped, as there.
 //
 // Bindings: 0 y `[n_tokens · k][n]`, 1 ids `[n_tokens][k]`, 2 weights `[n_tokens][k]`,
 // 3 out `[n_tokens][n]`. One invocation per output element; k <= 8.
@@ -42,9 +43,13 @@ void main() {
     float acc = 0.0;
     for (uint a = 0u; a < p.k; a++) {
         uint j = order[a];
-        precise float term = weights[t * p.k + j] * y[(t * p.k + j) * p.n + i];
-        precise float next = acc + term;
-        acc = next;
+        float w = weights[t * p.k + j];
+        // A choice of weight 0 is left out, as the CPU leaves it out (its expert ran elsewhere).
+        if (w != 0.0) {
+            precise float term = w * y[(t * p.k + j) * p.n + i];
+            precise float next = acc + term;
+            acc = next;
+        }
     }
     o[t * p.n + i] = acc;
 }

@@ -120,11 +120,15 @@ pub(crate) enum ExpertGateUp {
 /// them copied to VRAM and run there (`--moe-upload`; `gemma bench` reports it).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct MoeStats {
-    /// Layer passes whose experts the CPU ran.
+    /// Layer passes in which the CPU ran experts (all of them, or those the cache lacked).
     pub cpu: u64,
     /// Layer passes whose experts were copied to VRAM and run there, and the bytes copied.
     pub uploaded: u64,
     pub uploaded_bytes: u64,
+    /// Of the choices routed in the passes the CPU ran, how many the hot-expert cache held
+    /// (and the GPU ran).
+    pub cache_hits: u64,
+    pub cache_choices: u64,
 }
 
 impl MoeStats {
@@ -134,6 +138,37 @@ impl MoeStats {
             cpu: self.cpu - earlier.cpu,
             uploaded: self.uploaded - earlier.uploaded,
             uploaded_bytes: self.uploaded_bytes - earlier.uploaded_bytes,
+            cache_hits: self.cache_hits - earlier.cache_hits,
+            cache_choices: self.cache_choices - earlier.cache_choices,
+        }
+    }
+
+    /// The counts in words: "experts in RAM ran on the CPU in 12 layer passes and were copied
+    /// to VRAM in 30 (14.2 GiB); the expert cache held 41.5% of the CPU passes' choices".
+    pub fn describe(&self) -> String {
+        let cache = match self.cache_choices {
+            0 => String::new(),
+            n => format!(
+                "; the expert cache held {:.1}% of the CPU passes' choices",
+                100.0 * self.cache_hits as f64 / n as f64
+            ),
+        };
+        format!(
+            "experts in RAM ran on the CPU in {} layer passes and were copied to VRAM in {} ({}){cache}",
+            self.cpu,
+            self.uploaded,
+            crate::info::human_bytes(self.uploaded_bytes)
+        )
+    }
+
+    /// The sum of two counts.
+    pub fn plus(self, other: MoeStats) -> MoeStats {
+        MoeStats {
+            cpu: self.cpu + other.cpu,
+            uploaded: self.uploaded + other.uploaded,
+            uploaded_bytes: self.uploaded_bytes + other.uploaded_bytes,
+            cache_hits: self.cache_hits + other.cache_hits,
+            cache_choices: self.cache_choices + other.cache_choices,
         }
     }
 }
@@ -233,6 +268,7 @@ impl Decoder {
                 decoder.eps,
                 offload.max_batch,
                 offload.moe_upload,
+                offload.expert_cache.unwrap_or(resolved.spare),
             )
             .map_err(|e| ModelError::Unsupported(format!("uploading to the GPU: {e}")))?;
             let n_layer = decoder.layers.len();

@@ -39,6 +39,9 @@ pub struct Offload {
     /// Whether a prompt's experts that are in RAM are copied to VRAM for the batch
     /// (`--moe-upload`).
     pub moe_upload: MoeUpload,
+    /// Bytes of VRAM for the hot-expert cache (`--expert-cache`); `None`: what the placement
+    /// leaves of the budget.
+    pub expert_cache: Option<u64>,
 }
 
 /// `--moe-upload`: whether the experts of a GPU layer that keeps them in RAM cross to VRAM for
@@ -68,6 +71,7 @@ impl Default for Offload {
             context: 4096,
             kv_type: KvType::F16,
             moe_upload: MoeUpload::Auto,
+            expert_cache: None,
         }
     }
 }
@@ -84,6 +88,8 @@ pub struct Resolved {
     pub gpu: Option<ggml::vulkan::Gpu>,
     pub placement: Placement,
     pub note: String,
+    /// Bytes of the budget the placement leaves free: the hot-expert cache's by default.
+    pub spare: u64,
 }
 
 impl Offload {
@@ -114,6 +120,7 @@ impl Offload {
                 gpu: None,
                 placement: Placement::cpu(n_layer),
                 note: note.to_string(),
+                spare: 0,
             })
         };
         let wanted = match self.explicit() {
@@ -136,7 +143,7 @@ impl Offload {
             true => "CPU (this gemma was built without the vulkan feature; -ngl is ignored)",
             false => "CPU",
         };
-        Ok(Resolved { placement: Placement::cpu(n_layer), note: note.to_string() })
+        Ok(Resolved { placement: Placement::cpu(n_layer), note: note.to_string(), spare: 0 })
     }
 
     /// The device this request names (or the default one), or why there is none.
@@ -191,26 +198,30 @@ impl Offload {
         use ggml::vulkan::Gpu;
         let ignored = if self.explicit() { "; -ngl is ignored" } else { "" };
         let cpu = |why: String| {
-            Ok(Resolved { gpu: None, placement: Placement::cpu(n_layer), note: format!("CPU ({why}{ignored})") })
+            let note = format!("CPU ({why}{ignored})");
+            Ok(Resolved { gpu: None, placement: Placement::cpu(n_layer), note, spare: 0 })
         };
         let (vk, info) = match self.find_device()? {
             Found::Device { vk, info } => (vk, info),
             Found::None(why) => return cpu(why),
         };
         let index = info.index;
+        // What the fit may fill (the device less a margin, or the cap): the expert cache takes
+        // what the placement leaves of it.
+        let (budget, of) = self.budget(info.memory, info.free_memory);
         let (placement, plan_note) = match self.explicit() {
             true => {
                 // A placement given by hand is held to the device's whole memory (or the cap):
                 // the margin is the fit's own caution.
-                let (budget, of) = match self.vram_budget {
-                    Some(_) => self.budget(info.memory, info.free_memory),
+                let (limit, of) = match self.vram_budget {
+                    Some(_) => (budget, of.clone()),
                     None => (info.memory, "the device's memory".to_string()),
                 };
                 let p = self.given(n_layer);
                 let need = p.gpu_bytes(costs);
-                if need > budget {
+                if need > limit {
                     let h = human_bytes;
-                    let instead = fit(costs, budget);
+                    let instead = fit(costs, limit);
                     return Err(ModelError::Unsupported(format!(
                         "{} on the GPU need {} (weights {}, KV cache at -c {} {}, activations {}), more than {of} \
                          ({}); the fit would place {} (leave out -ngl/--cpu-moe/--n-cpu-moe to use it)",
@@ -220,14 +231,13 @@ impl Offload {
                         self.context,
                         h(p.gpu_kv(costs)),
                         h(costs.compute),
-                        h(budget),
+                        h(limit),
                         instead.placement.summary(n_layer),
                     )));
                 }
                 (p, None)
             }
             false => {
-                let (budget, of) = self.budget(info.memory, info.free_memory);
                 let plan = fit(costs, budget);
                 if plan.kind == FitKind::Cpu {
                     return cpu(format!("{} fits nothing of this model on GPU {index}", of));
@@ -240,7 +250,8 @@ impl Offload {
         if let Some(plan) = plan_note {
             note = format!("{note}\n{}", plan.trim_end());
         }
-        Ok(Resolved { gpu: Some(gpu), placement, note })
+        let spare = budget.saturating_sub(placement.gpu_bytes(costs));
+        Ok(Resolved { gpu: Some(gpu), placement, note, spare })
     }
 
     /// The bytes to plan for, and what they are, for a device of `memory` bytes of which

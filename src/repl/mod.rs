@@ -387,6 +387,11 @@ impl Chat<'_> {
         if let Some((stats, stop)) = &self.last {
             lines.insert(2, format!("last reply: {}", footer(stats, *stop)));
         }
+        let model = &s.generator().model;
+        lines.push(format!("model: {}", model.placement().lines().next().unwrap_or("")));
+        if let Some(m) = model.moe_stats() {
+            lines.push(format!("this session: {}", m.describe()));
+        }
         self.note(&lines.join("\n"));
     }
 

@@ -80,7 +80,8 @@ impl GateUp<'_> {
 
 /// `out[t] += Σ_k weight * expert_ffn(x[t])` over each token's `(expert, weight)` choices.
 /// `x` is `n_tokens × H` (the experts' input, already normed), `choices` is `n_tokens × k`,
-/// `out` is `n_tokens × H`.
+/// `out` is `n_tokens × H`. A choice of weight 0 is skipped (its expert is not run for that
+/// token): how a caller hands the CPU only the choices another device does not run.
 pub fn moe_ffn(
     isa: Isa,
     gate_up: GateUp,
@@ -110,7 +111,7 @@ pub fn moe_ffn(
     // Group the (token, weight) pairs of each expert.
     let mut by_expert: Vec<Vec<(usize, f32)>> = vec![Vec::new(); n_expert];
     for (t, row) in choices.chunks_exact(k.max(1)).enumerate() {
-        for &(e, w) in row {
+        for &(e, w) in row.iter().filter(|&&(_, w)| w != 0.0) {
             by_expert[e].push((t, w));
         }
     }
@@ -293,5 +294,31 @@ mod tests {
         let split_gu = GateUp::Split { gate: experts(&gate_q, width, h), up: experts(&up_q, width, h) };
         moe_ffn(Isa::best(), split_gu, experts(&down_q, h, width), &x, &choices, k, &mut split).unwrap();
         assert_eq!(split, out);
+    }
+
+    /// Choices of weight 0 run nothing: the sum is that of the other choices alone, bit for
+    /// bit, even when the skipped expert's weights would give NaN.
+    #[test]
+    fn zero_weight_choices_are_skipped() {
+        let (n_expert, h, width, k, n_tokens) = (3, 32, 32, 2, 2);
+        let ty = GgmlType::F32;
+        let mut gu: Vec<f32> = values(n_expert * 2 * width * h, 5);
+        // Expert 2 is poisoned: any token it ran for would come out NaN.
+        gu[2 * 2 * width * h..].iter_mut().for_each(|v| *v = f32::NAN);
+        let down = values(n_expert * h * width, 6);
+        let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let (gu, down) = (bytes(&gu), bytes(&down));
+        let experts = |data, rows, n| Experts { ty, data, n_expert, rows, n };
+        let x = values(n_tokens * h, 7);
+        let run = |choices: &[(usize, f32)], k: usize| {
+            let mut out = vec![0f32; n_tokens * h];
+            let gate_up = GateUp::Fused(experts(&gu, 2 * width, h));
+            moe_ffn(Isa::best(), gate_up, experts(&down, h, width), &x, choices, k, &mut out).unwrap();
+            out
+        };
+        let with_zeros = run(&[(0, 0.6), (2, 0.0), (2, 0.0), (1, 0.3)], k);
+        let without = run(&[(0, 0.6), (1, 0.3)], 1);
+        assert!(with_zeros.iter().all(|v| v.is_finite()));
+        assert_eq!(with_zeros, without);
     }
 }

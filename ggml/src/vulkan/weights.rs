@@ -149,6 +149,24 @@ impl GpuMatrix {
         Ok(())
     }
 
+    /// Records the copy of `n_rows` rows from `src` at byte `offset` into rows `row0 ..` of the
+    /// matrix (one expert of a stack into its slot: rows that lie in one part).
+    pub fn copy_rows_from(
+        &self,
+        c: &mut Commands,
+        src: &Buffer,
+        offset: u64,
+        row0: usize,
+        n_rows: usize,
+    ) -> Result<(), VkError> {
+        let part = self.parts.iter().find(|p| p.row0 <= row0 && row0 + n_rows <= p.row0 + p.n_rows);
+        let Some(part) = part else {
+            return Err(VkError::Shape(format!("rows {row0}..{} are not within one part", row0 + n_rows)));
+        };
+        let at = ((row0 - part.row0) * self.row_bytes) as u64;
+        c.copy(src, offset, &part.buffer, at, (n_rows * self.row_bytes) as u64)
+    }
+
     /// Bytes of the matrix's data.
     pub fn bytes(&self) -> u64 {
         (self.n_out * self.row_bytes) as u64
