@@ -250,7 +250,7 @@ impl GpuArgs {
             kv_type,
             moe_upload: self.moe_upload,
             expert_cache: match self.expert_cache {
-                Some(v) if v == 0.0 => Some(0),
+                Some(0.0) => Some(0),
                 Some(v) => Some(gib("--expert-cache", v)?),
                 None => None,
             },
