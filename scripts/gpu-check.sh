@@ -32,6 +32,7 @@ prepare() {
     done
     xz -9 -c models/ggml-vocab-gemma-4.gguf >"$dir/ggml-vocab-gemma-4.gguf.xz"
     cp ../shared/bench/llama-vulkan-bench.py "$dir/"
+    cp scripts/gpu-check-tag.py "$dir/tag.py"
     (cd "$dir" && { ls cyllama_vulkan-0.2.18-cp312-*.whl >/dev/null 2>&1 ||
         python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
             --platform manylinux_2_35_x86_64 -d . cyllama-vulkan==0.2.18; })
@@ -96,8 +97,69 @@ for t in ours:
 EOF
 }
 
+# Issue 15: the experts-in-RAM placements against the CPU and llama.cpp's whole-layer offload.
+moe() {
+    local layers="${1:-30}" pp="${2:-512}" tg="${3:-128}" budgets="${4:-8 12}" device="${GEMMA_GPU_DEVICE:-0}"
+    local work=/tmp/gpu-check
+    mkdir -p "$work/models"
+    if [ -n "${OUT:-}" ]; then exec > >(tee "$OUT/gpu-check-moe.log") 2>&1; fi
+    if ! ldconfig -p | grep -q libvulkan.so.1; then
+        dpkg -x "$dir"/libvulkan1_*.deb "$work/vk"
+        export LD_LIBRARY_PATH="$work/vk/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    fi
+    local icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+    [ -f "$icd" ] && export VK_DRIVER_FILES="$icd"
+    for f in gemma synth_gemma4; do xz -d -c "$dir/$f.xz" >"$work/$f" && chmod +x "$work/$f"; done
+    xz -d -c "$dir/ggml-vocab-gemma-4.gguf.xz" >"$work/models/ggml-vocab-gemma-4.gguf"
+    local gemma="$work/gemma" model="$work/synth-$layers.gguf" t
+    t="$(nproc)"
+    nproc; free -g | head -2; nvidia-smi --query-gpu=name,memory.total --format=csv 2>/dev/null || true
+    "$gemma" devices
+    [ -f "$model" ] || (cd "$work" && time ./synth_gemma4 "$model" --layers "$layers")
+    local wheel="${GEMMA_GPU_WHEEL:-$(ls "$dir"/cyllama_vulkan-0.2.18-cp312-*.whl)}"
+    python3 -m pip install -q --no-index --no-deps --target "$work/site" "$wheel"
+    local runs="$work/moe.jsonl"
+    : >"$runs"
+    ours() { # LABEL ARGS...: one `gemma bench`, its rows tagged
+        local label="$1"; shift
+        echo "== gemma.rs, $label: $*"
+        if "$gemma" bench -m "$model" --device "$device" -p "$pp" -n "$tg" -r 2 -t "$t" "$@" -o json \
+            >"$work/one.json" 2>"$work/one.err"; then
+            grep -E "gemma: |plan|  GPU|  CPU" "$work/one.err" || true
+            python3 "$dir/tag.py" gemma.rs "$label" <"$work/one.json" | tee -a "$runs"
+        else
+            cat "$work/one.err"
+        fi
+    }
+    theirs() { # LABEL NGL: llama.cpp's Vulkan backend with n_gpu_layers NGL
+        echo "== llama.cpp Vulkan, $1: n_gpu_layers $2"
+        PYTHONPATH="$work/site" python3 "$dir/llama-vulkan-bench.py" "$model" "$2" "$pp" "$tg" 2 "$t" |
+            python3 "$dir/tag.py" llama.cpp "$1" | tee -a "$runs"
+    }
+    ours "CPU" --fit off
+    theirs "CPU" 0
+    ours "--cpu-moe, no cache" --cpu-moe --expert-cache 0
+    ours "--cpu-moe, cache" --cpu-moe
+    local b n ngl
+    for b in $budgets; do
+        ours "$b GiB, no cache" --vram-budget "$b" --expert-cache 0
+        ours "$b GiB, cache" --vram-budget "$b"
+        # llama.cpp's whole layers at the same VRAM: the most whose weights and KV fit.
+        ngl=0
+        for n in $(seq $((layers + 1)) -1 1); do
+            if "$gemma" info "$model" --json -ngl "$n" -c $((pp + tg)) | python3 "$dir/tag.py" fits "$b"; then
+                ngl=$n
+                break
+            fi
+        done
+        theirs "$b GiB, whole layers" "$ngl"
+    done
+    python3 "$dir/tag.py" table <"$runs"
+}
+
 case "${1:-}" in
     prepare) prepare ;;
     run) shift; run "$@" ;;
-    *) echo "usage: $0 prepare | run [LAYERS] [PP] [TG]" >&2; exit 2 ;;
+    moe) shift; moe "$@" ;;
+    *) echo "usage: $0 prepare | run [LAYERS] [PP] [TG] | moe [LAYERS] [PP] [TG] [BUDGETS]" >&2; exit 2 ;;
 esac

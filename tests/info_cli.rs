@@ -134,14 +134,16 @@ fn plan_shows_where_the_fit_puts_the_model() {
     assert_eq!(plan["plan"]["budget"].as_u64(), Some(budget));
     assert!(plan["plan"]["gpu_bytes"].as_u64().unwrap() <= budget);
     // 1.2 GiB holds the layers without their experts and the head (~0.95 GiB), not a layer's
-    // experts (0.43 and 0.52 GiB) beside them.
+    // experts (0.43 and 0.52 GiB) beside them, nor the buffers to copy them in for prompts.
     assert_eq!(plan["plan"]["kind"], "experts_in_ram");
     assert_eq!(plan["plan"]["placement"]["n_cpu_moe"], 2);
+    assert_eq!(plan["plan"]["uploads"], false);
 
     let text = gemma().args(["info", "--plan", "--vram-budget", "1.2"]).arg(&m).output().unwrap();
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("plan for       --vram-budget 1.20 GiB"), "{text}");
     assert!(text.contains("2 of 2 layers (their experts in RAM) and the output head"), "{text}");
+    assert!(text.contains("no room to copy them to VRAM for prompts"), "{text}");
 
     // Without a budget or a GPU to plan for: an error that says what to give.
     let none = gemma()

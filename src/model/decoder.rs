@@ -267,7 +267,7 @@ impl Decoder {
                 decoder.n_vocab,
                 decoder.eps,
                 offload.max_batch,
-                offload.moe_upload,
+                resolved.moe_upload,
                 offload.expert_cache.unwrap_or(resolved.spare),
             )
             .map_err(|e| ModelError::Unsupported(format!("uploading to the GPU: {e}")))?;

@@ -283,40 +283,65 @@ pub struct Plan {
     pub budget: u64,
     /// Bytes it takes there.
     pub gpu_bytes: u64,
+    /// Whether the buffers the experts kept in RAM cross to VRAM through are part of it (when
+    /// the costs ask for them and they fit beside the layers without their experts).
+    pub uploads: bool,
 }
 
 /// The placement that puts the most on the GPU within `budget` bytes (module docs: the order).
 pub fn fit(c: &Costs, budget: u64) -> Plan {
     let n = c.n_layer();
-    let plan = |kind, placement: Placement| Plan { kind, placement, budget, gpu_bytes: placement.gpu_bytes(c) };
+    let plan = |kind, placement: Placement, c: &Costs| Plan {
+        kind,
+        placement,
+        budget,
+        gpu_bytes: placement.gpu_bytes(c),
+        uploads: c.uploads && placement.upload_buffers(c) > 0,
+    };
     let all = Placement::from_gpu_layers(n, n + 1, 0);
     if all.gpu_bytes(c) <= budget {
-        return plan(FitKind::All, all);
+        return plan(FitKind::All, all, c);
     }
-    // Every non-expert part; then the experts of the last layers, as many as fit.
-    if let Some(n_cpu_moe) = (0..=n).find(|&m| Placement::from_gpu_layers(n, n + 1, m).gpu_bytes(c) <= budget) {
-        return plan(FitKind::ExpertsInRam, Placement::from_gpu_layers(n, n + 1, n_cpu_moe));
+    // Every non-expert part (with the upload buffers, else without them); then the experts of
+    // the last layers, as many as fit.
+    let without_uploads = Costs { uploads: false, ..c.clone() };
+    for c in [c, &without_uploads] {
+        if let Some(n_cpu_moe) = (0..=n).find(|&m| Placement::from_gpu_layers(n, n + 1, m).gpu_bytes(c) <= budget) {
+            return plan(FitKind::ExpertsInRam, Placement::from_gpu_layers(n, n + 1, n_cpu_moe), c);
+        }
     }
     // Whole layers, the last ones first (`-ngl n` never includes the head here: it came with
     // every layer above, and that did not fit).
     match (1..=n).rev().find(|&ngl| Placement::from_gpu_layers(n, ngl, 0).gpu_bytes(c) <= budget) {
-        Some(ngl) => plan(FitKind::WholeLayers, Placement::from_gpu_layers(n, ngl, 0)),
-        None => plan(FitKind::Cpu, Placement::cpu(n)),
+        Some(ngl) => plan(FitKind::WholeLayers, Placement::from_gpu_layers(n, ngl, 0), c),
+        None => plan(FitKind::Cpu, Placement::cpu(n), c),
     }
 }
 
 impl Plan {
+    /// The costs as this plan counts them (without the upload buffers when it left them out).
+    pub fn costs(&self, c: &Costs) -> Costs {
+        Costs { uploads: c.uploads && self.uploads, ..c.clone() }
+    }
+
     /// The plan in a few lines, per device: what and how much.
     pub fn describe(&self, c: &Costs) -> String {
+        let dropped_uploads = c.uploads && !self.uploads && self.kind == FitKind::ExpertsInRam;
+        let c = &self.costs(c);
         let p = &self.placement;
         let n = c.n_layer();
         let h = human_bytes;
         let mut s = String::new();
         let how = match self.kind {
             FitKind::All => "everything fits".to_string(),
-            FitKind::ExpertsInRam => {
-                format!("--n-cpu-moe {}: the experts of the first layers stay in RAM", p.n_cpu_moe)
-            }
+            FitKind::ExpertsInRam => format!(
+                "--n-cpu-moe {}: the experts of the first layers stay in RAM{}",
+                p.n_cpu_moe,
+                match dropped_uploads {
+                    true => " (no room to copy them to VRAM for prompts: the CPU runs them, as --moe-upload off)",
+                    false => "",
+                }
+            ),
             FitKind::WholeLayers => format!(
                 "-ngl {}: not even the layers without their experts fit, so whole layers go (as -ngl places them)",
                 n - p.first_gpu_layer
@@ -411,6 +436,24 @@ mod tests {
         for gb in [1.2, 1.5, 1.85, 4.0, 5.9] {
             assert!(f(gb).gpu_bytes <= f(gb).budget, "{gb} GiB: over budget");
         }
+    }
+
+    #[test]
+    fn the_upload_buffers_come_after_the_layers_without_their_experts() {
+        // With uploads, VRAM holds one layer's experts (1 GiB) for prompts beside the rest.
+        let c = Costs { uploads: true, ..costs() };
+        let f = |gb: f64| fit(&c, (gb * GB as f64) as u64);
+        // 2.5 GiB: the layers without experts (1.8) fit, the buffers beside them (2.8) do not.
+        assert_eq!((f(2.5).placement.n_cpu_moe, f(2.5).uploads), (4, false));
+        assert_eq!(f(2.5).gpu_bytes, Placement::from_gpu_layers(4, 99, 4).gpu_bytes(&costs()));
+        assert!(f(2.5).describe(&c).contains("no room to copy them to VRAM"));
+        // 3 GiB: both; 3.8: both and the last layer's experts.
+        let non_expert = c.compute + c.head + 4 * (GB / 10 + GB / 20);
+        assert_eq!((f(3.0).placement.n_cpu_moe, f(3.0).uploads, f(3.0).gpu_bytes), (4, true, non_expert + GB));
+        assert_eq!((f(3.8).placement.n_cpu_moe, f(3.8).uploads), (3, true));
+        assert!(f(3.8).describe(&c).contains("expert uploads 1.00 GiB"));
+        // Everything on the GPU needs none.
+        assert_eq!((f(5.9).kind, f(5.9).uploads, f(5.9).gpu_bytes), (FitKind::All, false, non_expert + 4 * GB));
     }
 
     /// The real 26B-A4B's costs: the tensor table of the 30-layer synthetic Q4_K_M (llama.cpp

@@ -90,6 +90,8 @@ pub struct Resolved {
     pub note: String,
     /// Bytes of the budget the placement leaves free: the hot-expert cache's by default.
     pub spare: u64,
+    /// `--moe-upload`, or off when the fit found no room for the upload buffers.
+    pub moe_upload: MoeUpload,
 }
 
 impl Offload {
@@ -121,6 +123,7 @@ impl Offload {
                 placement: Placement::cpu(n_layer),
                 note: note.to_string(),
                 spare: 0,
+                moe_upload: self.moe_upload,
             })
         };
         let wanted = match self.explicit() {
@@ -143,7 +146,12 @@ impl Offload {
             true => "CPU (this gemma was built without the vulkan feature; -ngl is ignored)",
             false => "CPU",
         };
-        Ok(Resolved { placement: Placement::cpu(n_layer), note: note.to_string(), spare: 0 })
+        Ok(Resolved {
+            placement: Placement::cpu(n_layer),
+            note: note.to_string(),
+            spare: 0,
+            moe_upload: self.moe_upload,
+        })
     }
 
     /// The device this request names (or the default one), or why there is none.
@@ -199,7 +207,7 @@ impl Offload {
         let ignored = if self.explicit() { "; -ngl is ignored" } else { "" };
         let cpu = |why: String| {
             let note = format!("CPU ({why}{ignored})");
-            Ok(Resolved { gpu: None, placement: Placement::cpu(n_layer), note, spare: 0 })
+            Ok(Resolved { gpu: None, placement: Placement::cpu(n_layer), note, spare: 0, moe_upload: self.moe_upload })
         };
         let (vk, info) = match self.find_device()? {
             Found::Device { vk, info } => (vk, info),
@@ -209,7 +217,7 @@ impl Offload {
         // What the fit may fill (the device less a margin, or the cap): the expert cache takes
         // what the placement leaves of it.
         let (budget, of) = self.budget(info.memory, info.free_memory);
-        let (placement, plan_note) = match self.explicit() {
+        let (placement, plan_note, costs) = match self.explicit() {
             true => {
                 // A placement given by hand is held to the device's whole memory (or the cap):
                 // the margin is the fit's own caution.
@@ -235,14 +243,14 @@ impl Offload {
                         instead.placement.summary(n_layer),
                     )));
                 }
-                (p, None)
+                (p, None, costs.clone())
             }
             false => {
                 let plan = fit(costs, budget);
                 if plan.kind == FitKind::Cpu {
                     return cpu(format!("{} fits nothing of this model on GPU {index}", of));
                 }
-                (plan.placement, Some(plan.describe(costs)))
+                (plan.placement, Some(plan.describe(costs)), plan.costs(costs))
             }
         };
         let gpu = Gpu::open(vk, index).map_err(|e| ModelError::Unsupported(format!("Vulkan device {index}: {e}")))?;
@@ -250,8 +258,9 @@ impl Offload {
         if let Some(plan) = plan_note {
             note = format!("{note}\n{}", plan.trim_end());
         }
-        let spare = budget.saturating_sub(placement.gpu_bytes(costs));
-        Ok(Resolved { gpu: Some(gpu), placement, note, spare })
+        let spare = budget.saturating_sub(placement.gpu_bytes(&costs));
+        let moe_upload = if costs.uploads { self.moe_upload } else { MoeUpload::Off };
+        Ok(Resolved { gpu: Some(gpu), placement, note, spare, moe_upload })
     }
 
     /// The bytes to plan for, and what they are, for a device of `memory` bytes of which
