@@ -40,11 +40,14 @@ prepare() {
     du -sh "$dir"
 }
 
-run() {
-    local layers="${1:-30}" pp="${2:-512}" tg="${3:-128}" device="${GEMMA_GPU_DEVICE:-0}"
-    local work=/tmp/gpu-check
+# Unpacks the binaries, the Vulkan loader where the machine has none, and llama.cpp's wheel;
+# writes the model of LAYERS layers when missing; logs to $OUT/LOG when $OUT is set. Sets
+# $work, $gemma and $model.
+setup() {
+    local layers="$1" log="$2"
+    work=/tmp/gpu-check
     mkdir -p "$work/models"
-    if [ -n "${OUT:-}" ]; then exec > >(tee "$OUT/gpu-check.log") 2>&1; fi
+    if [ -n "${OUT:-}" ]; then exec > >(tee "$OUT/$log") 2>&1; fi
     if ! ldconfig -p | grep -q libvulkan.so.1; then
         dpkg -x "$dir"/libvulkan1_*.deb "$work/vk"
         export LD_LIBRARY_PATH="$work/vk/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
@@ -53,10 +56,17 @@ run() {
     [ -f "$icd" ] && export VK_DRIVER_FILES="$icd"
     for f in gemma synth_gemma4; do xz -d -c "$dir/$f.xz" >"$work/$f" && chmod +x "$work/$f"; done
     xz -d -c "$dir/ggml-vocab-gemma-4.gguf.xz" >"$work/models/ggml-vocab-gemma-4.gguf"
-    local gemma="$work/gemma" model="$work/synth-$layers.gguf"
+    gemma="$work/gemma" model="$work/synth-$layers.gguf"
     nproc; free -g | head -2; nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv 2>/dev/null || true
     "$gemma" devices
     [ -f "$model" ] || (cd "$work" && time ./synth_gemma4 "$model" --layers "$layers")
+    local wheel="${GEMMA_GPU_WHEEL:-$(ls "$dir"/cyllama_vulkan-0.2.18-cp312-*.whl)}"
+    python3 -m pip install -q --no-index --no-deps --target "$work/site" "$wheel"
+}
+
+run() {
+    local layers="${1:-30}" pp="${2:-512}" tg="${3:-128}" device="${GEMMA_GPU_DEVICE:-0}"
+    setup "$layers" gpu-check.log
     "$gemma" info "$model" -ngl 99 | grep -E 'memory|ngl'
 
     echo "== correctness: GPU against CPU logits (f32 KV cache)"
@@ -83,8 +93,6 @@ EOF
     echo "== speed: gemma.rs and llama.cpp (Vulkan, b9190), -ngl 99, same file"
     "$gemma" bench -m "$model" -ngl 99 --device "$device" -p "$pp" -n "$tg" -r 3 -t "$(nproc)"
     "$gemma" bench -m "$model" -ngl 99 --device "$device" -p "$pp" -n "$tg" -r 3 -t "$(nproc)" -o json >"$work/ours.json"
-    local wheel="${GEMMA_GPU_WHEEL:-$(ls "$dir"/cyllama_vulkan-0.2.18-cp312-*.whl)}"
-    python3 -m pip install -q --no-index --no-deps --target "$work/site" "$wheel"
     PYTHONPATH="$work/site" python3 "$dir/llama-vulkan-bench.py" "$model" 99 "$pp" "$tg" 3 "$(nproc)" | tee "$work/llama.jsonl"
     python3 - "$work/ours.json" "$work/llama.jsonl" <<'EOF'
 import json, sys
@@ -99,25 +107,9 @@ EOF
 
 # Issue 15: the experts-in-RAM placements against the CPU and llama.cpp's whole-layer offload.
 moe() {
-    local layers="${1:-30}" pp="${2:-512}" tg="${3:-128}" budgets="${4:-8 12}" device="${GEMMA_GPU_DEVICE:-0}"
-    local work=/tmp/gpu-check
-    mkdir -p "$work/models"
-    if [ -n "${OUT:-}" ]; then exec > >(tee "$OUT/gpu-check-moe.log") 2>&1; fi
-    if ! ldconfig -p | grep -q libvulkan.so.1; then
-        dpkg -x "$dir"/libvulkan1_*.deb "$work/vk"
-        export LD_LIBRARY_PATH="$work/vk/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-    fi
-    local icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
-    [ -f "$icd" ] && export VK_DRIVER_FILES="$icd"
-    for f in gemma synth_gemma4; do xz -d -c "$dir/$f.xz" >"$work/$f" && chmod +x "$work/$f"; done
-    xz -d -c "$dir/ggml-vocab-gemma-4.gguf.xz" >"$work/models/ggml-vocab-gemma-4.gguf"
-    local gemma="$work/gemma" model="$work/synth-$layers.gguf" t
+    local layers="${1:-30}" pp="${2:-512}" tg="${3:-128}" budgets="${4:-8 12}" device="${GEMMA_GPU_DEVICE:-0}" t
+    setup "$layers" gpu-check-moe.log
     t="$(nproc)"
-    nproc; free -g | head -2; nvidia-smi --query-gpu=name,memory.total --format=csv 2>/dev/null || true
-    "$gemma" devices
-    [ -f "$model" ] || (cd "$work" && time ./synth_gemma4 "$model" --layers "$layers")
-    local wheel="${GEMMA_GPU_WHEEL:-$(ls "$dir"/cyllama_vulkan-0.2.18-cp312-*.whl)}"
-    python3 -m pip install -q --no-index --no-deps --target "$work/site" "$wheel"
     local runs="$work/moe.jsonl"
     : >"$runs"
     ours() { # LABEL ARGS...: one `gemma bench`, its rows tagged

@@ -114,13 +114,16 @@ fn the_26b_a4b_shapes_on_the_gpu_match_the_cpu() {
     );
     let ids = "2 105 2364 107 3689 563 506 5279 236881 106 107 105 4368 107 9259 1234 77777 31337";
     let cpu = logits(&path, &["--ids", ids], &[], 262144);
-    // Everything on the GPU; every layer there with the experts in RAM, run by the CPU and
-    // copied to VRAM (stacks of 270-290 MB: parts of at most 128 MiB on lavapipe); the first
-    // layer's experts in RAM.
+    // Everything on the GPU; every layer there with the experts in RAM, run by the CPU (alone,
+    // or with 5 of each layer's 128 in the expert cache: 4.3 MB each), copied to VRAM (stacks
+    // of 270-290 MB: parts of at most 128 MiB on lavapipe), or as the fit places them in 1.6
+    // GiB; the first layer's experts in RAM.
     for (args, placed) in [
         (&["-ngl", "99"][..], "2 of 2 layers and the output head"),
-        (&["--cpu-moe", "--moe-upload", "off"], "2 of 2 layers (their experts in RAM) and the output head"),
+        (&["--cpu-moe", "--moe-upload", "off", "--expert-cache", "0"], "2 of 2 layers (their experts in RAM)"),
+        (&["--cpu-moe", "--moe-upload", "off", "--expert-cache", "0.02"], "2 of 2 layers (their experts in RAM)"),
         (&["--cpu-moe", "--moe-upload", "on"], "2 of 2 layers (their experts in RAM) and the output head"),
+        (&["--vram-budget", "1.6"], "--n-cpu-moe 2: the experts of the first layers stay in RAM (budget 1.60 GiB)"),
         (&["--n-cpu-moe", "1"], "2 of 2 layers (the experts of layers 0..1 in RAM) and the output head"),
     ] {
         let args: Vec<&str> = args.iter().copied().chain(["--device", "0"]).collect();

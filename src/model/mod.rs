@@ -282,6 +282,12 @@ pub struct ExpertStack {
 }
 
 impl ExpertStack {
+    /// Its shape, as the GPU's stacks take it.
+    #[cfg(feature = "vulkan")]
+    pub(crate) fn shape(&self) -> ggml::vulkan::weights::Stack {
+        ggml::vulkan::weights::Stack { ty: self.ty, n_in: self.n_in, rows: self.rows, n_expert: self.n_expert }
+    }
+
     pub(crate) fn find(
         header: &GgufHeader,
         name: &str,

@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use super::weights::TYPES;
+use super::weights::{Stack, TYPES};
 use super::*;
 use crate::ops;
 use crate::ops::rope::RopeCache;
@@ -328,17 +328,16 @@ fn expert_matvec_reads_each_tokens_experts_from_a_stack_of_128() {
     for ty in [GgmlType::Q4_K, GgmlType::Q8_0] {
         let bytes = random_matrix(ty, n_in, n_expert * rows, 31);
         let row_bytes = ty.row_bytes(n_in as u64).unwrap();
-        let whole = GpuMatrix::upload_stack(gpu, "exps", ty, n_in, rows, n_expert, &bytes, None).unwrap();
-        let split =
-            GpuMatrix::upload_stack(gpu, "exps", ty, n_in, rows, n_expert, &bytes, Some(5 * 24 * row_bytes + 100))
-                .unwrap();
+        let shape = Stack { ty, n_in, rows, n_expert };
+        let whole = GpuMatrix::upload_stack(gpu, "exps", shape, &bytes, None).unwrap();
+        let split = GpuMatrix::upload_stack(gpu, "exps", shape, &bytes, Some(5 * 24 * row_bytes + 100)).unwrap();
         assert_eq!(split.parts.len(), 26, "parts of 5 whole experts");
         // And laid over buffers of its parts' sizes, its bytes copied in from a host buffer
         // (at an offset) in the same submission as the product: how experts kept in RAM
         // cross for a prompt.
-        let sizes = GpuMatrix::stack_parts(gpu, "exps", ty, n_in, rows, n_expert).unwrap();
+        let sizes = GpuMatrix::stack_parts(gpu, "exps", shape).unwrap();
         let buffers: Vec<Arc<Buffer>> = sizes.iter().map(|&b| Arc::new(gpu.buffer(b, "slot").unwrap())).collect();
-        let over = GpuMatrix::stack_over(gpu, "exps", ty, n_in, rows, n_expert, &buffers).unwrap();
+        let over = GpuMatrix::stack_over(gpu, "exps", shape, &buffers).unwrap();
         let mut host = gpu.host_buffer(bytes.len() as u64 + 64, "staging").unwrap();
         host.write(64, &bytes).unwrap();
         let ids: Vec<u32> = (0..n_tokens * k).map(|i| ((i * 37 + 5) % n_expert) as u32).collect();

@@ -29,6 +29,16 @@ pub struct GpuMatrix {
     pub parts: Vec<Part>,
 }
 
+/// The shape of a stack of `n_expert` matrices of `rows` rows of `n_in` elements of `ty` (ggml
+/// dims `{n_in, rows, n_expert}`): the experts of one MoE layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stack {
+    pub ty: GgmlType,
+    pub n_in: usize,
+    pub rows: usize,
+    pub n_expert: usize,
+}
+
 /// The weight types the matrix shaders read: those of published Q4_K_M, Q8_0 and BF16 files.
 pub const TYPES: &[GgmlType] =
     &[GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q8_0, GgmlType::Q5_0, GgmlType::Q4_K, GgmlType::Q6_K];
@@ -49,20 +59,15 @@ impl GpuMatrix {
         GpuMatrix::upload_grouped(gpu, name, ty, n_in, n_out, 1, bytes, max_part_bytes)
     }
 
-    /// Uploads a stack of `n_expert` matrices of `rows` rows each (ggml dims `{n_in, rows,
-    /// n_expert}`), never splitting an expert across parts.
-    #[allow(clippy::too_many_arguments)]
+    /// Uploads a stack of experts, never splitting an expert across parts.
     pub fn upload_stack(
         gpu: &Gpu,
         name: &str,
-        ty: GgmlType,
-        n_in: usize,
-        rows: usize,
-        n_expert: usize,
+        s: Stack,
         bytes: &[u8],
         max_part_bytes: Option<u64>,
     ) -> Result<GpuMatrix, VkError> {
-        GpuMatrix::upload_grouped(gpu, name, ty, n_in, rows * n_expert, rows, bytes, max_part_bytes)
+        GpuMatrix::upload_grouped(gpu, name, s.ty, s.n_in, s.rows * s.n_expert, s.rows, bytes, max_part_bytes)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -91,34 +96,20 @@ impl GpuMatrix {
         Ok(GpuMatrix { ty, n_in, n_out, row_bytes, group, parts })
     }
 
-    /// Bytes of each part of a stack of `n_expert` matrices of `rows` rows (as
-    /// [`upload_stack`](Self::upload_stack) would split it), in order.
-    pub fn stack_parts(
-        gpu: &Gpu,
-        name: &str,
-        ty: GgmlType,
-        n_in: usize,
-        rows: usize,
-        n_expert: usize,
-    ) -> Result<Vec<u64>, VkError> {
-        let n_out = rows * n_expert;
-        let (row_bytes, rows_per_part) = layout(gpu, name, ty, n_in, n_out, rows, None)?;
+    /// Bytes of each part of a stack (as [`upload_stack`](Self::upload_stack) would split
+    /// it), in order.
+    pub fn stack_parts(gpu: &Gpu, name: &str, s: Stack) -> Result<Vec<u64>, VkError> {
+        let n_out = s.rows * s.n_expert;
+        let (row_bytes, rows_per_part) = layout(gpu, name, s.ty, s.n_in, n_out, s.rows, None)?;
         Ok((0..n_out).step_by(rows_per_part).map(|row0| (rows_per_part.min(n_out - row0) * row_bytes) as u64).collect())
     }
 
     /// A stack laid out over `buffers` as [`stack_parts`](Self::stack_parts) sizes it (each
     /// buffer at least as large as its part), with nothing uploaded: its bytes arrive with
     /// [`copy_from`](Self::copy_from) before each use.
-    pub fn stack_over(
-        gpu: &Gpu,
-        name: &str,
-        ty: GgmlType,
-        n_in: usize,
-        rows: usize,
-        n_expert: usize,
-        buffers: &[Arc<Buffer>],
-    ) -> Result<GpuMatrix, VkError> {
-        let n_out = rows * n_expert;
+    pub fn stack_over(gpu: &Gpu, name: &str, s: Stack, buffers: &[Arc<Buffer>]) -> Result<GpuMatrix, VkError> {
+        let (ty, n_in, rows) = (s.ty, s.n_in, s.rows);
+        let n_out = rows * s.n_expert;
         let (row_bytes, rows_per_part) = layout(gpu, name, ty, n_in, n_out, rows, None)?;
         let starts: Vec<usize> = (0..n_out).step_by(rows_per_part).collect();
         if buffers.len() < starts.len() {

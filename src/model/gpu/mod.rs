@@ -27,7 +27,7 @@ use std::time::Instant;
 
 use ggml::vulkan::{Buffer, Commands, Gpu, GpuMatrix, VkError};
 
-use super::decoder::{ExpertGateUp, Layer, MoeStats};
+use super::decoder::{Layer, MoeStats};
 use super::fit::{Placement, Widths, LOGITS_PIECE, ROPE_TABLE};
 use super::offload::MoeUpload;
 use ram::RamExperts;
@@ -162,7 +162,7 @@ fn matrix(gpu: &Gpu, file: &GgufFile, name: &str, m: &Matrix) -> Result<GpuMatri
 /// Uploads a stack of experts, then releases its pages of the mapped file.
 fn stack(gpu: &Gpu, file: &GgufFile, name: &str, s: &ExpertStack) -> Result<GpuMatrix, VkError> {
     let bytes = &file.bytes()[s.bytes.clone()];
-    let w = GpuMatrix::upload_stack(gpu, name, s.ty, s.n_in, s.rows, s.n_expert, bytes, None)?;
+    let w = GpuMatrix::upload_stack(gpu, name, s.shape(), bytes, None)?;
     file.release(s.bytes.clone());
     Ok(w)
 }
@@ -205,17 +205,8 @@ impl GpuDecoder {
                     let experts = match placement.experts_on_gpu(il) {
                         false => None,
                         true => {
-                            let (gate, up) = match &e.gate_up {
-                                ExpertGateUp::Fused(gu) => {
-                                    (stack(gpu, file, &name("ffn_gate_up_exps.weight"), gu)?, None)
-                                }
-                                ExpertGateUp::Split { gate, up } => (
-                                    stack(gpu, file, &name("ffn_gate_exps.weight"), gate)?,
-                                    Some(stack(gpu, file, &name("ffn_up_exps.weight"), up)?),
-                                ),
-                            };
-                            let down = stack(gpu, file, &name("ffn_down_exps.weight"), &e.down_exps)?;
-                            Some(GpuExperts { gate, up, down })
+                            let stacks = ram::stacks(d).into_iter().map(|(role, st)| stack(gpu, file, &name(role), st));
+                            Some(ram::experts_of(stacks.collect::<Result<_, _>>()?))
                         }
                     };
                     Some(GpuMoe {

@@ -19,6 +19,7 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::Instant;
 
+use ggml::vulkan::weights::Stack;
 use ggml::vulkan::{Buffer, Commands, Gpu, GpuMatrix, VkError};
 
 use super::{CpuExperts, GpuDecoder, GpuExperts, GpuLayer, GpuMoe, Scratch};
@@ -105,7 +106,7 @@ const SWAPS_PER_PASS: usize = 1;
 
 /// A layer's expert stacks with their tensor roles, in staging order: gate (and up, or fused),
 /// then down.
-fn stacks(l: &Layer) -> Vec<(&'static str, &ExpertStack)> {
+pub(super) fn stacks(l: &Layer) -> Vec<(&'static str, &ExpertStack)> {
     let Some(e) = &l.moe else { return Vec::new() };
     let mut v = match &e.gate_up {
         ExpertGateUp::Fused(gu) => vec![("ffn_gate_up_exps.weight", gu)],
@@ -116,7 +117,7 @@ fn stacks(l: &Layer) -> Vec<(&'static str, &ExpertStack)> {
 }
 
 /// A layer's experts from stacks in staging order (gate, maybe up, down).
-fn experts_of(mut mats: Vec<GpuMatrix>) -> GpuExperts {
+pub(super) fn experts_of(mut mats: Vec<GpuMatrix>) -> GpuExperts {
     let down = mats.pop().expect("a down stack");
     let up = (mats.len() == 2).then(|| mats.pop().expect("two stacks left"));
     let gate = mats.pop().expect("a gate stack");
@@ -314,8 +315,7 @@ impl ExpertUploads {
         if in_ram.is_empty() {
             return Ok(None);
         }
-        let parts =
-            |name: &str, st: &ExpertStack| GpuMatrix::stack_parts(gpu, name, st.ty, st.n_in, st.rows, st.n_expert);
+        let parts = |name: &str, st: &ExpertStack| GpuMatrix::stack_parts(gpu, name, st.shape());
         // Buffers as large as the largest part at each position of any layer's list of parts.
         let mut sizes: Vec<u64> = Vec::new();
         let mut staging_bytes = 0;
@@ -342,7 +342,7 @@ impl ExpertUploads {
             for (name, st) in stacks(&layers[il]) {
                 let n = parts(name, st)?.len();
                 let name = format!("blk.{il}.{name}");
-                mats.push(GpuMatrix::stack_over(gpu, &name, st.ty, st.n_in, st.rows, st.n_expert, &buffers[next..])?);
+                mats.push(GpuMatrix::stack_over(gpu, &name, st.shape(), &buffers[next..])?);
                 sources.push(st.bytes.clone());
                 next += n;
             }
@@ -390,10 +390,11 @@ impl ExpertCache {
             let (mut mats, mut sources) = (Vec::new(), Vec::new());
             for (name, st) in &all {
                 let name = format!("blk.{il}.{name} (cache)");
-                let sizes = GpuMatrix::stack_parts(gpu, &name, st.ty, st.n_in, st.rows, slots)?;
+                let shape = Stack { n_expert: slots, ..st.shape() };
+                let sizes = GpuMatrix::stack_parts(gpu, &name, shape)?;
                 let buffers: Vec<Arc<Buffer>> =
                     sizes.iter().map(|&b| gpu.buffer(b, &name).map(Arc::new)).collect::<Result<_, _>>()?;
-                mats.push(GpuMatrix::stack_over(gpu, &name, st.ty, st.n_in, st.rows, slots, &buffers)?);
+                mats.push(GpuMatrix::stack_over(gpu, &name, shape, &buffers)?);
                 sources.push((st.bytes.start, st.bytes.len() / st.n_expert, st.rows));
             }
             let expert_bytes: usize = sources.iter().map(|s| s.1).sum();
