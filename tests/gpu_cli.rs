@@ -323,3 +323,31 @@ fn bench_says_where_the_experts_in_ram_ran() {
         assert!(hits > 0 && hits < choices, "{part}");
     }
 }
+
+/// The chat's `/stats` says where the model runs and, with experts in RAM, how they ran this
+/// session: the tiny MoE's 8 experts all fit the cache, which takes them in on the first pass.
+#[test]
+fn chat_stats_say_where_the_experts_in_ram_ran() {
+    use std::io::Write;
+    let data = tempfile::tempdir().unwrap();
+    let mut chat = Command::new(env!("CARGO_BIN_EXE_gemma"))
+        .args(["chat", "-m"])
+        .arg(model("tiny-gemma4-moe.gguf"))
+        .args(["--cpu-moe", "--device", "0", "--moe-upload", "off", "-n", "4", "--temp", "0"])
+        .env("XDG_DATA_HOME", data.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    chat.stdin.take().unwrap().write_all(b"hello\n/stats\n/exit\n").unwrap();
+    let out = chat.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("model: GPU 0: llvmpipe") && text.contains("(their experts in RAM)"), "{text}");
+    assert!(
+        text.contains("this session: experts in RAM ran on the CPU in 0 layer passes")
+            && text.contains("the expert cache held 100.0% of the CPU passes' choices"),
+        "{text}"
+    );
+}
