@@ -95,8 +95,11 @@ impl Buffer {
         Ok(())
     }
 
-    /// Writes `data` at byte `offset` of a host buffer (before the submission that reads it).
+    /// Writes `data` at byte `offset` of a host buffer (before the submission that reads it),
+    /// on every thread when it is large (an MoE layer's experts: hundreds of MB that the CPU
+    /// copies while the GPU works).
     pub fn write(&mut self, offset: usize, data: &[u8]) -> Result<(), VkError> {
+        const CHUNK: usize = 4 << 20;
         self.mapped()?;
         let size = self.size;
         let a = self.allocation.as_mut().expect("allocated until dropped");
@@ -104,7 +107,12 @@ impl Buffer {
         let dst = bytes.get_mut(offset..offset + data.len()).ok_or_else(|| {
             VkError::Shape(format!("write of {} bytes at {offset} of a {size}-byte buffer", data.len()))
         })?;
-        dst.copy_from_slice(data);
+        match data.len() > CHUNK {
+            true => crate::parallel::for_each_chunk_mut(dst, CHUNK, |i, d| {
+                d.copy_from_slice(&data[i * CHUNK..i * CHUNK + d.len()]);
+            }),
+            false => dst.copy_from_slice(data),
+        }
         Ok(())
     }
 }
