@@ -87,3 +87,24 @@ with tarfile.open(sdist) as tar:
 PY
     echo "fetched: $models/ggml-vocab-gemma-4.gguf{,.inp,.out}"
 fi
+
+# --- A plain text corpus for `gemma perplexity`: Alice's Adventures in Wonderland (Project
+# Gutenberg #11, public domain in the US), as the wordcloud==1.9.4 sdist ships it ------------
+alice="$models/alice.txt"
+alice_sha="$(cat "$root/tests/fixtures/alice.txt.sha256")"
+if sha_ok "$alice" "$alice_sha"; then
+    echo "ok: $alice"
+else
+    pip_get "$cache/wordcloud" --no-binary=:all: "wordcloud==1.9.4"
+    "$python" - "$(ls "$cache/wordcloud"/*.tar.gz)" "$alice" <<'PY'
+import os, sys, tarfile
+sdist, out = sys.argv[1], sys.argv[2]
+with tarfile.open(sdist) as tar:
+    src = tar.extractfile("wordcloud-1.9.4/examples/alice.txt")
+    with open(out + ".tmp", "wb") as dst:
+        dst.write(src.read())
+os.replace(out + ".tmp", out)
+PY
+    sha_ok "$alice" "$alice_sha" || { echo "error: $alice has the wrong sha256" >&2; exit 1; }
+    echo "fetched: $alice"
+fi

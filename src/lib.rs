@@ -7,6 +7,7 @@ pub mod info;
 pub mod jsonl;
 pub mod kv_cache;
 pub mod model;
+pub mod perplexity;
 pub mod repl;
 pub mod run;
 pub mod sample;

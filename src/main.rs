@@ -101,6 +101,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Perplexity of a text (llama-perplexity's method), or the KL divergence of the model's
+    /// predictions from a base model's
+    Perplexity(PerplexityArgs),
     /// Print the token ids of a text, as the model's tokenizer splits it
     Tokenize {
         /// The GGUF file whose tokenizer to use
@@ -275,6 +278,51 @@ impl ModelArgs {
 }
 
 #[derive(Args)]
+struct PerplexityArgs {
+    /// The GGUF model
+    #[arg(short = 'm', long = "model")]
+    model: PathBuf,
+    /// The text to score (not with --kl-divergence: the base file holds its tokens)
+    #[arg(short = 'f', long = "file", required_unless_present = "kl_divergence")]
+    file: Option<PathBuf>,
+    /// Tokens per chunk; each chunk is scored on its second half
+    #[arg(short = 'c', long = "ctx-size", default_value_t = 512)]
+    ctx_size: usize,
+    /// Tokens per forward pass (at most the chunk)
+    #[arg(short = 'b', long = "batch-size", default_value_t = 512)]
+    batch_size: usize,
+    /// Score at most this many chunks
+    #[arg(long)]
+    chunks: Option<usize>,
+    /// Threads for the matrix products (default: the physical cores)
+    #[arg(short = 't', long = "threads")]
+    threads: Option<usize>,
+    /// Element type of the KV cache
+    #[arg(long = "kv-type", value_enum, default_value_t = KvType::F16)]
+    kv_type: KvType,
+    /// The base file: written (with -f) with the model's log-probabilities, or read (with
+    /// --kl-divergence) to compare against them; llama-perplexity's format, so files from
+    /// either tool serve both
+    #[arg(long = "kl-divergence-base", value_name = "FILE")]
+    kl_divergence_base: Option<PathBuf>,
+    /// Compare with the base file: mean KL divergence with its percentiles, the same-top-token
+    /// rate and the change in the correct token's probability
+    #[arg(long = "kl-divergence", requires = "kl_divergence_base", conflicts_with = "file")]
+    kl_divergence: bool,
+    /// Output format of the result (on stdout; progress goes to stderr)
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = TextFormat::Text)]
+    output: TextFormat,
+    #[command(flatten)]
+    gpu: GpuArgs,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum TextFormat {
+    Text,
+    Json,
+}
+
+#[derive(Args)]
 struct RunArgs {
     #[command(flatten)]
     model: ModelArgs,
@@ -434,6 +482,7 @@ fn run(cli: Cli) -> Result<()> {
             print(&text)
         }
         Command::Run(args) => run_command(args),
+        Command::Perplexity(args) => perplexity_command(args),
         Command::Chat(args) => chat_command(args),
         Command::Bench { model, prompt, gen, depth, threads, batch_size, repetitions, output, gpu } => {
             let threads = if threads.is_empty() { vec![num_cpus::get_physical()] } else { threads };
@@ -622,6 +671,128 @@ impl LogitsFile {
         tmp.persist(&path).map_err(|e| e.error).with_context(context)?;
         Ok(path)
     }
+}
+
+fn perplexity_command(args: PerplexityArgs) -> Result<()> {
+    use gemma::perplexity::{evaluate, BaseReader, BaseWriter, Chunks, Divergence, Nll, Options};
+    if args.ctx_size < 4 {
+        return Err(UsageError("--ctx-size must be at least 4 for perplexity".into()).into());
+    }
+    if args.batch_size == 0 || args.chunks == Some(0) {
+        return Err(UsageError("--batch-size and --chunks must be at least 1".into()).into());
+    }
+    set_threads(args.threads)?;
+    let gguf = GgufFile::open(&args.model)?;
+    let base_path = args.kl_divergence_base.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+    // The chunks: from the base file when comparing (its context), else the text's.
+    let mut reader = match args.kl_divergence {
+        true => {
+            let base = args.kl_divergence_base.as_ref().expect("clap requires it");
+            let file = std::fs::File::open(base).with_context(|| base.display().to_string())?;
+            Some(BaseReader::new(std::io::BufReader::new(file), &base_path)?)
+        }
+        false => None,
+    };
+    let n_ctx = reader.as_ref().map_or(args.ctx_size, |r| r.chunks.n_ctx);
+    let batch = args.batch_size.min(n_ctx);
+    let offload = args.gpu.offload(batch, n_ctx, args.kv_type)?;
+    let mut generator = load(gguf, false, &offload, false).with_context(|| args.model.display().to_string())?;
+    let n_vocab = generator.model.n_vocab();
+    let chunks = match &mut reader {
+        Some(r) => {
+            if r.n_vocab != n_vocab {
+                anyhow::bail!(
+                    "{base_path}: its logits are over {} tokens, the model's vocabulary has {n_vocab}: \
+                     a base file from another model or vocabulary",
+                    r.n_vocab
+                );
+            }
+            let take = r.chunks.n_chunk.min(args.chunks.unwrap_or(usize::MAX));
+            Chunks { tokens: r.chunks.tokens[..take * n_ctx].to_vec(), n_ctx, n_chunk: take }
+        }
+        None => {
+            let path = args.file.as_ref().expect("clap requires -f");
+            let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
+            let tokens = generator.tokenizer.encode(&text, true, false);
+            Chunks::new(tokens, n_ctx, args.chunks).with_context(|| path.display().to_string())?
+        }
+    };
+    let bos = generator.tokenizer.bos().filter(|_| generator.tokenizer.adds_bos());
+    let (first, n_scored) = chunks.scored();
+    eprintln!(
+        "perplexity: {} chunks of {n_ctx} tokens, each scored on its last {n_scored} predictions (from position {first})",
+        chunks.n_chunk
+    );
+    // Writing a base file: to a temporary file beside it, renamed once every chunk is in.
+    let mut writer = match (&args.kl_divergence_base, args.kl_divergence) {
+        (Some(path), false) => {
+            let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            let tmp = NamedTempFile::new_in(dir).with_context(|| path.display().to_string())?;
+            Some((BaseWriter::new(std::io::BufWriter::new(tmp), &chunks, n_vocab)?, path.clone()))
+        }
+        _ => None,
+    };
+    let options = Options { n_ctx, batch, kv_type: args.kv_type };
+    let (mut nll, mut divergence) = (Nll::default(), Divergence::default());
+    let bar = std::io::stderr().is_terminal().then(|| ProgressBar::new(chunks.n_chunk as u64));
+    let started = std::time::Instant::now();
+    evaluate(&mut generator.model, &chunks, bos, &options, &mut |c, logits, targets| {
+        nll.add(logits, targets);
+        if let Some((w, _)) = &mut writer {
+            w.write(logits)?;
+        }
+        if let Some(r) = &mut reader {
+            let base = r.next_chunk(c)?;
+            divergence.add(logits, &base, targets);
+        }
+        let line = format!("[{}]{:.4}", c + 1, nll.ppl().0);
+        match &bar {
+            Some(bar) => {
+                bar.set_message(line);
+                bar.inc(1);
+            }
+            None => eprint!("{line},"),
+        }
+        Ok(())
+    })?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    } else {
+        eprintln!();
+    }
+    if let Some((w, path)) = writer {
+        let tmp = w.finish()?.into_inner().map_err(|e| e.into_error())?;
+        tmp.persist(&path).map_err(|e| e.error).with_context(|| path.display().to_string())?;
+        eprintln!("perplexity: the base log-probabilities are in {}", path.display());
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let (ppl, err) = nll.ppl();
+    let report = reader.is_some().then(|| divergence.report());
+    let text = match args.output {
+        TextFormat::Json => {
+            let json = serde_json::json!({
+                "ppl": ppl,
+                "ppl_error": err,
+                "n_ctx": n_ctx,
+                "chunks": chunks.n_chunk,
+                "scored": nll.count,
+                "seconds": seconds,
+                "kl_divergence": report,
+            });
+            serde_json::to_string_pretty(&json)? + "\n"
+        }
+        TextFormat::Text => match &report {
+            Some(r) => r.to_text(),
+            None => format!("Final estimate: PPL = {ppl:.4} +/- {err:.5}\n"),
+        },
+    };
+    eprintln!(
+        "perplexity: {} tokens scored in {:.1} s ({:.1} tokens/s through the model)",
+        nll.count,
+        seconds,
+        (chunks.n_chunk * n_ctx) as f64 / seconds.max(1e-9)
+    );
+    print(&text)
 }
 
 fn chat_command(args: ChatArgs) -> Result<()> {

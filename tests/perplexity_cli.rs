@@ -1,0 +1,177 @@
+//! `gemma perplexity` on the tiny Gemma 4 MoE and Alice's Adventures in Wonderland
+//! (`models/alice.txt`, which `scripts/fetch-test-models.sh` fetches):
+//!
+//! - its perplexity equals one computed here, independently, from the logits `gemma run
+//!   --logits-out` gives for each chunk (BOS first, scored on the second half);
+//! - the base file it writes is llama-perplexity's format (header fields and size derived by
+//!   hand), and the model against its own base diverges by no more than the base's 16-bit
+//!   rounding, with the same top token everywhere; another KV cache type diverges measurably;
+//! - bad input (a text too short, a base file of another vocabulary, a truncated one) is a
+//!   one-line error, exit 1, with nothing written.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn path(name: &str) -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models").join(name);
+    assert!(p.exists(), "{} is missing: run scripts/fetch-test-models.sh", p.display());
+    p
+}
+
+fn gemma(args: &[&str], files: &[&Path]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gemma"));
+    cmd.args(args);
+    for f in files {
+        cmd.arg(f);
+    }
+    cmd.output().unwrap()
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+const N_VOCAB: usize = 1024;
+
+#[test]
+fn perplexity_equals_a_direct_computation_from_the_logits() {
+    let (model, text) = (path("tiny-gemma4-moe.gguf"), path("alice.txt"));
+    let (n_ctx, n_chunk) = (64, 3);
+    let report = json(&gemma(
+        &["perplexity", "-c", "64", "--chunks", "3", "-o", "json", "-m"],
+        &[&model, Path::new("-f"), &text],
+    ));
+    // The text's tokens as `gemma tokenize` gives them (BOS first; special-token text as text).
+    let tokenize = Command::new(env!("CARGO_BIN_EXE_gemma"))
+        .args(["tokenize", "--no-special", "--json", "-m"])
+        .arg(&model)
+        .stdin(std::fs::File::open(&text).unwrap())
+        .output()
+        .unwrap();
+    let tokenized = json(&tokenize);
+    let ids: Vec<u64> = tokenized["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    let bos = ids[0];
+    let (mut sum, mut sum2, mut count) = (0f64, 0f64, 0usize);
+    let dir = tempfile::tempdir().unwrap();
+    for c in 0..n_chunk {
+        let mut chunk = ids[c * n_ctx..(c + 1) * n_ctx].to_vec();
+        chunk[0] = bos;
+        let ids_arg = chunk.iter().map(u64::to_string).collect::<Vec<_>>().join(" ");
+        let out = dir.path().join("logits.f32");
+        let run = gemma(&["run", "-n", "0", "-q", "--ids", &ids_arg, "--logits-out"], &[&out, Path::new("-m"), &model]);
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        let logits: Vec<f32> = bytemuck::cast_slice(&std::fs::read(&out).unwrap()).to_vec();
+        for j in n_ctx / 2..n_ctx - 1 {
+            let row = &logits[j * N_VOCAB..(j + 1) * N_VOCAB];
+            let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+            let lse = max + row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
+            let nll = lse - row[ids[c * n_ctx + j + 1] as usize] as f64;
+            sum += nll;
+            sum2 += nll * nll;
+            count += 1;
+        }
+    }
+    let mean = sum / count as f64;
+    let want = mean.exp();
+    let want_err = want * ((sum2 / count as f64 - mean * mean) / (count - 1) as f64).sqrt();
+    assert_eq!(report["scored"].as_u64(), Some(count as u64));
+    let (ppl, err) = (report["ppl"].as_f64().unwrap(), report["ppl_error"].as_f64().unwrap());
+    eprintln!("perplexity {ppl} ± {err}; from the logits {want} ± {want_err}");
+    assert!((ppl - want).abs() <= 1e-9 * want, "{ppl} vs {want}");
+    assert!((err - want_err).abs() <= 1e-6 * want_err, "{err} vs {want_err}");
+}
+
+#[test]
+fn kl_divergence_against_a_base_file() {
+    let (model, text) = (path("tiny-gemma4-moe.gguf"), path("alice.txt"));
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.kld");
+    let written = gemma(
+        &["perplexity", "-c", "64", "--chunks", "2", "-o", "json", "--kl-divergence-base"],
+        &[&base, Path::new("-m"), &model, Path::new("-f"), &text],
+    );
+    let ppl = json(&written)["ppl"].as_f64().unwrap();
+    // llama-perplexity's layout: "_logits_", n_ctx, n_vocab, n_chunk, 2·64 tokens, then 2·31
+    // rows of 2·512 + 4 u16s.
+    let bytes = std::fs::read(&base).unwrap();
+    assert_eq!(&bytes[..8], b"_logits_");
+    let word = |i: usize| u32::from_le_bytes(bytes[8 + 4 * i..12 + 4 * i].try_into().unwrap());
+    assert_eq!((word(0), word(1), word(2)), (64, N_VOCAB as u32, 2));
+    assert_eq!(bytes.len(), 20 + 2 * 64 * 4 + 2 * 31 * (2 * 512 + 4) * 2);
+
+    let compare = |extra: &[&str]| {
+        let mut args = vec!["perplexity", "--kl-divergence", "-o", "json"];
+        args.extend_from_slice(extra);
+        args.push("--kl-divergence-base");
+        json(&gemma(&args, &[&base, Path::new("-m"), &model]))
+    };
+    // Against itself: the base's rounding only (log-probabilities in steps of 16/65535 nats).
+    let same = compare(&[]);
+    let k = &same["kl_divergence"];
+    assert!(k["kld_mean"].as_f64().unwrap().abs() < 1e-5, "{k}");
+    assert!(k["kld_max"].as_f64().unwrap() < 1e-4, "{k}");
+    assert_eq!(k["same_top"].as_f64(), Some(1.0), "{k}");
+    assert_eq!(k["count"].as_u64(), Some(62));
+    assert!((same["ppl"].as_f64().unwrap() - ppl).abs() <= 1e-9 * ppl);
+    // The base keeps 16 nats below each row's top: the random tiny model gives many correct
+    // tokens less than that, so the base's perplexity is lower, never higher.
+    assert!(k["ppl_base"].as_f64().unwrap() <= ppl * (1.0 + 1e-6), "{k}");
+    // An f32 KV cache against the f16 base: a real, small divergence.
+    let f32_cache = compare(&["--kv-type", "f32"]);
+    let kld = f32_cache["kl_divergence"]["kld_mean"].as_f64().unwrap();
+    assert!(kld > 1e-9 && kld < 1e-2, "{kld}");
+}
+
+#[test]
+fn bad_input_is_a_one_line_error_and_writes_nothing() {
+    let model = path("tiny-gemma4-moe.gguf");
+    let dir = tempfile::tempdir().unwrap();
+    let fail = |out: Output, wanted: &str| {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(wanted), "{wanted:?} not in: {stderr}");
+    };
+    // A text of a few tokens: two chunks of 64 need 128.
+    let short = dir.path().join("short.txt");
+    std::fs::write(&short, "Alice was beginning to get very tired.").unwrap();
+    let base = dir.path().join("never.kld");
+    fail(
+        gemma(
+            &["perplexity", "-c", "64", "--kl-divergence-base"],
+            &[&base, Path::new("-m"), &model, Path::new("-f"), &short],
+        ),
+        "a context of 64 needs at least 128 (two chunks)",
+    );
+    assert!(!base.exists(), "a failed run left a base file");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "a temporary file was left behind");
+
+    // A base written by the 270M (a 262144-token vocabulary), read with the tiny model.
+    let other = dir.path().join("other.kld");
+    let mut header = b"_logits_".to_vec();
+    for v in [8u32, 262144, 1] {
+        header.extend(v.to_le_bytes());
+    }
+    header.extend(vec![0u8; 8 * 4]);
+    std::fs::write(&other, &header).unwrap();
+    fail(
+        gemma(&["perplexity", "--kl-divergence", "--kl-divergence-base"], &[&other, Path::new("-m"), &model]),
+        "a base file from another model or vocabulary",
+    );
+    // The tiny model's own header, but no rows.
+    let truncated = dir.path().join("truncated.kld");
+    let mut header = b"_logits_".to_vec();
+    for v in [8u32, N_VOCAB as u32, 1] {
+        header.extend(v.to_le_bytes());
+    }
+    header.extend(vec![0u8; 8 * 4]);
+    std::fs::write(&truncated, &header).unwrap();
+    fail(
+        gemma(&["perplexity", "--kl-divergence", "--kl-divergence-base"], &[&truncated, Path::new("-m"), &model]),
+        "truncated in chunk 1 of 1",
+    );
+    fail(
+        gemma(&["perplexity", "--kl-divergence", "--kl-divergence-base"], &[&short, Path::new("-m"), &model]),
+        "not a base file",
+    );
+}
