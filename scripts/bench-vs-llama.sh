@@ -6,7 +6,7 @@
 #   scripts/bench-vs-llama.sh MODEL.gguf [-p 512] [-n 128] [-t THREADS] [-r ROUNDS]
 #
 # llama-bench is built once from the llama-cpp-python==0.3.36 sdist's vendored llama.cpp
-# (cmake, -DGGML_NATIVE=ON) into ~/.cache/gemma.rs/llama-bench.
+# (scripts/llama-tool.sh).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 model="$1"; shift
@@ -21,17 +21,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-cache="${GEMMA_CACHE:-$HOME/.cache/gemma.rs}"
-bench="$cache/llama-bench/build/bin/llama-bench"
-if [ ! -x "$bench" ]; then
-    sdist="$cache/models/llama-cpp-python/llama_cpp_python-0.3.36.tar.gz"
-    [ -f "$sdist" ] || "$root/scripts/fetch-test-models.sh"
-    mkdir -p "$cache/llama-bench"
-    tar xzf "$sdist" -C "$cache/llama-bench" --strip-components=3 llama_cpp_python-0.3.36/vendor/llama.cpp
-    cmake -S "$cache/llama-bench" -B "$cache/llama-bench/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
-        -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF >/dev/null
-    cmake --build "$cache/llama-bench/build" --target llama-bench -j "$(nproc)" >/dev/null
-fi
+bench="$("$root/scripts/llama-tool.sh" llama-bench)"
 (cd "$root" && cargo build --release --quiet --bin gemma --example membw)
 gemma="$root/target/release/gemma"
 

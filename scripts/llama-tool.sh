@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Builds one of llama.cpp's tools (llama-bench, llama-perplexity, ...) once, from the
+# llama-cpp-python==0.3.36 sdist's vendored llama.cpp (cmake, -DGGML_NATIVE=ON), into
+# ~/.cache/gemma.rs/llama-bench/build/bin, and prints its path. The oracle for our speed and
+# perplexity comparisons; not part of the runtime.
+#
+#   scripts/llama-tool.sh llama-perplexity
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+tool="$1"
+cache="${GEMMA_CACHE:-$HOME/.cache/gemma.rs}"
+src="$cache/llama-bench"
+bin="$src/build/bin/$tool"
+if [ ! -x "$bin" ]; then
+    if [ ! -f "$src/CMakeLists.txt" ]; then
+        sdist="$cache/models/llama-cpp-python/llama_cpp_python-0.3.36.tar.gz"
+        [ -f "$sdist" ] || GEMMA_MODEL_CACHE="$cache/models" "$root/scripts/fetch-test-models.sh" >&2
+        mkdir -p "$src"
+        tar xzf "$sdist" -C "$src" --strip-components=3 llama_cpp_python-0.3.36/vendor/llama.cpp
+    fi
+    cmake -S "$src" -B "$src/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
+        -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF >/dev/null
+    cmake --build "$src/build" --target "$tool" -j "$(nproc)" >/dev/null 2>&1
+fi
+echo "$bin"
