@@ -123,6 +123,16 @@ fn kl_divergence_against_a_base_file() {
     assert!(kld > 1e-9 && kld < 1e-2, "{kld}");
 }
 
+/// A base file's header with `n_chunk` chunks of `n_ctx` zero tokens, and no rows.
+fn base_header(n_ctx: u32, n_vocab: u32, n_chunk: u32) -> Vec<u8> {
+    let mut header = b"_logits_".to_vec();
+    for v in [n_ctx, n_vocab, n_chunk] {
+        header.extend(v.to_le_bytes());
+    }
+    header.extend(vec![0u8; 4 * (n_ctx * n_chunk) as usize]);
+    header
+}
+
 #[test]
 fn bad_input_is_a_one_line_error_and_writes_nothing() {
     let model = path("tiny-gemma4-moe.gguf");
@@ -148,24 +158,14 @@ fn bad_input_is_a_one_line_error_and_writes_nothing() {
 
     // A base written by the 270M (a 262144-token vocabulary), read with the tiny model.
     let other = dir.path().join("other.kld");
-    let mut header = b"_logits_".to_vec();
-    for v in [8u32, 262144, 1] {
-        header.extend(v.to_le_bytes());
-    }
-    header.extend(vec![0u8; 8 * 4]);
-    std::fs::write(&other, &header).unwrap();
+    std::fs::write(&other, base_header(8, 262144, 1)).unwrap();
     fail(
         gemma(&["perplexity", "--kl-divergence", "--kl-divergence-base"], &[&other, Path::new("-m"), &model]),
         "a base file from another model or vocabulary",
     );
     // The tiny model's own header, but no rows.
     let truncated = dir.path().join("truncated.kld");
-    let mut header = b"_logits_".to_vec();
-    for v in [8u32, N_VOCAB as u32, 1] {
-        header.extend(v.to_le_bytes());
-    }
-    header.extend(vec![0u8; 8 * 4]);
-    std::fs::write(&truncated, &header).unwrap();
+    std::fs::write(&truncated, base_header(8, N_VOCAB as u32, 1)).unwrap();
     fail(
         gemma(&["perplexity", "--kl-divergence", "--kl-divergence-base"], &[&truncated, Path::new("-m"), &model]),
         "truncated in chunk 1 of 1",
