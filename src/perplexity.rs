@@ -144,11 +144,15 @@ impl Nll {
     pub fn add(&mut self, logits: &[f32], targets: &[u32]) {
         let n_vocab = logits.len() / targets.len().max(1);
         for (row, &t) in logits.chunks_exact(n_vocab).zip(targets) {
-            let nll = log_sum_exp(row) - row[t as usize] as f64;
-            self.sum += nll;
-            self.sum2 += nll * nll;
-            self.count += 1;
+            self.push(log_sum_exp(row) - row[t as usize] as f64);
         }
+    }
+
+    /// Adds one token's negative log-likelihood.
+    fn push(&mut self, nll: f64) {
+        self.sum += nll;
+        self.sum2 += nll * nll;
+        self.count += 1;
     }
 
     /// `exp(mean nll)` and its standard error.
@@ -288,12 +292,8 @@ impl Divergence {
             let lse = log_sum_exp(row);
             let nll = lse - row[t as usize] as f64;
             let nll_base = -(b[t as usize] as f64);
-            self.nll.sum += nll;
-            self.nll.sum2 += nll * nll;
-            self.nll.count += 1;
-            self.nll_base.sum += nll_base;
-            self.nll_base.sum2 += nll_base * nll_base;
-            self.nll_base.count += 1;
+            self.nll.push(nll);
+            self.nll_base.push(nll_base);
             self.sum_nll_nll_base += nll * nll_base;
             let kld: f64 = (b.iter().zip(row))
                 .filter(|&(&lb, _)| lb > -16.0)
@@ -327,6 +327,7 @@ impl Divergence {
         let ratio_err = (ln_q_err.powi(2) + ln_b_err.powi(2) - 2.0 * cov).max(0.0).sqrt();
         let p2: Vec<f32> = self.p_diff.iter().map(|d| d * d).collect();
         let (mse, mse_err) = mean(&p2);
+        let ((kld_mean, kld_mean_error), (p_diff_mean, p_diff_mean_error)) = (mean(&self.kld), mean(&self.p_diff));
         let same = self.same_top as f64 / n.max(1) as f64;
         DivergenceReport {
             count: n,
@@ -336,8 +337,8 @@ impl Divergence {
             ppl_base_error: ppl_base.1,
             ln_ppl_ratio: ln_q - ln_b,
             ln_ppl_ratio_error: ratio_err,
-            kld_mean: mean(&self.kld).0,
-            kld_mean_error: mean(&self.kld).1,
+            kld_mean,
+            kld_mean_error,
             kld_max: kld.last().copied().unwrap_or(0.0) as f64,
             kld_99_9: at(&kld, 0.999),
             kld_99: at(&kld, 0.99),
@@ -346,8 +347,8 @@ impl Divergence {
             kld_min: kld.first().copied().unwrap_or(0.0) as f64,
             same_top: same,
             same_top_error: if n > 1 { (same * (1.0 - same) / (n - 1) as f64).sqrt() } else { 0.0 },
-            p_diff_mean: mean(&self.p_diff).0,
-            p_diff_mean_error: mean(&self.p_diff).1,
+            p_diff_mean,
+            p_diff_mean_error,
             p_diff_rms: mse.sqrt(),
             p_diff_rms_error: if mse > 0.0 { 0.5 / mse.sqrt() * mse_err } else { 0.0 },
             p_diff_max: p_diff.last().copied().unwrap_or(0.0) as f64,

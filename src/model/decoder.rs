@@ -209,7 +209,8 @@ pub struct Decoder {
     /// The last layers (and maybe the head) on a GPU (`-ngl`).
     #[cfg(feature = "vulkan")]
     pub(crate) gpu: Option<GpuDecoder>,
-    /// Where the model runs, in a line ([`super::Model::placement`]).
+    /// Where the model runs, in a line, and the fit's plan below it when the fit placed the
+    /// model ([`super::Model::placement`]).
     pub(crate) placement_note: String,
 }
 
@@ -236,6 +237,7 @@ impl Decoder {
         let gpu = resolved.gpu;
         let Parts { gguf, token_embd, layers, output_norm, output, rope_full, rope_swa, n_embd, n_vocab, eps, softcap } =
             parts;
+        #[cfg_attr(not(feature = "vulkan"), allow(unused_mut))]
         let mut decoder = Decoder {
             gguf,
             token_embd,
@@ -271,15 +273,12 @@ impl Decoder {
                 offload.expert_cache.unwrap_or(resolved.spare),
             )
             .map_err(|e| ModelError::Unsupported(format!("uploading to the GPU: {e}")))?;
-            let n_layer = decoder.layers.len();
-            let (first_line, plan) = match decoder.placement_note.split_once('\n') {
-                Some((first, plan)) => (first.to_string(), format!("\n{plan}")),
-                None => (decoder.placement_note.clone(), String::new()),
-            };
             decoder.placement_note = format!(
-                "{first_line}, {} ({} of VRAM){plan}",
-                placement.summary(n_layer),
-                crate::info::human_bytes(gpu.allocated_bytes())
+                "{}, {} ({} of VRAM){}",
+                decoder.placement_note,
+                placement.summary(decoder.layers.len()),
+                crate::info::human_bytes(gpu.allocated_bytes()),
+                resolved.plan.map(|plan| format!("\n{plan}")).unwrap_or_default()
             );
             decoder.gpu = Some(uploaded);
         }

@@ -199,6 +199,11 @@ impl Placement {
         self.layer_on_gpu(il) && il >= self.n_cpu_moe
     }
 
+    /// Whether layer `il` is on the GPU with its experts in RAM.
+    pub fn experts_in_ram_at(&self, il: usize) -> bool {
+        self.layer_on_gpu(il) && !self.experts_on_gpu(il)
+    }
+
     pub fn uses_gpu(&self, n_layer: usize) -> bool {
         self.first_gpu_layer < n_layer || self.output_on_gpu
     }
@@ -214,7 +219,7 @@ impl Placement {
     /// Bytes of the buffers the experts kept in RAM cross to VRAM through: the largest such
     /// layer's, when uploads are on.
     pub fn upload_buffers(&self, c: &Costs) -> u64 {
-        let in_ram = (c.layers.iter().enumerate()).filter(|&(il, _)| self.layer_on_gpu(il) && !self.experts_on_gpu(il));
+        let in_ram = (c.layers.iter().enumerate()).filter(|&(il, _)| self.experts_in_ram_at(il));
         match c.uploads {
             true => in_ram.map(|(_, l)| l.experts).max().unwrap_or(0),
             false => 0,
@@ -235,10 +240,7 @@ impl Placement {
 
     /// Expert bytes of the GPU's layers that stay in RAM.
     pub fn experts_in_ram(&self, c: &Costs) -> u64 {
-        (c.layers.iter().enumerate())
-            .filter(|&(il, _)| self.layer_on_gpu(il) && !self.experts_on_gpu(il))
-            .map(|(_, l)| l.experts)
-            .sum()
+        (c.layers.iter().enumerate()).filter(|&(il, _)| self.experts_in_ram_at(il)).map(|(_, l)| l.experts).sum()
     }
 
     /// What runs where, in a line: "18 of 30 layers (experts of layers 0..12 in RAM) and the

@@ -13,7 +13,7 @@
 
 use ggml::gguf::GgufHeader;
 
-use super::fit::{fit, Costs, FitKind, Placement, Plan};
+use super::fit::{fit, Costs, Placement, Plan};
 use super::ModelError;
 use crate::info::human_bytes;
 use crate::kv_cache::KvType;
@@ -87,7 +87,10 @@ pub struct Resolved {
     #[cfg(feature = "vulkan")]
     pub gpu: Option<ggml::vulkan::Gpu>,
     pub placement: Placement,
+    /// Where the model runs, in a line ("CPU", "CPU (why)", "GPU 0: NAME").
     pub note: String,
+    /// The fit's plan, in a few lines, when the fit placed the model.
+    pub plan: Option<String>,
     /// Bytes of the budget the placement leaves free: the hot-expert cache's by default.
     pub spare: u64,
     /// `--moe-upload`, or off when the fit found no room for the upload buffers.
@@ -113,25 +116,28 @@ impl Offload {
         Placement::from_gpu_layers(n_layer, ngl, self.n_cpu_moe.unwrap_or(0))
     }
 
+    /// Everything on the CPU, `note` saying so (and why).
+    fn on_cpu(&self, n_layer: usize, note: String) -> Resolved {
+        Resolved {
+            #[cfg(feature = "vulkan")]
+            gpu: None,
+            placement: Placement::cpu(n_layer),
+            note,
+            plan: None,
+            spare: 0,
+            moe_upload: self.moe_upload,
+        }
+    }
+
     /// Opens the device this request needs and places the model of header `h` there, or
     /// explains why it stays on the CPU.
     pub fn resolve(&self, h: &GgufHeader, n_layer: usize) -> Result<Resolved, ModelError> {
-        let cpu = |note: &str| {
-            Ok(Resolved {
-                #[cfg(feature = "vulkan")]
-                gpu: None,
-                placement: Placement::cpu(n_layer),
-                note: note.to_string(),
-                spare: 0,
-                moe_upload: self.moe_upload,
-            })
-        };
         let wanted = match self.explicit() {
             true => self.given(n_layer).uses_gpu(n_layer),
             false => self.fit,
         };
         if !wanted {
-            return cpu("CPU");
+            return Ok(self.on_cpu(n_layer, "CPU".into()));
         }
         let mut costs = Costs::from_header(h, self.context, self.kv_type, self.max_batch).ok_or_else(|| {
             ModelError::Unsupported("the file lacks the layer shapes to plan the GPU's memory".into())
@@ -146,12 +152,7 @@ impl Offload {
             true => "CPU (this gemma was built without the vulkan feature; -ngl is ignored)",
             false => "CPU",
         };
-        Ok(Resolved {
-            placement: Placement::cpu(n_layer),
-            note: note.to_string(),
-            spare: 0,
-            moe_upload: self.moe_upload,
-        })
+        Ok(self.on_cpu(n_layer, note.into()))
     }
 
     /// The device this request names (or the default one), or why there is none.
@@ -205,10 +206,7 @@ impl Offload {
     fn open(&self, costs: &Costs, n_layer: usize) -> Result<Resolved, ModelError> {
         use ggml::vulkan::Gpu;
         let ignored = if self.explicit() { "; -ngl is ignored" } else { "" };
-        let cpu = |why: String| {
-            let note = format!("CPU ({why}{ignored})");
-            Ok(Resolved { gpu: None, placement: Placement::cpu(n_layer), note, spare: 0, moe_upload: self.moe_upload })
-        };
+        let cpu = |why: String| Ok(self.on_cpu(n_layer, format!("CPU ({why}{ignored})")));
         let (vk, info) = match self.find_device()? {
             Found::Device { vk, info } => (vk, info),
             Found::None(why) => return cpu(why),
@@ -217,7 +215,7 @@ impl Offload {
         // What the fit may fill (the device less a margin, or the cap): the expert cache takes
         // what the placement leaves of it.
         let (budget, of) = self.budget(info.memory, info.free_memory);
-        let (placement, plan_note, costs) = match self.explicit() {
+        let (placement, plan, costs) = match self.explicit() {
             true => {
                 // A placement given by hand is held to the device's whole memory (or the cap):
                 // the margin is the fit's own caution.
@@ -247,25 +245,23 @@ impl Offload {
             }
             false => {
                 let plan = fit(costs, budget);
-                if plan.kind == FitKind::Cpu {
+                if plan.kind == super::fit::FitKind::Cpu {
                     return cpu(format!("{} fits nothing of this model on GPU {index}", of));
                 }
-                (plan.placement, Some(plan.describe(costs)), plan.costs(costs))
+                (plan.placement, Some(plan.describe(costs).trim_end().to_string()), plan.costs(costs))
             }
         };
         let gpu = Gpu::open(vk, index).map_err(|e| ModelError::Unsupported(format!("Vulkan device {index}: {e}")))?;
-        let mut note = format!("GPU {index}: {}", gpu.info().name);
-        if let Some(plan) = plan_note {
-            note = format!("{note}\n{}", plan.trim_end());
-        }
+        let note = format!("GPU {index}: {}", gpu.info().name);
         let spare = budget.saturating_sub(placement.gpu_bytes(&costs));
         let moe_upload = if costs.uploads { self.moe_upload } else { MoeUpload::Off };
-        Ok(Resolved { gpu: Some(gpu), placement, note, spare, moe_upload })
+        Ok(Resolved { gpu: Some(gpu), placement, note, plan, spare, moe_upload })
     }
 
     /// The bytes to plan for, and what they are, for a device of `memory` bytes of which
     /// `free` are free: `--vram-budget` (at most the device's memory), else the free memory
     /// (else all of it) less a margin for the driver and other programs.
+    #[cfg_attr(not(feature = "vulkan"), allow(dead_code))]
     fn budget(&self, memory: u64, free: Option<u64>) -> (u64, String) {
         let h = human_bytes;
         if let Some(b) = self.vram_budget {

@@ -21,18 +21,19 @@
 //! x = (x + rmsnorm(m) post_ffw_norm) output_scale
 //! ```
 
-use ggml::gguf::GgufFile;
-use ggml::ops::rope::RopeCache;
+mod ram;
+
+use std::cell::Cell;
 use std::time::Instant;
 
+use ggml::gguf::GgufFile;
+use ggml::ops::rope::RopeCache;
 use ggml::vulkan::{Buffer, Commands, Gpu, GpuMatrix, VkError};
+use ram::RamExperts;
 
 use super::decoder::{Layer, MoeStats};
 use super::fit::{Placement, Widths, LOGITS_PIECE, ROPE_TABLE};
 use super::offload::MoeUpload;
-use ram::RamExperts;
-
-mod ram;
 use super::{Cancel, Cancelled, ExpertStack, Logits, Matrix, Stopped};
 use crate::kv_cache::KvCache;
 
@@ -152,18 +153,22 @@ pub struct GpuDecoder {
 /// token's `k` (expert, weight) choices (`Decoder::expert_ffn`).
 pub(crate) type CpuExperts<'a> = dyn Fn(usize, &[f32], &[(usize, f32)]) -> Vec<f32> + 'a;
 
-/// Uploads a matrix, then releases its pages of the mapped file.
-fn matrix(gpu: &Gpu, file: &GgufFile, name: &str, m: &Matrix) -> Result<GpuMatrix, VkError> {
+/// Uploads a matrix, then releases its pages of the mapped file; counts its bytes in
+/// `uploaded`.
+fn matrix(gpu: &Gpu, file: &GgufFile, name: &str, m: &Matrix, uploaded: &Cell<u64>) -> Result<GpuMatrix, VkError> {
     let w = GpuMatrix::upload(gpu, name, m.ty, m.n_in, m.n_out, &file.bytes()[m.bytes.clone()], None)?;
     file.release(m.bytes.clone());
+    uploaded.set(uploaded.get() + m.bytes.len() as u64);
     Ok(w)
 }
 
-/// Uploads a stack of experts, then releases its pages of the mapped file.
-fn stack(gpu: &Gpu, file: &GgufFile, name: &str, s: &ExpertStack) -> Result<GpuMatrix, VkError> {
+/// Uploads a stack of experts, then releases its pages of the mapped file; counts its bytes in
+/// `uploaded`.
+fn stack(gpu: &Gpu, file: &GgufFile, name: &str, s: &ExpertStack, uploaded: &Cell<u64>) -> Result<GpuMatrix, VkError> {
     let bytes = &file.bytes()[s.bytes.clone()];
     let w = GpuMatrix::upload_stack(gpu, name, s.shape(), bytes, None)?;
     file.release(s.bytes.clone());
+    uploaded.set(uploaded.get() + bytes.len() as u64);
     Ok(w)
 }
 
@@ -192,12 +197,13 @@ impl GpuDecoder {
         let first = placement.first_gpu_layer;
         let all_layers = layers;
         let layers = &layers[first.min(layers.len())..];
-        let started = Instant::now();
+        // The weights' bytes and the time they take: the upload speed `--moe-upload auto` weighs.
+        let (started, uploaded) = (Instant::now(), Cell::new(0u64));
         let mut gpu_layers = Vec::with_capacity(layers.len());
         for (i, d) in layers.iter().enumerate() {
             let il = first + i;
             let name = |role: &str| format!("blk.{il}.{role}");
-            let m = |role: &str, w: &Matrix| matrix(gpu, file, &name(role), w);
+            let m = |role: &str, w: &Matrix| matrix(gpu, file, &name(role), w, &uploaded);
             let v = |role: &str, x: &[f32]| vector(gpu, x, &name(role));
             let moe = match &d.moe {
                 None => None,
@@ -205,7 +211,9 @@ impl GpuDecoder {
                     let experts = match placement.experts_on_gpu(il) {
                         false => None,
                         true => {
-                            let stacks = ram::stacks(d).into_iter().map(|(role, st)| stack(gpu, file, &name(role), st));
+                            let stacks = ram::stacks(d)
+                                .into_iter()
+                                .map(|(role, st)| stack(gpu, file, &name(role), st, &uploaded));
                             Some(ram::experts_of(stacks.collect::<Result<_, _>>()?))
                         }
                     };
@@ -256,12 +264,11 @@ impl GpuDecoder {
             None => None,
             Some((norm, head, softcap)) => Some(GpuOutput {
                 norm: vector(gpu, norm, "output_norm.weight")?,
-                head: matrix(gpu, file, "output.weight", head)?,
+                head: matrix(gpu, file, "output.weight", head, &uploaded)?,
                 softcap,
             }),
         };
-        let uploaded_bytes = gpu.allocated_bytes();
-        let upload_per_byte = started.elapsed().as_secs_f64() / uploaded_bytes.max(1) as f64;
+        let upload_per_byte = started.elapsed().as_secs_f64() / uploaded.get().max(1) as f64;
         let ram = RamExperts::new(gpu, placement, all_layers, moe_upload, upload_per_byte, expert_cache)?;
         Ok(GpuDecoder {
             gpu: gpu.clone(),

@@ -43,6 +43,7 @@ pub(super) struct RamExperts {
 /// `[n_tokens][k]`, `e` `[n_tokens][n_embd]`.
 struct Crossing {
     n_tokens: usize,
+    k: usize,
     h: Buffer,
     ids: Buffer,
     weights: Buffer,
@@ -127,7 +128,7 @@ pub(super) fn experts_of(mut mats: Vec<GpuMatrix>) -> GpuExperts {
 /// The GPU layers of `layers` (every layer of the model) whose experts `placement` keeps in RAM.
 fn in_ram(placement: &Placement, layers: &[Layer]) -> Vec<usize> {
     (placement.first_gpu_layer.min(layers.len())..layers.len())
-        .filter(|&il| layers[il].moe.is_some() && !placement.experts_on_gpu(il))
+        .filter(|&il| layers[il].moe.is_some() && placement.experts_in_ram_at(il))
         .collect()
 }
 
@@ -202,14 +203,9 @@ impl RamExperts {
 
         // The CPU runs them (all, or those the cache does not hold) while the GPU runs the dense
         // MLP (and the cached ones); their sum crosses back.
-        let k_max = e.k.max(self.crossing.as_ref().map_or(0, |x| x.ids.size as usize / 4 / x.n_tokens.max(1)));
-        let cross = match self
-            .crossing
-            .as_mut()
-            .filter(|x| x.n_tokens >= n_tokens && x.ids.size as usize >= 4 * n_tokens * e.k)
-        {
+        let cross = match self.crossing.as_mut().filter(|x| x.n_tokens >= n_tokens && x.k >= e.k) {
             Some(cross) => cross,
-            None => self.crossing.insert(Crossing::new(gpu, n_tokens, n_embd, k_max)?),
+            None => self.crossing.insert(Crossing::new(gpu, n_tokens, n_embd, e.k)?),
         };
         GpuDecoder::route(&mut c, s, e, n_embd, n_tokens, eps)?;
         c.copy(&s.h, 0, &cross.h, 0, (4 * n_tokens * n_embd) as u64)?;
@@ -242,30 +238,24 @@ impl RamExperts {
         };
         GpuDecoder::dense_mlp(&mut c, s, l, n_embd, n_tokens, eps)?;
         let dense = c.submit()?;
-        let started = Instant::now();
-        let e_cpu = match choices.iter().any(|&(_, w)| w != 0.0) {
-            true => Some(cpu_experts(il, &h, &choices)),
-            false => None,
-        };
+        // The CPU's share: every choice the cache left it (none when it holds them all).
         let n_cpu = choices.iter().filter(|&&(_, w)| w != 0.0).count();
-        if n_cpu > 0 {
-            self.cpu_per_slot = Some(started.elapsed().as_secs_f64() / n_cpu as f64);
-        }
+        let e_cpu = (n_cpu > 0 || !on_gpu).then(|| {
+            let started = Instant::now();
+            let e_cpu = cpu_experts(il, &h, &choices);
+            if n_cpu > 0 {
+                self.cpu_per_slot = Some(started.elapsed().as_secs_f64() / n_cpu as f64);
+            }
+            e_cpu
+        });
         let mut c = dense.wait()?;
-        // s.e: the GPU's sum (cached experts), or the CPU's alone; s.o: the CPU's, added.
-        let sum_to = if on_gpu { &s.o } else { &s.e };
-        match e_cpu {
-            Some(e_cpu) => {
-                cross.e.write(0, bytemuck::cast_slice(&e_cpu))?;
-                c.copy(&cross.e, 0, sum_to, 0, (4 * n_tokens * n_embd) as u64)?;
-                if on_gpu {
-                    c.add(&s.e, &s.o, n_tokens * n_embd)?;
-                }
+        if let Some(e_cpu) = e_cpu {
+            // Into s.e when the GPU ran none, else into s.o and added to the GPU's sum in s.e.
+            cross.e.write(0, bytemuck::cast_slice(&e_cpu))?;
+            c.copy(&cross.e, 0, if on_gpu { &s.o } else { &s.e }, 0, (4 * n_tokens * n_embd) as u64)?;
+            if on_gpu {
+                c.add(&s.e, &s.o, n_tokens * n_embd)?;
             }
-            None if !on_gpu => {
-                return Err(VkError::Shape("a layer's experts ran neither on the GPU nor on the CPU".into()));
-            }
-            None => {}
         }
         c.rms_norm(&s.m, &s.m, Some(&e.post_ffw_norm_1), n_embd, n_tokens, eps)?;
         self.stats.cpu += (n_cpu > 0) as u64;
@@ -281,6 +271,7 @@ impl Crossing {
         let f = |n: usize, what: &str| gpu.host_buffer(4 * n as u64, what);
         Ok(Crossing {
             n_tokens,
+            k,
             h: f(n_tokens * n_embd, "the experts' input (host)")?,
             ids: f(n_tokens * k, "expert ids (host)")?,
             weights: f(n_tokens * k, "expert weights (host)")?,
