@@ -26,15 +26,18 @@ mod shaders {
         ("DATA_A_Q6_K", "q6_k"),
     ];
 
-    /// One SPIR-V module: a source compiled with some defines (each set to 1).
+    /// Every KV cache type, as (its code in `shaders/kv.glsl`, variant suffix).
+    const KV_TYPES: &[(u32, &str)] = &[(0, "f32"), (1, "f16"), (2, "bf16"), (3, "q8_0"), (4, "q4_0")];
+
+    /// One SPIR-V module: a source compiled with some defines (`NAME` set to 1, or `NAME=VALUE`).
     struct Variant {
         name: String,
         source: String,
-        defines: Vec<&'static str>,
+        defines: Vec<String>,
     }
 
-    fn variant(name: impl Into<String>, source: impl Into<String>, defines: &[&'static str]) -> Variant {
-        Variant { name: name.into(), source: source.into(), defines: defines.to_vec() }
+    fn variant(name: impl Into<String>, source: impl Into<String>, defines: &[&str]) -> Variant {
+        Variant { name: name.into(), source: source.into(), defines: defines.iter().map(|d| d.to_string()).collect() }
     }
 
     fn variants() -> Vec<Variant> {
@@ -44,12 +47,16 @@ mod shaders {
             v.push(variant(format!("matvec_id_{suffix}"), "matvec.comp", &[define, "MUL_MAT_ID"]));
             v.push(variant(format!("get_rows_{suffix}"), "get_rows.comp", &[define]));
         }
-        for name in ["rms_norm", "rope_neox", "gelu_mul", "binary", "unary", "moe_route", "moe_sum"] {
+        for name in ["rms_norm", "rope_neox", "gelu_mul", "binary", "unary", "moe_route", "moe_sum", "hadamard"] {
             v.push(variant(name, format!("{name}.comp"), &[]));
         }
-        for (kv, defines) in [("f32", &[][..]), ("f16", &["KV_F16"][..])] {
-            v.push(variant(format!("kv_store_{kv}"), "kv_store.comp", defines));
-            v.push(variant(format!("attention_{kv}"), "attention.comp", defines));
+        // A store per cache type, an attention per pair of K and V types.
+        for &(k, k_name) in KV_TYPES {
+            v.push(variant(format!("kv_store_{k_name}"), "kv_store.comp", &[&format!("KV_TYPE={k}")]));
+            for &(v_code, v_name) in KV_TYPES {
+                let defines = [format!("K_TYPE={k}"), format!("V_TYPE={v_code}")];
+                v.push(variant(format!("attention_{k_name}_{v_name}"), "attention.comp", &[&defines[0], &defines[1]]));
+            }
         }
         v
     }
@@ -76,7 +83,10 @@ mod shaders {
                 Ok(shaderc::ResolvedInclude { resolved_name: p.display().to_string(), content })
             });
             for d in &defines {
-                options.add_macro_definition(d, Some("1"));
+                match d.split_once('=') {
+                    Some((name, value)) => options.add_macro_definition(name, Some(value)),
+                    None => options.add_macro_definition(d, Some("1")),
+                }
             }
             let spirv = compiler
                 .compile_into_spirv(&text, shaderc::ShaderKind::Compute, &source, "main", Some(&options))

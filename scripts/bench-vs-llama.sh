@@ -3,40 +3,50 @@
 # (this machine is shared and noisy: only the ratio measured side by side means something),
 # plus the machine's read bandwidth and generation speed as a fraction of its bound.
 #
-#   scripts/bench-vs-llama.sh MODEL.gguf [-p 512] [-n 128] [-t THREADS] [-r ROUNDS]
+#   scripts/bench-vs-llama.sh MODEL.gguf [-p 512] [-n 128] [-d DEPTH] [-t THREADS] [-r ROUNDS]
+#                             [-ctk TYPE] [-ctv TYPE]
+#
+# -d runs each test after DEPTH tokens already in the context; -ctk/-ctv set both runtimes'
+# KV cache types (llama-bench then uses flash attention, which a quantized V needs).
 #
 # llama-bench is built once from the llama-cpp-python==0.3.36 sdist's vendored llama.cpp
 # (scripts/llama-tool.sh).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 model="$1"; shift
-pp=512; tg=128; threads="$(nproc)"; rounds=3
+pp=512; tg=128; depth=0; threads="$(nproc)"; rounds=3; ctk=f16; ctv=f16
 while [ $# -gt 0 ]; do
     case "$1" in
         -p) pp="$2"; shift 2 ;;
         -n) tg="$2"; shift 2 ;;
+        -d) depth="$2"; shift 2 ;;
         -t) threads="$2"; shift 2 ;;
         -r) rounds="$2"; shift 2 ;;
+        -ctk) ctk="$2"; shift 2 ;;
+        -ctv) ctv="$2"; shift 2 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
 
 bench="$("$root/scripts/llama-tool.sh" llama-bench)"
 (cd "$root" && cargo build --release --quiet --bin gemma --example membw)
-gemma="$root/target/release/gemma"
+target="${CARGO_TARGET_DIR:-$root/target}"
+gemma="$target/release/gemma"
+fa=(); [ "$ctk/$ctv" = f16/f16 ] || fa=(-fa 1)
 
-bw="$("$root/target/release/examples/membw" 4 "$threads")"
+bw="$("$target/release/examples/membw" 4 "$threads")"
 ours=(); theirs=()
 for r in $(seq "$rounds"); do
-    ours+=("$("$gemma" bench -m "$model" -p "$pp" -n "$tg" -t "$threads" -r 1 -o json)")
-    theirs+=("$("$bench" -m "$model" -p "$pp" -n "$tg" -t "$threads" -r 1 -o json 2>/dev/null)")
+    ours+=("$("$gemma" bench -m "$model" -p "$pp" -n "$tg" -d "$depth" -t "$threads" -r 1 -ctk "$ctk" -ctv "$ctv" -o json)")
+    theirs+=("$("$bench" -m "$model" -p "$pp" -n "$tg" -d "$depth" -t "$threads" -r 1 -ctk "$ctk" -ctv "$ctv" "${fa[@]}" -o json 2>/dev/null)")
 done
 
-"$root/.venv/bin/python" - "$model" "$bw" "$pp" "$tg" "$threads" <<'PY' "${ours[@]}" -- "${theirs[@]}"
+"$root/.venv/bin/python" - "$model" "$bw" "$pp" "$tg" "$threads" "$depth/$ctk/$ctv" <<'PY' "${ours[@]}" -- "${theirs[@]}"
 import json, statistics, sys
 from gguf import GGUFReader
-model, bw, pp, tg, threads = sys.argv[1], float(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
-rest = sys.argv[6:]
+model, bw, pp, tg, threads, setup = sys.argv[1], float(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6]
+depth, ctk, ctv = setup.split("/")
+rest = sys.argv[7:]
 cut = rest.index("--")
 ours = [json.loads(s) for s in rest[:cut]]
 theirs = [json.loads(s) for s in rest[cut + 1:]]
@@ -64,8 +74,8 @@ for t in r.tensors:
         n = 0
     per_token += n
 
-print(f"model {model}, {threads} threads, read bandwidth {bw:.1f} GB/s, "
-      f"{per_token / 1e9:.2f} GB of weights per generated token")
+print(f"model {model}, {threads} threads, depth {depth}, KV cache K {ctk} V {ctv}, "
+      f"read bandwidth {bw:.1f} GB/s, {per_token / 1e9:.2f} GB of weights per generated token")
 print("| test | gemma.rs t/s | llama.cpp t/s | ratio |")
 print("|---|---:|---:|---:|")
 for kind, n in (("pp", pp), ("tg", tg)):

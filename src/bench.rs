@@ -4,11 +4,12 @@
 //! - `ppP`: `P` prompt tokens through a fresh cache (after `D` tokens of depth), in batches of
 //!   `-b`, logits of the last one only; tokens/s = P / time.
 //! - `tgN`: `N` tokens generated one at a time after the depth; tokens/s = N / time.
+//! - With `-ctk`/`-ctv` lists, every pair of cache types (llama-bench's `type_k`, `type_v`).
 //!
 //! Tokens are random ids (as llama-bench's), so the speed does not depend on a text. Each test
 //! runs once to warm up (page cache, allocations), then `-r` times; the table gives the mean ±
 //! the sample standard deviation of the per-repetition tokens/s. Every combination of the
-//! `-p`/`-n`/`-d`/`-t` lists is run.
+//! `-p`/`-n`/`-d`/`-t`/`-ctk`/`-ctv` lists is run.
 
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use crate::info::{human_bytes, human_count, ModelInfo};
+use crate::kv_cache::KvTypes;
 use crate::model::decoder::MoeStats;
 use crate::model::{Logits, Model, Never, Offload};
 use crate::run::uncancelled;
@@ -31,6 +33,8 @@ pub struct BenchOptions {
     pub threads: Vec<usize>,
     pub batch: usize,
     pub repetitions: usize,
+    /// The cache types to time, each pair in turn.
+    pub kv_types: Vec<KvTypes>,
 }
 
 /// One line of the table; serialized with llama-bench's JSON field names, so that scripts read
@@ -44,6 +48,9 @@ pub struct BenchResult {
     pub n_depth: usize,
     pub n_threads: usize,
     pub n_batch: usize,
+    /// The cache's element types (`f16`, `q8_0`).
+    pub type_k: String,
+    pub type_v: String,
     /// Tokens per second of each repetition, their mean and sample standard deviation.
     pub samples_ts: Vec<f64>,
     pub avg_ts: f64,
@@ -131,7 +138,7 @@ impl Bench {
                 .num_threads(threads.max(1))
                 .build()
                 .expect("a thread pool with a positive thread count");
-            for &depth in &options.depth {
+            for (&types, &depth) in options.kv_types.iter().flat_map(|t| options.depth.iter().map(move |d| (t, d))) {
                 let pp = options.prompt.iter().filter(|&&p| p > 0).map(|&p| (format!("pp{p}"), p, true));
                 let tg = options.gen.iter().filter(|&&n| n > 0).map(|&n| (format!("tg{n}"), n, false));
                 for (mut test, n_tokens, is_prompt) in pp.chain(tg).collect::<Vec<_>>() {
@@ -143,7 +150,7 @@ impl Bench {
                     for rep in 0..=options.repetitions {
                         let (depth_tokens, tokens) = (random(depth), random(n_tokens));
                         let elapsed = pool.install(|| -> Result<(Duration, Option<MoeStats>), RunError> {
-                            let mut cache = model.new_cache(depth + n_tokens)?;
+                            let mut cache = model.new_cache_for(depth + n_tokens, types, Some(batch))?;
                             for (i, chunk) in depth_tokens.chunks(batch).enumerate() {
                                 uncancelled(model.forward_cancellable(
                                     chunk,
@@ -200,6 +207,8 @@ impl Bench {
                         n_depth: depth,
                         n_threads: threads,
                         n_batch: batch,
+                        type_k: types.k.to_string(),
+                        type_v: types.v.to_string(),
                         samples_ts: samples,
                         avg_ts,
                         stddev_ts,
@@ -257,10 +266,15 @@ pub fn peak_rss() -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// The table header, in llama-bench's columns.
-pub fn table_header() -> String {
+/// The table header, in llama-bench's columns; with `types`, its `type_k` and `type_v` too
+/// (llama-bench shows them when they are not f16).
+pub fn table_header(types: bool) -> String {
+    let (names, rule) = match types {
+        true => (format!(" {:>6} | {:>6} |", "type_k", "type_v"), format!("{:->8}|{:->8}|", ":", ":")),
+        false => (String::new(), String::new()),
+    };
     format!(
-        "| {:<24} | {:>10} | {:>8} | {:>7} | {:>14} | {:>20} |\n|{:-<26}|{:->12}|{:->10}|{:->9}|{:->16}|{:->22}|",
+        "| {:<24} | {:>10} | {:>8} | {:>7} |{names} {:>14} | {:>20} |\n|{:-<26}|{:->12}|{:->10}|{:->9}|{rule}{:->16}|{:->22}|",
         "model", "size", "params", "threads", "test", "t/s", "", ":", ":", ":", ":", ":"
     )
 }
@@ -270,10 +284,14 @@ pub fn experts_line(r: &BenchResult) -> Option<String> {
     Some(format!("{}: {}", r.test, r.experts_in_ram?.describe()))
 }
 
-/// One table row for `r`.
-pub fn table_row(label: &Label, r: &BenchResult) -> String {
+/// One table row for `r` (with its cache types, as [`table_header`]`(types)`).
+pub fn table_row(label: &Label, r: &BenchResult, types: bool) -> String {
+    let cells = match types {
+        true => format!(" {:>6} | {:>6} |", r.type_k, r.type_v),
+        false => String::new(),
+    };
     format!(
-        "| {:<24} | {:>10} | {:>8} | {:>7} | {:>14} | {:>20} |",
+        "| {:<24} | {:>10} | {:>8} | {:>7} |{cells} {:>14} | {:>20} |",
         label.name,
         human_bytes(label.file_size),
         human_count(label.n_params),

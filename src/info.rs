@@ -7,6 +7,8 @@ use ggml::gguf::{Array, GgufFile, GgufHeader, Value};
 use serde::Serialize;
 use serde_json::json;
 
+use crate::kv_cache::{KvType, KvTypes};
+
 /// Everything `gemma info` reports about one file.
 #[derive(Debug, Serialize)]
 pub struct ModelInfo {
@@ -36,6 +38,9 @@ pub struct ModelInfo {
     /// `--plan`: what the fit would place on the GPU.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub plan: Option<PlanReport>,
+    /// The cache types the memory estimate is for.
+    #[serde(skip)]
+    kv_types: KvTypes,
 }
 
 /// The fit's plan for a file (`gemma info --plan`): for what budget, what goes where, and the
@@ -78,7 +83,7 @@ pub struct TensorRow {
 
 /// The hyperparameters that shape a Gemma model, read from `{arch}.*` keys; `None` where the
 /// file does not say.
-#[derive(Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct Hparams {
     pub context_length: Option<u64>,
     pub embedding_length: Option<u64>,
@@ -132,12 +137,23 @@ pub struct MemoryEstimate {
     /// Context length the KV estimate is for.
     pub context: u64,
     pub weights_bytes: u64,
-    /// f16 K and V for every layer that has its own cache; sliding layers keep at most the
+    /// The element types of K and V the estimate is for (`f16`, `K q8_0, V f16`).
+    pub kv_types: String,
+    /// K and V for every layer that has its own cache; sliding layers keep at most the
     /// window.
     pub kv_cache_bytes: Option<u64>,
+    /// The same for each cache type, K and V alike (`-ctk T -ctv T`).
+    pub kv_cache_bytes_by_type: Vec<KvTypeBytes>,
     /// With `-ngl N`: what goes to the GPU and what stays in host memory.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub split: Option<DeviceSplit>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct KvTypeBytes {
+    #[serde(rename = "type")]
+    pub ty: String,
+    pub bytes: u64,
 }
 
 /// Memory per device for `-ngl N` (llama.cpp's meaning: the last N layers, the output head
@@ -148,7 +164,7 @@ pub struct DeviceSplit {
     pub gpu_layers: u64,
     pub gpu_weights_bytes: u64,
     pub cpu_weights_bytes: u64,
-    /// f16 K and V of the GPU's layers and of the CPU's, at the estimate's context.
+    /// K and V of the GPU's layers and of the CPU's, at the estimate's context.
     pub gpu_kv_cache_bytes: Option<u64>,
     pub cpu_kv_cache_bytes: Option<u64>,
 }
@@ -252,7 +268,14 @@ impl ModelInfo {
             memory: MemoryEstimate {
                 context,
                 weights_bytes,
-                kv_cache_bytes: hparams.kv_cache_bytes(context, 0),
+                kv_types: KvTypes::default().to_string(),
+                kv_cache_bytes: hparams.kv_cache_bytes(context, 0, KvTypes::default()),
+                kv_cache_bytes_by_type: KvType::ALL
+                    .into_iter()
+                    .filter_map(|t| {
+                        Some(KvTypeBytes { ty: t.to_string(), bytes: hparams.kv_cache_bytes(context, 0, t.into())? })
+                    })
+                    .collect(),
                 split: None,
             },
             hparams,
@@ -260,6 +283,7 @@ impl ModelInfo {
             chat_template_bytes: h.get("tokenizer.chat_template").and_then(Value::as_str).map(str::len),
             metadata: h.metadata.iter().map(|(k, v)| (k.clone(), value_json(v))).collect(),
             plan: None,
+            kv_types: KvTypes::default(),
             tensors: tensors.then(|| {
                 h.tensors
                     .iter()
@@ -276,6 +300,14 @@ impl ModelInfo {
     }
 
     /// The report as text, one fact per line.
+    /// The estimate for K and V of `types` (before [`with_gpu_layers`](Self::with_gpu_layers)).
+    pub fn with_kv_types(mut self, types: KvTypes) -> ModelInfo {
+        self.memory.kv_types = types.to_string();
+        self.memory.kv_cache_bytes = self.hparams.kv_cache_bytes(self.memory.context, 0, types);
+        self.kv_types = types;
+        self
+    }
+
     /// The memory of [`DeviceSplit`] for `-ngl gpu_layers`, added to the estimate.
     pub fn with_gpu_layers(mut self, gguf: &GgufFile, gpu_layers: u64) -> ModelInfo {
         let Some(n_layer) = self.hparams.block_count else { return self };
@@ -301,7 +333,7 @@ impl ModelInfo {
             }
         }
         let context = self.memory.context;
-        let gpu_kv = self.hparams.kv_cache_bytes(context, first as usize);
+        let gpu_kv = self.hparams.kv_cache_bytes(context, first as usize, self.kv_types);
         self.memory.split = Some(DeviceSplit {
             gpu_layers,
             gpu_weights_bytes: gpu,
@@ -379,8 +411,9 @@ impl ModelInfo {
             "memory",
             match m.kv_cache_bytes {
                 Some(kv) => format!(
-                    "weights {} + KV cache (f16, -c {}) {} = {}",
+                    "weights {} + KV cache ({}, -c {}) {} = {}",
                     human_bytes(m.weights_bytes),
+                    m.kv_types,
                     m.context,
                     human_bytes(kv),
                     human_bytes(m.weights_bytes + kv)
@@ -388,6 +421,11 @@ impl ModelInfo {
                 None => format!("weights {} (KV cache: unknown layer shapes)", human_bytes(m.weights_bytes)),
             },
         );
+        if !m.kv_cache_bytes_by_type.is_empty() {
+            let by_type: Vec<String> =
+                m.kv_cache_bytes_by_type.iter().map(|t| format!("{} {}", t.ty, human_bytes(t.bytes))).collect();
+            line("KV by type", format!("{} (-c {}, K and V alike)", by_type.join(" · "), m.context));
+        }
         if let Some(d) = &m.split {
             let side = |weights: u64, kv: Option<u64>| match kv {
                 Some(kv) => {
@@ -526,20 +564,23 @@ impl Hparams {
         })
     }
 
-    /// f16 K and V at `context` positions of layers `first ..`.
-    fn kv_cache_bytes(&self, context: u64, first: usize) -> Option<u64> {
+    /// K and V of `types` at `context` positions of layers `first ..`.
+    fn kv_cache_bytes(&self, context: u64, first: usize, types: KvTypes) -> Option<u64> {
         let n_layers = self.block_count? as usize;
         // Layers past `n_layers - shared` reuse an earlier layer's cache.
         let own = n_layers - (self.shared_kv_layers.unwrap_or(0) as usize).min(n_layers);
         let mut total = 0u64;
         for il in first..own {
             let (k, v) = self.head_dims(il)?;
+            if !(k as usize).is_multiple_of(types.k.block()) || !(v as usize).is_multiple_of(types.v.block()) {
+                return None; // rows that are not whole blocks
+            }
             let n_kv = *self.head_count_kv.as_ref()?.get(il)?;
             let positions = match (self.sliding_layers.get(il), self.sliding_window) {
                 (Some(true), Some(w)) => context.min(w),
                 _ => context,
             };
-            total += positions * n_kv * (k + v) * 2;
+            total += positions * n_kv * (types.k.row_bytes(k as usize) + types.v.row_bytes(v as usize)) as u64;
         }
         Some(total)
     }
@@ -795,8 +836,16 @@ mod tests {
             ..Hparams::default()
         };
         // Sliding: min(100, 4) * 2 heads * (8 + 8) * 2 bytes = 256 each; global: 100 * 64.
-        assert_eq!(h.kv_cache_bytes(100, 0), Some(2 * 256 + 6400));
+        let f16 = KvTypes::default();
+        assert_eq!(h.kv_cache_bytes(100, 0, f16), Some(2 * 256 + 6400));
+        // Rows of 8 are no whole q8_0 blocks: no estimate.
+        assert_eq!(h.kv_cache_bytes(100, 0, KvType::Q8_0.into()), None);
+        // Rows of 32 in q8_0: 34 bytes; sliding 4 * 2 * (34 + 34) = 544 each, global 100 * 136.
+        let wide = Hparams { key_length: Some(32), ..h.clone() };
+        assert_eq!(wide.kv_cache_bytes(100, 0, KvType::Q8_0.into()), Some(2 * 544 + 13600));
+        // K in q4_0 (18 bytes), V in f32 (128): global 100 * 2 * 146.
+        assert_eq!(wide.kv_cache_bytes(100, 2, KvTypes { k: KvType::Q4_0, v: KvType::F32 }), Some(29200));
         let shared = Hparams { shared_kv_layers: Some(1), ..h };
-        assert_eq!(shared.kv_cache_bytes(100, 0), Some(2 * 256));
+        assert_eq!(shared.kv_cache_bytes(100, 0, f16), Some(2 * 256));
     }
 }

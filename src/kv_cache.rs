@@ -3,11 +3,17 @@
 //! token position of each used slot beside them; the kernel masks by position, so slots may be
 //! in any order).
 //!
-//! K and V are f16 by default, as llama.cpp keeps them; [`KvType::F32`] (`--kv-type f32`) keeps
-//! them in f32 instead, at twice the memory and twice the bytes read per decode step, for runs
-//! that must match a float32 reference closely (there the f16 rounding of K and V is the
-//! largest error). The element type is chosen once, at [`KvCache::with_type`]; the ring,
-//! growth and rewinding below are the same code for both.
+//! K and V are f16 by default, as llama.cpp keeps them. Each has its own type ([`KvTypes`]:
+//! `-ctk`, `-ctv`, or `--kv-type` for both), any of [`KvType`]'s: f32 (`--kv-type f32`, twice
+//! the memory and the bytes read per decode step, for runs that must match a float32
+//! reference closely: there the f16 rounding of K and V is the largest error), bf16, or the
+//! block formats q8_0 and q4_0 (53% and 28% of f16's bytes, for long contexts; rows are whole
+//! blocks of 32, ggml's layout and rounding). The types are chosen once, at
+//! [`KvCache::with_type`]; the ring, growth and rewinding below are the same code for all,
+//! on rows of `head_dim / block` units. A block type stores its rows rotated by a
+//! Walsh–Hadamard transform ([`ggml::attention::rotation`], as llama.cpp does), which spreads
+//! outliers before they coarsen a block's grid; [`LayerCache::attend`] rotates the queries and
+//! the output to match, so callers see plain attention.
 //!
 //! Global (full-attention) layers keep every position of the context. Sliding layers keep a
 //! ring: once full, each new token overwrites the slot of the oldest position.
@@ -33,7 +39,8 @@
 //!   is in place: `resize`, then each head's rows move to their new stride, last head first.
 //! - [`KvCache::bytes`] is what the cache holds at full context for one-token decode: K and V
 //!   for `min(context, window)` positions on each layer that has a cache of its own, the number
-//!   GEMMA4.md 1.1 gives (in f16) and `gemma info` prints; twice that in f32.
+//!   GEMMA4.md 1.1 gives (in f16) and `gemma info` prints; twice that in f32, 17/32 of it in
+//!   q8_0 and 9/32 in q4_0.
 //!   [`KvCache::allocated_bytes`] is what is allocated now: less before the context fills, plus
 //!   `B - 1` slots per sliding layer after a batch of `B` (for 26B-A4B, f16 and `B = 512`:
 //!   25 · 511 · 4,096 · 2 bytes, 100 MiB).
@@ -47,73 +54,71 @@
 
 use std::fmt;
 use std::mem::size_of;
-use std::str::FromStr;
 
-use ggml::attention::{KvElem, KvSlots};
-use half::f16;
+use ggml::attention::rotation::{k_rotation, rotate, v_rotation};
+use ggml::attention::{attention, AttnShape, KvData, KvElem, KvSlots};
+pub use ggml::attention::{KvType, ParseKvTypeError};
+use ggml::kernels::Isa;
+use ggml::quants::q4_0::BlockQ4_0;
+use ggml::quants::q8_0::BlockQ8_0;
+use half::{bf16, f16};
 
 /// Slots a layer allocates at its first update (unless the context is shorter): 1 MiB of f16
 /// K and V on a Gemma 4 global layer (2 KV heads × 512), 2 MiB on a 26B-A4B sliding one.
 pub const MIN_SLOTS: usize = 256;
 
-/// `$body` with `$rows` bound to the [`Rows`] inside `$data` (a `Data`, `&Data` or
-/// `&mut Data`), whichever their element type: one generic body, matched once per call.
-macro_rules! with_rows {
-    ($data:expr, $rows:ident => $body:expr) => {
-        match $data {
-            Data::F16($rows) => $body,
-            Data::F32($rows) => $body,
-            #[cfg(feature = "vulkan")]
-            Data::Device(_) => panic!("a GPU layer's keys and values are not in host memory"),
+/// `$body` with `$x` bound to the `Vec` inside a [`Column`] (or a reference to one),
+/// whichever its element type: one generic body, matched once per call.
+macro_rules! with_column {
+    ($column:expr, $x:ident => $body:expr) => {
+        match $column {
+            Column::F32($x) => $body,
+            Column::F16($x) => $body,
+            Column::Bf16($x) => $body,
+            Column::Q8_0($x) => $body,
+            Column::Q4_0($x) => $body,
         }
     };
 }
 
-/// The element type of the cached keys and values (`--kv-type`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, clap::ValueEnum)]
-pub enum KvType {
-    /// Half precision, as llama.cpp's default cache: 2 bytes an element.
-    #[default]
-    F16,
-    /// Single precision: 4 bytes an element, no rounding of K and V.
-    F32,
+/// The element types of a cache's keys and of its values (`-ctk`, `-ctv`; `--kv-type` sets
+/// both).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct KvTypes {
+    pub k: KvType,
+    pub v: KvType,
 }
 
-impl KvType {
-    /// Bytes per cached element.
-    pub fn bytes(self) -> usize {
-        match self {
-            KvType::F16 => size_of::<f16>(),
-            KvType::F32 => size_of::<f32>(),
-        }
+impl KvTypes {
+    /// K and V of the same type.
+    pub const fn both(t: KvType) -> KvTypes {
+        KvTypes { k: t, v: t }
     }
 
-    pub fn name(self) -> &'static str {
-        match self {
-            KvType::F16 => "f16",
-            KvType::F32 => "f32",
-        }
+    /// Bytes of one K row and one V row of `head_dim` elements.
+    pub fn row_bytes(self, head_dim: usize) -> usize {
+        self.k.row_bytes(head_dim) + self.v.row_bytes(head_dim)
+    }
+
+    /// Whether rows of `head_dim` elements are whole units of both types.
+    pub fn fit(self, head_dim: usize) -> bool {
+        head_dim.is_multiple_of(self.k.block()) && head_dim.is_multiple_of(self.v.block())
     }
 }
 
-impl fmt::Display for KvType {
+impl From<KvType> for KvTypes {
+    fn from(t: KvType) -> KvTypes {
+        KvTypes::both(t)
+    }
+}
+
+/// `f16`, or `K q8_0, V f16` when they differ.
+impl fmt::Display for KvTypes {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("unknown KV cache type {0:?}: expected f16 or f32")]
-pub struct ParseKvTypeError(String);
-
-impl FromStr for KvType {
-    type Err = ParseKvTypeError;
-
-    fn from_str(s: &str) -> Result<KvType, ParseKvTypeError> {
-        match s {
-            "f16" => Ok(KvType::F16),
-            "f32" => Ok(KvType::F32),
-            _ => Err(ParseKvTypeError(s.to_string())),
+        if self.k == self.v {
+            write!(f, "{}", self.k)
+        } else {
+            write!(f, "K {}, V {}", self.k, self.v)
         }
     }
 }
@@ -141,10 +146,10 @@ impl LayerSpec {
     }
 
     /// Bytes of K and V in a cache of `capacity` slots (none when it reads another's).
-    pub fn bytes(&self, capacity: usize, kv_type: KvType) -> u64 {
+    pub fn bytes(&self, capacity: usize, types: KvTypes) -> u64 {
         match self.shares_cache_of {
             Some(_) => 0,
-            None => (2 * self.n_kv_head * capacity * self.head_dim * kv_type.bytes()) as u64,
+            None => (self.n_kv_head * capacity * types.row_bytes(self.head_dim)) as u64,
         }
     }
 }
@@ -159,6 +164,8 @@ pub enum KvCacheError {
     ZeroContext,
     #[error("layer {layer}: {problem}")]
     BadShape { layer: usize, problem: &'static str },
+    #[error("layer {layer}: a head of {head_dim} elements is not whole blocks of 32, as a {types} cache needs")]
+    NotWholeBlocks { layer: usize, head_dim: usize, types: KvTypes },
     #[error("layer {layer} shares the cache of layer {owner}, which {problem}")]
     BadSharing { layer: usize, owner: usize, problem: &'static str },
     #[error("layer {layer}'s cache on the GPU: {problem}")]
@@ -169,7 +176,7 @@ pub enum KvCacheError {
 #[derive(Debug)]
 pub struct KvCache {
     layers: Vec<Layer>,
-    kv_type: KvType,
+    types: KvTypes,
 }
 
 #[derive(Debug)]
@@ -183,7 +190,7 @@ impl KvCache {
     /// One f16 cache per layer for up to `context` positions; a layer that shares another's
     /// cache must name an earlier layer with a cache of its own and the same shape and window.
     pub fn new(specs: &[LayerSpec], context: usize) -> Result<KvCache, KvCacheError> {
-        KvCache::with_type(specs, context, KvType::F16)
+        KvCache::with_type(specs, context, KvTypes::default())
     }
 
     /// [`with_type`](Self::with_type), with layers `first ..` in VRAM on `gpu` for batches of at
@@ -192,12 +199,12 @@ impl KvCache {
     pub fn with_device_layers(
         specs: &[LayerSpec],
         context: usize,
-        kv_type: KvType,
+        types: KvTypes,
         gpu: &ggml::vulkan::Gpu,
         first: usize,
         max_batch: usize,
     ) -> Result<KvCache, KvCacheError> {
-        let mut cache = KvCache::with_type(specs, context, kv_type)?;
+        let mut cache = KvCache::with_type(specs, context, types)?;
         for (layer, spec) in specs.iter().enumerate().skip(first) {
             if let Layer::Own(_) = cache.layers[layer] {
                 let what = format!("the KV cache of layer {layer}");
@@ -206,7 +213,7 @@ impl KvCache {
                     spec.head_dim,
                     spec.window,
                     context,
-                    kv_type,
+                    types,
                     max_batch,
                     gpu,
                     &what,
@@ -224,8 +231,8 @@ impl KvCache {
         self.own().filter_map(LayerCache::max_batch).min()
     }
 
-    /// [`new`](Self::new) with K and V of type `kv_type`.
-    pub fn with_type(specs: &[LayerSpec], context: usize, kv_type: KvType) -> Result<KvCache, KvCacheError> {
+    /// [`new`](Self::new) with K and V of types `types`.
+    pub fn with_type(specs: &[LayerSpec], context: usize, types: KvTypes) -> Result<KvCache, KvCacheError> {
         if context == 0 {
             return Err(KvCacheError::ZeroContext);
         }
@@ -237,13 +244,16 @@ impl KvCache {
             if spec.window == Some(0) {
                 return Err(KvCacheError::BadShape { layer, problem: "a window of 0 sees nothing" });
             }
+            if !types.fit(spec.head_dim) {
+                return Err(KvCacheError::NotWholeBlocks { layer, head_dim: spec.head_dim, types });
+            }
             let Some(owner) = spec.shares_cache_of else {
                 layers.push(Layer::Own(LayerCache::with_type(
                     spec.n_kv_head,
                     spec.head_dim,
                     spec.window,
                     context,
-                    kv_type,
+                    types,
                 )));
                 continue;
             };
@@ -259,16 +269,16 @@ impl KvCache {
             }
             layers.push(Layer::SharesCacheOf(owner));
         }
-        Ok(KvCache { layers, kv_type })
+        Ok(KvCache { layers, types })
     }
 
     pub fn n_layers(&self) -> usize {
         self.layers.len()
     }
 
-    /// The element type of every layer's K and V.
-    pub fn kv_type(&self) -> KvType {
-        self.kv_type
+    /// The element types of every layer's K and V.
+    pub fn types(&self) -> KvTypes {
+        self.types
     }
 
     /// The cache layer `layer` attends over: its own, or the one it shares.
@@ -346,7 +356,12 @@ pub struct LayerCache {
     context: usize,
     /// Slots per head: K and V each hold `n_kv_head · capacity · head_dim` elements.
     capacity: usize,
-    /// K and V, `[n_kv_head][capacity][head_dim]` each, in the cache's element type.
+    /// The element types of K and V.
+    types: KvTypes,
+    /// The Walsh–Hadamard rotations K and V rows are stored with (block types only).
+    rot_k: Option<usize>,
+    rot_v: Option<usize>,
+    /// K and V, `[n_kv_head][capacity][head_dim]` elements each, in their types.
     data: Data,
     /// The position held by each used slot; slots `0..pos.len()` are used.
     pos: Vec<usize>,
@@ -360,29 +375,30 @@ pub struct LayerCache {
 impl LayerCache {
     /// An empty f16 cache (nothing allocated) for up to `context` positions.
     pub fn new(n_kv_head: usize, head_dim: usize, window: Option<usize>, context: usize) -> LayerCache {
-        LayerCache::with_type(n_kv_head, head_dim, window, context, KvType::F16)
+        LayerCache::with_type(n_kv_head, head_dim, window, context, KvTypes::default())
     }
 
-    /// [`new`](Self::new) with K and V of type `kv_type`.
+    /// [`new`](Self::new) with K and V of types `types` (rows of `head_dim` must be whole
+    /// units of both: [`KvTypes::fit`]).
     pub fn with_type(
         n_kv_head: usize,
         head_dim: usize,
         window: Option<usize>,
         context: usize,
-        kv_type: KvType,
+        types: KvTypes,
     ) -> LayerCache {
         assert!(n_kv_head > 0 && head_dim > 0 && window != Some(0) && context > 0, "empty cache shape");
-        let data = match kv_type {
-            KvType::F16 => Data::F16(Rows::default()),
-            KvType::F32 => Data::F32(Rows::default()),
-        };
+        assert!(types.fit(head_dim), "rows of {head_dim} are not whole blocks of {types}");
         LayerCache {
             n_kv_head,
             head_dim,
             window,
             context,
             capacity: 0,
-            data,
+            types,
+            rot_k: k_rotation(types.k, head_dim),
+            rot_v: v_rotation(types.v, head_dim),
+            data: Data::Host { k: Column::new(types.k, head_dim), v: Column::new(types.v, head_dim) },
             pos: Vec::new(),
             oldest: 0,
             n_positions: 0,
@@ -400,14 +416,14 @@ impl LayerCache {
         head_dim: usize,
         window: Option<usize>,
         context: usize,
-        kv_type: KvType,
+        types: KvTypes,
         max_batch: usize,
         gpu: &ggml::vulkan::Gpu,
         what: &str,
     ) -> Result<LayerCache, ggml::vulkan::VkError> {
-        let mut cache = LayerCache::with_type(n_kv_head, head_dim, window, context, kv_type);
+        let mut cache = LayerCache::with_type(n_kv_head, head_dim, window, context, types);
         let capacity = device_capacity(window, context, max_batch);
-        let rows = ggml::vulkan::KvBuffers::new(gpu, n_kv_head, head_dim, capacity, kv_type == KvType::F16, what)?;
+        let rows = ggml::vulkan::KvBuffers::new(gpu, n_kv_head, head_dim, capacity, types.k, types.v, what)?;
         cache.data = Data::Device(Box::new(DeviceRows { gpu: gpu.clone(), rows }));
         cache.capacity = capacity;
         cache.pos.reserve_exact(capacity);
@@ -438,8 +454,8 @@ impl LayerCache {
 
     /// Appends the keys and values of `n_tokens` consecutive tokens at positions
     /// `pos .. pos + n_tokens` (one token for decode, a batch for prefill), `k` and `v`
-    /// `[n_tokens][n_kv_head][head_dim]` f32, stored as they are in an f32 cache and rounded as
-    /// ggml rounds in an f16 one. Call it
+    /// `[n_tokens][n_kv_head][head_dim]` f32, stored as they are in an f32 cache and rounded
+    /// (or quantized) as ggml does in the others. Call it
     /// before attention: afterwards the cache holds every key each of these tokens sees.
     ///
     /// Panics unless `pos` is [`n_positions`](Self::n_positions) (positions are token
@@ -453,9 +469,22 @@ impl LayerCache {
             self.n_kv_head
         );
         let slots = self.append_slots(pos, k.len() / row);
-        let capacity = self.capacity;
+        let (kc, vc) = self.data.host().expect("a GPU layer's keys and values are written by the GPU");
+        let mut rotated = vec![0.0f32; d];
+        let mut store = |column: &mut Column, at: usize, x: &[f32], rotation: Option<usize>| match rotation {
+            Some(n) => {
+                rotated.copy_from_slice(x);
+                rotate(&mut rotated, n);
+                column.store(at, &rotated);
+            }
+            None => column.store(at, x),
+        };
         for ((k, v), slot) in k.chunks_exact(row).zip(v.chunks_exact(row)).zip(slots) {
-            with_rows!(&mut self.data, rows => rows.store(capacity, d, slot, k, v));
+            for (h, (k, v)) in k.chunks_exact(d).zip(v.chunks_exact(d)).enumerate() {
+                let at = h * self.capacity + slot;
+                store(kc, at, k, self.rot_k);
+                store(vc, at, v, self.rot_v);
+            }
         }
     }
 
@@ -495,19 +524,33 @@ impl LayerCache {
 
     /// The cache as the attention kernel takes it.
     pub fn slots(&self) -> KvSlots<'_> {
-        with_rows!(&self.data, rows => KvSlots::new(&rows.k, &rows.v, &self.pos))
+        match &self.data {
+            Data::Host { k, v } => KvSlots { k: k.data(), v: v.data(), pos: &self.pos },
+            #[cfg(feature = "vulkan")]
+            Data::Device(_) => panic!("a GPU layer's keys and values are not in host memory"),
+        }
     }
 
-    /// The element type of K and V.
-    pub fn kv_type(&self) -> KvType {
-        match &self.data {
-            Data::F16(_) => KvType::F16,
-            Data::F32(_) => KvType::F32,
-            #[cfg(feature = "vulkan")]
-            Data::Device(d) => match d.rows.f16 {
-                true => KvType::F16,
-                false => KvType::F32,
-            },
+    /// The element types of K and V.
+    pub fn types(&self) -> KvTypes {
+        self.types
+    }
+
+    /// Attention of `q` (`[n_tokens][n_head][head_dim]` at positions `q_pos`) over this cache
+    /// into `out` ([`attention`] at instruction-set level `isa`), with the queries rotated as
+    /// the stored keys are and the output rotated back from the stored values' rotation.
+    pub fn attend(&self, isa: Isa, shape: &AttnShape, q: &[f32], q_pos: &[usize], out: &mut [f32]) {
+        let q = match self.rot_k {
+            Some(n) => {
+                let mut q = q.to_vec();
+                rotate(&mut q, n);
+                std::borrow::Cow::Owned(q)
+            }
+            None => std::borrow::Cow::Borrowed(q),
+        };
+        attention(isa, shape, &q, q_pos, self.slots(), out);
+        if let Some(n) = self.rot_v {
+            rotate(out, n);
         }
     }
 
@@ -563,7 +606,7 @@ impl LayerCache {
     /// K and V for `min(context, window)` positions: the full-context decode footprint.
     pub fn bytes(&self) -> usize {
         let positions = self.window.map_or(self.context, |w| w.min(self.context));
-        positions * self.n_kv_head * self.head_dim * 2 * self.kv_type().bytes()
+        positions * self.n_kv_head * self.types.row_bytes(self.head_dim)
     }
 
     /// K, V and positions as allocated now in host memory (a GPU layer's K and V are in VRAM,
@@ -572,7 +615,7 @@ impl LayerCache {
         let rows = match &self.data {
             #[cfg(feature = "vulkan")]
             Data::Device(_) => 0,
-            data => with_rows!(data, rows => rows.allocated_bytes()),
+            Data::Host { k, v } => k.allocated_bytes() + v.allocated_bytes(),
         };
         rows + self.pos.capacity() * size_of::<usize>()
     }
@@ -597,8 +640,10 @@ impl LayerCache {
         let most = self.window.map_or(self.context, |w| (w - 1 + n_tokens).min(self.context));
         let capacity = needed.max(2 * self.capacity).max(MIN_SLOTS).min(most);
         self.linearize();
-        let (n_kv_head, old, used, d) = (self.n_kv_head, self.capacity, self.pos.len(), self.head_dim);
-        with_rows!(&mut self.data, rows => rows.grow(n_kv_head, d, old, used, capacity));
+        let (n_kv_head, old, used) = (self.n_kv_head, self.capacity, self.pos.len());
+        let (k, v) = self.data.host().expect("a GPU layer's cache does not grow (checked above)");
+        k.grow(n_kv_head, old, used, capacity);
+        v.grow(n_kv_head, old, used, capacity);
         self.pos.reserve_exact(capacity - used);
         self.capacity = capacity;
     }
@@ -608,71 +653,128 @@ impl LayerCache {
         if self.oldest == 0 {
             return;
         }
-        let (head_len, shift) = (self.capacity * self.head_dim, self.oldest * self.head_dim);
         match &mut self.data {
             #[cfg(feature = "vulkan")]
             Data::Device(d) => d
                 .rows
                 .rotate_slots(&d.gpu, self.oldest)
                 .unwrap_or_else(|e| panic!("rewinding a GPU layer's cache: {e}")),
-            data => with_rows!(data, rows => rows.rotate_heads(head_len, shift)),
+            Data::Host { k, v } => {
+                k.rotate_heads(self.capacity, self.oldest);
+                v.rotate_heads(self.capacity, self.oldest);
+            }
         }
         self.pos.rotate_left(self.oldest);
         self.oldest = 0;
     }
 }
 
-/// A layer's K and V in one element type: `[n_kv_head][capacity][head_dim]` each. The
-/// [`LayerCache`] keeps the shape and the slot bookkeeping; these are its moves on the rows.
-#[derive(Clone, Debug, Default)]
-struct Rows<T> {
-    k: Vec<T>,
-    v: Vec<T>,
+/// One tensor of a layer's cache, K or V, in its element type: `[n_kv_head][capacity][row]`
+/// units (`row` = `head_dim / block`). The [`LayerCache`] keeps the shape and the slot
+/// bookkeeping; these are its moves on the rows.
+#[derive(Clone, Debug)]
+enum Column {
+    F32(Units<f32>),
+    F16(Units<f16>),
+    Bf16(Units<bf16>),
+    Q8_0(Units<BlockQ8_0>),
+    Q4_0(Units<BlockQ4_0>),
 }
 
-impl<T: KvElem> Rows<T> {
-    /// Writes one token's K and V (`[n_kv_head][d]` f32 each) to slot `slot` of every head.
-    fn store(&mut self, capacity: usize, d: usize, slot: usize, k: &[f32], v: &[f32]) {
-        for (h, (k, v)) in k.chunks_exact(d).zip(v.chunks_exact(d)).enumerate() {
-            let dst = (h * capacity + slot) * d..(h * capacity + slot + 1) * d;
-            T::store_row(k, &mut self.k[dst.clone()]);
-            T::store_row(v, &mut self.v[dst]);
+/// The rows of a [`Column`], and the units in a row.
+#[derive(Clone, Debug)]
+struct Units<T> {
+    x: Vec<T>,
+    row: usize,
+}
+
+impl Column {
+    /// Nothing allocated, for rows of `head_dim` elements of type `t`.
+    fn new(t: KvType, head_dim: usize) -> Column {
+        fn units<T: KvElem>(head_dim: usize) -> Units<T> {
+            Units { x: Vec::new(), row: T::units(head_dim) }
+        }
+        match t {
+            KvType::F32 => Column::F32(units(head_dim)),
+            KvType::F16 => Column::F16(units(head_dim)),
+            KvType::Bf16 => Column::Bf16(units(head_dim)),
+            KvType::Q8_0 => Column::Q8_0(units(head_dim)),
+            KvType::Q4_0 => Column::Q4_0(units(head_dim)),
         }
     }
 
-    /// Re-lays `[n_kv_head][old][d]`, of which each head's first `used` slots are in use, as
-    /// `[n_kv_head][capacity][d]`, in place.
-    fn grow(&mut self, n_kv_head: usize, d: usize, old: usize, used: usize, capacity: usize) {
-        let len = n_kv_head * capacity * d;
-        for x in [&mut self.k, &mut self.v] {
-            x.reserve_exact(len - x.len());
-            x.resize(len, T::ZERO);
-            // Head `h` moves from `h · old · d` to `h · capacity · d`: up, so moving the last
-            // head first never overwrites rows not yet moved.
-            for h in (1..n_kv_head).rev() {
-                x.copy_within(h * old * d..(h * old + used) * d, h * capacity * d);
-            }
-        }
+    /// Writes row `row` (`head · capacity + slot`) from `src`, `head_dim` f32.
+    fn store(&mut self, row: usize, src: &[f32]) {
+        with_column!(self, u => u.store(row, src))
     }
 
-    /// Rotates each head's `head_len` elements left by `shift`.
-    fn rotate_heads(&mut self, head_len: usize, shift: usize) {
-        for x in [&mut self.k, &mut self.v] {
-            x.chunks_exact_mut(head_len).for_each(|head| head.rotate_left(shift));
-        }
+    fn data(&self) -> KvData<'_> {
+        with_column!(self, u => KvData::new(&u.x))
+    }
+
+    fn grow(&mut self, n_kv_head: usize, old: usize, used: usize, capacity: usize) {
+        with_column!(self, u => u.grow(n_kv_head, old, used, capacity))
+    }
+
+    fn rotate_heads(&mut self, capacity: usize, shift: usize) {
+        with_column!(self, u => u.rotate_heads(capacity, shift))
     }
 
     fn allocated_bytes(&self) -> usize {
-        (self.k.capacity() + self.v.capacity()) * size_of::<T>()
+        with_column!(self, u => u.allocated_bytes())
     }
 }
 
-/// [`Rows`] of the element type a cache was made with, or a GPU layer's rows in VRAM.
+impl<T: KvElem> Units<T> {
+    fn store(&mut self, row: usize, src: &[f32]) {
+        let r = self.row;
+        T::store_row(src, &mut self.x[row * r..(row + 1) * r]);
+    }
+
+    fn allocated_bytes(&self) -> usize {
+        self.x.capacity() * size_of::<T>()
+    }
+
+    /// Re-lays `[n_kv_head][old][row]`, of which each head's first `used` slots are in use, as
+    /// `[n_kv_head][capacity][row]`, in place.
+    fn grow(&mut self, n_kv_head: usize, old: usize, used: usize, capacity: usize) {
+        let r = self.row;
+        let len = n_kv_head * capacity * r;
+        self.x.reserve_exact(len - self.x.len());
+        self.x.resize(len, T::ZERO);
+        // Head `h` moves from `h · old · row` to `h · capacity · row`: up, so moving the last
+        // head first never overwrites rows not yet moved.
+        for h in (1..n_kv_head).rev() {
+            self.x.copy_within(h * old * r..(h * old + used) * r, h * capacity * r);
+        }
+    }
+
+    /// Rotates each head's `capacity` slots left by `shift`.
+    fn rotate_heads(&mut self, capacity: usize, shift: usize) {
+        let r = self.row;
+        self.x.chunks_exact_mut(capacity * r).for_each(|head| head.rotate_left(shift * r));
+    }
+}
+
+/// A layer's K and V in host memory, or a GPU layer's rows in VRAM.
 enum Data {
-    F16(Rows<f16>),
-    F32(Rows<f32>),
+    Host {
+        k: Column,
+        v: Column,
+    },
     #[cfg(feature = "vulkan")]
     Device(Box<DeviceRows>),
+}
+
+impl Data {
+    /// K and V in host memory, `None` for a GPU layer's.
+    fn host(&mut self) -> Option<(&mut Column, &mut Column)> {
+        match self {
+            Data::Host { k, v } => Some((k, v)),
+            #[cfg(feature = "vulkan")]
+            Data::Device(_) => None,
+        }
+    }
 }
 
 /// A GPU layer's K and V and the device they are on.
@@ -685,8 +787,7 @@ pub struct DeviceRows {
 impl fmt::Debug for Data {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Data::F16(rows) => f.debug_tuple("F16").field(rows).finish(),
-            Data::F32(rows) => f.debug_tuple("F32").field(rows).finish(),
+            Data::Host { k, v } => f.debug_struct("Host").field("k", k).field("v", v).finish(),
             #[cfg(feature = "vulkan")]
             Data::Device(d) => write!(f, "Device({} + {} bytes)", d.rows.k.size, d.rows.v.size),
         }
@@ -697,7 +798,8 @@ impl fmt::Debug for Data {
 mod tests {
     use ggml::attention::{attention, attention_reference, AttnShape};
     use ggml::kernels::Isa;
-    use ggml::quants::float::f32_to_f16;
+    use ggml::quants::float::{f32_to_bf16, f32_to_f16};
+    use ggml::quants::{q4_0, q8_0};
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
 
@@ -734,51 +836,56 @@ mod tests {
         }
     }
 
-    /// `x` as a cache of type `kv_type` holds it, widened back to f32 (exact): rounded as ggml
-    /// rounds to f16, or unchanged. Written apart from the cache's own store, as the oracle.
+    /// `x` (whole blocks) as a cache of type `kv_type` holds it, back in f32 (exact): rounded
+    /// as ggml rounds to f16 or bf16, quantized by ggml's reference quantizers, or unchanged.
+    /// Written apart from the cache's own store, as the oracle.
     fn as_stored(x: &[f32], kv_type: KvType) -> Vec<f32> {
+        let mut y = vec![0.0; x.len()];
         match kv_type {
-            KvType::F16 => x.iter().map(|&x| f32_to_f16(x).to_f32()).collect(),
-            KvType::F32 => x.to_vec(),
+            KvType::F32 => y.copy_from_slice(x),
+            KvType::F16 => y.iter_mut().zip(x).for_each(|(y, &x)| *y = f32_to_f16(x).to_f32()),
+            KvType::Bf16 => y.iter_mut().zip(x).for_each(|(y, &x)| *y = f32_to_bf16(x).to_f32()),
+            KvType::Q8_0 => {
+                let mut b = vec![BlockQ8_0::ZERO; x.len() / 32];
+                q8_0::quantize(x, &mut b);
+                q8_0::dequantize(&b, &mut y);
+            }
+            KvType::Q4_0 => {
+                let mut b = vec![BlockQ4_0::ZERO; x.len() / 32];
+                q4_0::quantize(x, &mut b);
+                q4_0::dequantize(&b, &mut y);
+            }
         }
+        y
     }
 
     /// A plain list of positions `range` in order, in the kernel's layout: what the cache must
     /// be equivalent to.
     struct Plain {
-        data: Data,
+        k: Column,
+        v: Column,
         pos: Vec<usize>,
     }
 
     impl Plain {
-        fn new(tokens: &Tokens, n_kv_head: usize, range: std::ops::Range<usize>, kv_type: KvType) -> Plain {
+        fn new(tokens: &Tokens, n_kv_head: usize, range: std::ops::Range<usize>, types: KvTypes) -> Plain {
             let d = tokens.row / n_kv_head;
             // `[n_kv_head][range.len()][d]` from the tokens' `[position][n_kv_head][d]`.
-            let rows = |x: &[f32]| -> Vec<f32> {
-                let plain: Vec<f32> = (0..n_kv_head)
-                    .flat_map(|h| {
-                        range.clone().flat_map(move |p| &x[p * tokens.row + h * d..p * tokens.row + (h + 1) * d])
-                    })
-                    .copied()
-                    .collect();
-                as_stored(&plain, kv_type)
+            let rows = |x: &[f32], t: KvType| -> Column {
+                let mut c = Column::new(t, d);
+                c.grow(n_kv_head, 0, 0, range.len());
+                for h in 0..n_kv_head {
+                    for (i, p) in range.clone().enumerate() {
+                        c.store(h * range.len() + i, &x[p * tokens.row + h * d..p * tokens.row + (h + 1) * d]);
+                    }
+                }
+                c
             };
-            let (k, v) = (rows(&tokens.k), rows(&tokens.v));
-            // The values are already as stored, so the conversion is exact.
-            fn exact<T: KvElem>(x: &[f32]) -> Vec<T> {
-                let mut y = vec![T::ZERO; x.len()];
-                T::store_row(x, &mut y);
-                y
-            }
-            let data = match kv_type {
-                KvType::F16 => Data::F16(Rows { k: exact(&k), v: exact(&v) }),
-                KvType::F32 => Data::F32(Rows { k: exact(&k), v: exact(&v) }),
-            };
-            Plain { data, pos: range.clone().collect() }
+            Plain { k: rows(&tokens.k, types.k), v: rows(&tokens.v, types.v), pos: range.clone().collect() }
         }
 
         fn slots(&self) -> KvSlots<'_> {
-            with_rows!(&self.data, rows => KvSlots::new(&rows.k, &rows.v, &self.pos))
+            KvSlots { k: self.k.data(), v: self.v.data(), pos: &self.pos }
         }
     }
 
@@ -786,10 +893,7 @@ mod tests {
     /// the cache's content whatever the slot order and element type.
     fn content(cache: &LayerCache) -> Vec<(usize, Vec<f32>, Vec<f32>)> {
         let (d, cap) = (cache.head_dim, cache.capacity);
-        let (k, v): (Vec<f32>, Vec<f32>) = with_rows!(&cache.data, rows => (
-            KvElem::as_f32(&rows.k[..], &mut vec![0.0; rows.k.len()]).to_vec(),
-            KvElem::as_f32(&rows.v[..], &mut vec![0.0; rows.v.len()]).to_vec(),
-        ));
+        let (k, v) = (cache.slots().k.to_f32(), cache.slots().v.to_f32());
         let rows = |x: &[f32], slot: usize| -> Vec<f32> {
             (0..cache.n_kv_head).flat_map(|h| x[(h * cap + slot) * d..(h * cap + slot + 1) * d].to_vec()).collect()
         };
@@ -801,8 +905,8 @@ mod tests {
 
     /// What [`content`] must give for a cache of type `kv_type` holding positions `range` of
     /// `tokens`.
-    fn expected(tokens: &Tokens, range: std::ops::Range<usize>, kv_type: KvType) -> Vec<(usize, Vec<f32>, Vec<f32>)> {
-        range.map(|p| (p, as_stored(tokens.k(p..p + 1), kv_type), as_stored(tokens.v(p..p + 1), kv_type))).collect()
+    fn expected(tokens: &Tokens, range: std::ops::Range<usize>, types: KvTypes) -> Vec<(usize, Vec<f32>, Vec<f32>)> {
+        range.map(|p| (p, as_stored(tokens.k(p..p + 1), types.k), as_stored(tokens.v(p..p + 1), types.v))).collect()
     }
 
     /// Attention of random queries at `q_pos` over `kv`: the f64 reference, then every
@@ -833,13 +937,22 @@ mod tests {
         }
     }
 
-    const BOTH: [KvType; 2] = [KvType::F16, KvType::F32];
+    /// Every type for K and V alike, and two mixed pairs.
+    const ALL: [KvTypes; 7] = [
+        KvTypes::both(KvType::F16),
+        KvTypes::both(KvType::F32),
+        KvTypes::both(KvType::Bf16),
+        KvTypes::both(KvType::Q8_0),
+        KvTypes::both(KvType::Q4_0),
+        KvTypes { k: KvType::Q8_0, v: KvType::F16 },
+        KvTypes { k: KvType::F32, v: KvType::Q4_0 },
+    ];
 
     #[test]
     fn the_ring_overwrites_the_oldest_slot() {
-        let (n_kv_head, d) = (2, 16);
+        let (n_kv_head, d) = (2, 32);
         let tokens = Tokens::random(7, n_kv_head, d, 1);
-        for kv_type in BOTH {
+        for kv_type in ALL {
             let mut cache = LayerCache::with_type(n_kv_head, d, Some(4), 100, kv_type);
             for p in 0..4 {
                 tokens.append(&mut cache, p..p + 1);
@@ -853,13 +966,11 @@ mod tests {
             assert_eq!(cache.n_positions(), 7);
             // Every slot holds its position's rows, both heads.
             assert_eq!(content(&cache), expected(&tokens, 3..7, kv_type), "{kv_type}");
-            // The kernel's view: capacity 4 per head, in the cache's type.
-            let len = match (kv_type, cache.slots()) {
-                (KvType::F16, KvSlots::F16(rows)) => rows.k.len(),
-                (KvType::F32, KvSlots::F32(rows)) => rows.k.len(),
-                (_, slots) => panic!("a {kv_type} cache gave {slots:?}"),
-            };
-            assert_eq!(len, n_kv_head * 4 * d);
+            // The kernel's view: capacity 4 per head, in the cache's types.
+            let slots = cache.slots();
+            assert_eq!((slots.k.kv_type(), slots.v.kv_type()), (kv_type.k, kv_type.v));
+            assert_eq!(slots.k.len(), n_kv_head * 4 * d / kv_type.k.block());
+            assert_eq!(slots.v.len(), n_kv_head * 4 * d / kv_type.v.block());
         }
     }
 
@@ -869,7 +980,7 @@ mod tests {
     fn a_ring_attends_like_a_list_of_the_window() {
         let shape = AttnShape { n_head: 4, n_kv_head: 2, head_dim: 32, scale: 1.0, window: Some(16) };
         let tokens = Tokens::random(3000, shape.n_kv_head, shape.head_dim, 2);
-        for kv_type in BOTH {
+        for kv_type in ALL {
             let mut cache = LayerCache::with_type(shape.n_kv_head, shape.head_dim, shape.window, 4096, kv_type);
             for p in 0..3000 {
                 tokens.append(&mut cache, p..p + 1);
@@ -890,10 +1001,10 @@ mod tests {
     /// decode follows.
     #[test]
     fn a_batch_keeps_the_keys_its_first_token_sees() {
-        let shape = AttnShape { n_head: 2, n_kv_head: 1, head_dim: 16, scale: 1.0, window: Some(1024) };
+        let shape = AttnShape { n_head: 2, n_kv_head: 1, head_dim: 32, scale: 1.0, window: Some(1024) };
         let n = 100 + 6 * 512 + 3;
         let tokens = Tokens::random(n, shape.n_kv_head, shape.head_dim, 3);
-        for kv_type in BOTH {
+        for kv_type in ALL {
             let mut cache = LayerCache::with_type(shape.n_kv_head, shape.head_dim, shape.window, 8192, kv_type);
             // Batch boundaries: 0, 100, 612, .., 3172, then one token at a time to n.
             let bounds: Vec<usize> = [0].into_iter().chain((0..=6).map(|i| 100 + 512 * i)).chain(n - 2..=n).collect();
@@ -919,9 +1030,9 @@ mod tests {
     /// then it may lack keys older than any query sees, and has all the others).
     #[test]
     fn truncate_then_reappend_matches_never_going_past() {
-        let (n_kv_head, d) = (2, 16);
+        let (n_kv_head, d) = (2, 32);
         let tokens = Tokens::random(700, n_kv_head, d, 4);
-        for (kv_type, window) in BOTH.into_iter().flat_map(|t| [(t, None), (t, Some(64))]) {
+        for (kv_type, window) in ALL.into_iter().flat_map(|t| [(t, None), (t, Some(64))]) {
             let build = |upto: usize| {
                 let mut cache = LayerCache::with_type(n_kv_head, d, window, 1000, kv_type);
                 for start in (0..upto).step_by(40) {
@@ -974,7 +1085,7 @@ mod tests {
     /// payload, infinity, a subnormal) and random ones after, for 2 heads of 16 in a cache
     /// of 10 slots, stored in slot 0 of a new cache.
     fn stored_specials(kv_type: KvType) -> (Vec<f32>, Vec<f32>, LayerCache) {
-        let d = 16;
+        let d = 32;
         let payload_nan = f32::from_bits(0x7fa0_0001);
         let specials =
             [0.1, -2.5e-8, 6.0e-5, 65504.0, 65520.0, 1e9, -0.0, f32::NAN, -f32::NAN, f32::INFINITY, payload_nan, 1e-40];
@@ -982,7 +1093,7 @@ mod tests {
         let mut k: Vec<f32> = (0..2 * d).map(|_| rng.gen_range(-100.0..100.0)).collect();
         k[..specials.len()].copy_from_slice(&specials);
         let v: Vec<f32> = k.iter().map(|x| x * 3.3).collect();
-        let mut cache = LayerCache::with_type(2, d, None, 10, kv_type);
+        let mut cache = LayerCache::with_type(2, d, None, 10, KvTypes::both(kv_type));
         cache.update(0, &k, &v);
         assert_eq!(cache.capacity(), 10);
         (k, v, cache)
@@ -990,35 +1101,68 @@ mod tests {
 
     #[test]
     fn stores_f16_rounded_as_ggml_does() {
-        let d = 16;
+        let d = 32;
         let (k, v, cache) = stored_specials(KvType::F16);
-        let KvSlots::F16(rows) = cache.slots() else { panic!("an f16 cache gave f32 slots") };
+        let (KvData::F16(kc), KvData::F16(vc)) = (cache.slots().k, cache.slots().v) else { panic!("not f16 slots") };
         let bits = |x: &[f32]| -> Vec<u16> { x.iter().map(|&x| f32_to_f16(x).to_bits()).collect() };
         let stored =
             |x: &[f16]| -> Vec<u16> { [&x[..d], &x[10 * d..11 * d]].concat().iter().map(|x| x.to_bits()).collect() };
-        assert_eq!(stored(rows.k), bits(&k));
-        assert_eq!(stored(rows.v), bits(&v));
+        assert_eq!(stored(kc), bits(&k));
+        assert_eq!(stored(vc), bits(&v));
     }
 
     /// An f32 cache gives back exactly the bits it was given, NaN payloads included.
     #[test]
     fn stores_f32_unchanged() {
-        let d = 16;
+        let d = 32;
         let (k, v, cache) = stored_specials(KvType::F32);
-        let KvSlots::F32(rows) = cache.slots() else { panic!("an f32 cache gave f16 slots") };
+        let (KvData::F32(kc), KvData::F32(vc)) = (cache.slots().k, cache.slots().v) else { panic!("not f32 slots") };
         let bits = |x: &[f32]| -> Vec<u32> { x.iter().map(|x| x.to_bits()).collect() };
         let stored = |x: &[f32]| -> Vec<u32> { bits(&[&x[..d], &x[10 * d..11 * d]].concat()) };
-        assert_eq!(stored(rows.k), bits(&k));
-        assert_eq!(stored(rows.v), bits(&v));
+        assert_eq!(stored(kc), bits(&k));
+        assert_eq!(stored(vc), bits(&v));
+    }
+
+    /// bf16 rounds as ggml does (`f32_to_bf16`, checked against ggml's rule in `ggml`), and
+    /// the block types hold, byte for byte, what ggml's reference quantizers make of each
+    /// head's row rotated (K of 64 by a Hadamard rotation of 64, V by 64; on a random row: the
+    /// specials' infinities and NaNs are no input for a scale).
+    #[test]
+    fn stores_bf16_and_blocks_as_ggml_does() {
+        let (k, _, cache) = stored_specials(KvType::Bf16);
+        let KvData::Bf16(kc) = cache.slots().k else { panic!("not bf16 slots") };
+        let want: Vec<u16> = k[..32].iter().map(|&x| f32_to_bf16(x).to_bits()).collect();
+        assert_eq!(kc[..32].iter().map(|x| x.to_bits()).collect::<Vec<_>>(), want);
+        let mut rng = StdRng::seed_from_u64(60);
+        let k: Vec<f32> = (0..2 * 64).map(|_| rng.gen_range(-3.0..3.0)).collect();
+        let v: Vec<f32> = k.iter().map(|x| x * -0.7).collect();
+        let mut cache = LayerCache::with_type(2, 64, None, 10, KvTypes { k: KvType::Q8_0, v: KvType::Q4_0 });
+        cache.update(0, &k, &v);
+        let (KvData::Q8_0(kc), KvData::Q4_0(vc)) = (cache.slots().k, cache.slots().v) else { panic!("wrong slots") };
+        // Head h's slot 0 is blocks 2 · 10 · h .. + 2 (rows of 2 blocks, 10 slots a head).
+        for h in 0..2 {
+            let rotated = |x: &[f32]| {
+                let mut x = x[64 * h..64 * (h + 1)].to_vec();
+                rotate(&mut x, 64);
+                x
+            };
+            let mut kq = [BlockQ8_0::ZERO; 2];
+            q8_0::quantize(&rotated(&k), &mut kq);
+            let mut vq = [BlockQ4_0::ZERO; 2];
+            q4_0::quantize(&rotated(&v), &mut vq);
+            let head = 20 * h..20 * h + 2;
+            assert_eq!(bytemuck::cast_slice::<_, u8>(&kc[head.clone()]), bytemuck::cast_slice::<_, u8>(&kq));
+            assert_eq!(bytemuck::cast_slice::<_, u8>(&vc[head]), bytemuck::cast_slice::<_, u8>(&vq));
+        }
     }
 
     /// Growth keeps every head's rows (2 heads, so the second moves), and allocation is lazy
     /// and counts the element size.
     #[test]
     fn growth_is_lazy_and_keeps_the_rows() {
-        let tokens = Tokens::random(1000, 2, 16, 7);
-        for kv_type in BOTH {
-            let mut cache = LayerCache::with_type(2, 16, None, 262_144, kv_type);
+        let tokens = Tokens::random(1000, 2, 32, 7);
+        for kv_type in ALL {
+            let mut cache = LayerCache::with_type(2, 32, None, 262_144, kv_type);
             assert_eq!((cache.capacity(), cache.allocated_bytes()), (0, 0));
             let mut straight = Vec::new();
             for (start, end) in [(0, 1), (1, 300), (300, 301), (301, 1000)] {
@@ -1027,20 +1171,63 @@ mod tests {
             }
             assert_eq!(straight, [256, 512, 512, 1024]);
             assert_eq!(content(&cache), expected(&tokens, 0..1000, kv_type), "{kv_type}");
-            assert_eq!(cache.allocated_bytes(), 2 * 2 * 1024 * 16 * kv_type.bytes() + 1024 * 8);
+            assert_eq!(cache.allocated_bytes(), 2 * 1024 * kv_type.row_bytes(32) + 1024 * 8);
+        }
+    }
+
+    /// Keys and values with an outlier dimension (as real ones have): the rotated q8_0 and q4_0
+    /// caches attend as an f32 cache does with a fraction of the error the same blocks give
+    /// unrotated (a plain list of the rows stored as they come), and with the queries and
+    /// output rotated right (a mismatch would be errors of order 1, not of the blocks'
+    /// rounding).
+    #[test]
+    fn the_rotation_spreads_outliers() {
+        let shape = AttnShape { n_head: 4, n_kv_head: 2, head_dim: 128, scale: 1.0, window: None };
+        let mut tokens = Tokens::random(40, 2, 128, 11);
+        for x in tokens.k.iter_mut().step_by(128).chain(tokens.v.iter_mut().skip(5).step_by(128)) {
+            *x *= 40.0;
+        }
+        let mut rng = StdRng::seed_from_u64(12);
+        let q: Vec<f32> = (0..3 * 4 * 128).map(|_| rng.gen_range(-0.3..0.3)).collect();
+        let q_pos = [10, 25, 39];
+        let attend = |t: KvTypes| {
+            let mut cache = LayerCache::with_type(2, 128, None, 40, t);
+            tokens.append(&mut cache, 0..40);
+            let mut out = vec![0.0; q.len()];
+            cache.attend(Isa::best(), &shape, &q, &q_pos, &mut out);
+            out
+        };
+        let exact = attend(KvTypes::both(KvType::F32));
+        let max_err = |x: &[f32]| x.iter().zip(&exact).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        for t in [KvType::Q8_0, KvType::Q4_0] {
+            let rotated = max_err(&attend(KvTypes::both(t)));
+            let plain = Plain::new(&tokens, 2, 0..40, KvTypes::both(t));
+            let mut unrotated = vec![0.0; q.len()];
+            attention(Isa::best(), &shape, &q, &q_pos, plain.slots(), &mut unrotated);
+            let unrotated = max_err(&unrotated);
+            println!("{t}: max error {rotated:.2e} rotated, {unrotated:.2e} unrotated");
+            assert!(rotated < unrotated / 2.0, "{t}: {rotated} rotated against {unrotated}");
         }
     }
 
     #[test]
-    fn kv_type_names() {
-        assert_eq!(KvType::default(), KvType::F16);
-        for (kv_type, name, bytes) in [(KvType::F16, "f16", 2), (KvType::F32, "f32", 4)] {
-            assert_eq!((kv_type.to_string(), name.parse(), kv_type.bytes()), (name.to_string(), Ok(kv_type), bytes));
-            assert_eq!(<KvType as clap::ValueEnum>::from_str(name, false), Ok(kv_type));
-        }
+    fn kv_types_name_both_or_each() {
+        assert_eq!(KvTypes::default(), KvTypes::both(KvType::F16));
+        assert_eq!(KvTypes::both(KvType::Q8_0).to_string(), "q8_0");
+        assert_eq!(KvTypes { k: KvType::Q8_0, v: KvType::F16 }.to_string(), "K q8_0, V f16");
+        // 256 elements: 272 + 512 bytes.
+        assert_eq!(KvTypes { k: KvType::Q8_0, v: KvType::F16 }.row_bytes(256), 784);
+        assert!(!KvTypes { k: KvType::F16, v: KvType::Q4_0 }.fit(48) && KvTypes::both(KvType::Bf16).fit(48));
+    }
+
+    /// A head that is not whole blocks of a block type is an error naming the layer.
+    #[test]
+    fn a_head_of_partial_blocks_is_an_error() {
+        let spec = LayerSpec { n_kv_head: 1, head_dim: 48, window: None, shares_cache_of: None };
+        let err = KvCache::with_type(&[spec, spec], 10, KvTypes { k: KvType::F16, v: KvType::Q4_0 }).unwrap_err();
         assert_eq!(
-            "bf16".parse::<KvType>().unwrap_err().to_string(),
-            "unknown KV cache type \"bf16\": expected f16 or f32"
+            err.to_string(),
+            "layer 0: a head of 48 elements is not whole blocks of 32, as a K f16, V q4_0 cache needs"
         );
     }
 
@@ -1061,10 +1248,15 @@ mod tests {
         assert_eq!(cache.bytes(), 5_578_424_320);
         assert_eq!(cache.allocated_bytes(), 0);
         // f32: 4 bytes an element, twice the f16 footprint.
-        let f32_cache = KvCache::with_type(&gemma4_26b_a4b(), 262_144, KvType::F32).unwrap();
-        assert_eq!((cache.kv_type(), f32_cache.kv_type()), (KvType::F16, KvType::F32));
+        let f32_cache = KvCache::with_type(&gemma4_26b_a4b(), 262_144, KvTypes::both(KvType::F32)).unwrap();
+        assert_eq!((cache.types(), f32_cache.types()), (KvTypes::both(KvType::F16), KvTypes::both(KvType::F32)));
         assert_eq!(f32_cache.bytes(), 2 * 5_578_424_320);
-        assert_eq!(f32_cache.layer(0).kv_type(), KvType::F32);
+        assert_eq!(f32_cache.layer(0).types(), KvTypes::both(KvType::F32));
+        // q8_0: 34 bytes per 32 elements against f16's 64; q4_0: 18.
+        let bytes = |k, v| KvCache::with_type(&gemma4_26b_a4b(), 262_144, KvTypes { k, v }).unwrap().bytes();
+        assert_eq!(bytes(KvType::Q8_0, KvType::Q8_0), 2_963_537_920);
+        assert_eq!(bytes(KvType::Q4_0, KvType::Q4_0), 1_568_931_840);
+        assert_eq!(bytes(KvType::Q8_0, KvType::Q4_0), (2_963_537_920 + 1_568_931_840) / 2);
         // Up to the window every layer keeps every position: 112,640 values per token, 220 KiB.
         let short = KvCache::new(&gemma4_26b_a4b(), 1024).unwrap();
         assert_eq!(short.bytes(), 1024 * (25 * 4096 + 5 * 2048) * 2);

@@ -10,7 +10,7 @@ use gemma::bench::{self, Bench, BenchOptions};
 use gemma::chat::{ChatTemplate, Message, RenderOptions};
 use gemma::info::ModelInfo;
 use gemma::jsonl::{self, JsonlError, JsonlOptions};
-use gemma::kv_cache::KvType;
+use gemma::kv_cache::{KvType, KvTypes};
 use gemma::model::offload::MoeUpload;
 use gemma::model::Offload;
 use gemma::repl::{self, ChatOptions};
@@ -52,6 +52,8 @@ enum Command {
         /// --vram-budget, else for the GPU's free memory. Loads nothing
         #[arg(long)]
         plan: bool,
+        #[command(flatten)]
+        kv: KvArgs,
         /// With --plan: plan for this many GiB of VRAM
         #[arg(long = "vram-budget", value_name = "GIB", requires = "plan")]
         vram_budget: Option<f64>,
@@ -92,6 +94,12 @@ enum Command {
         /// Output format
         #[arg(short = 'o', long = "output", value_enum, default_value_t = BenchFormat::Md)]
         output: BenchFormat,
+        /// Key cache types to time (-ctk): f32, f16, bf16, q8_0, q4_0
+        #[arg(long = "cache-type-k", value_name = "TYPES", value_delimiter = ',', default_value = "f16")]
+        cache_type_k: Vec<KvType>,
+        /// Value cache types to time (-ctv)
+        #[arg(long = "cache-type-v", value_name = "TYPES", value_delimiter = ',', default_value = "f16")]
+        cache_type_v: Vec<KvType>,
         #[command(flatten)]
         gpu: GpuArgs,
     },
@@ -179,11 +187,31 @@ struct ModelArgs {
     /// Threads for the matrix products (default: the physical cores)
     #[arg(short = 't', long = "threads")]
     threads: Option<usize>,
-    /// Element type of the KV cache
-    #[arg(long = "kv-type", value_enum, default_value_t = KvType::F16)]
-    kv_type: KvType,
+    #[command(flatten)]
+    kv: KvArgs,
     #[command(flatten)]
     gpu: GpuArgs,
+}
+
+/// The KV cache's element types: the flags `run`, `chat`, `perplexity` and `info` share.
+#[derive(Args, Clone)]
+struct KvArgs {
+    /// Element type of the cached keys: f32, f16, bf16, q8_0 or q4_0 (-ctk, as llama.cpp).
+    /// Default: --kv-type
+    #[arg(long = "cache-type-k", value_name = "TYPE")]
+    cache_type_k: Option<KvType>,
+    /// Element type of the cached values (-ctv), as --cache-type-k. Default: --kv-type
+    #[arg(long = "cache-type-v", value_name = "TYPE")]
+    cache_type_v: Option<KvType>,
+    /// Element type of both keys and values: f32, f16, bf16, q8_0 or q4_0
+    #[arg(long = "kv-type", value_name = "TYPE", default_value_t = KvType::F16)]
+    kv_type: KvType,
+}
+
+impl KvArgs {
+    fn types(&self) -> KvTypes {
+        KvTypes { k: self.cache_type_k.unwrap_or(self.kv_type), v: self.cache_type_v.unwrap_or(self.kv_type) }
+    }
 }
 
 /// Where the model runs: the flags `run`, `chat` and `bench` share.
@@ -239,9 +267,9 @@ fn gib(what: &str, value: f64) -> Result<u64> {
 }
 
 impl GpuArgs {
-    /// The request for a context of `context` positions of `kv_type` and batches of
-    /// `max_batch` tokens.
-    fn offload(&self, max_batch: usize, context: usize, kv_type: KvType) -> Result<Offload> {
+    /// The request for a context of `context` positions of K and V of `kv_types` and batches
+    /// of `max_batch` tokens.
+    fn offload(&self, max_batch: usize, context: usize, kv_types: KvTypes) -> Result<Offload> {
         Ok(Offload {
             gpu_layers: self.gpu_layers,
             n_cpu_moe: if self.cpu_moe { Some(usize::MAX) } else { self.n_cpu_moe },
@@ -250,7 +278,7 @@ impl GpuArgs {
             device: self.device,
             max_batch,
             context,
-            kv_type,
+            kv_types,
             moe_upload: self.moe_upload,
             expert_cache: match self.expert_cache {
                 Some(0.0) => Some(0),
@@ -297,9 +325,8 @@ struct PerplexityArgs {
     /// Threads for the matrix products (default: the physical cores)
     #[arg(short = 't', long = "threads")]
     threads: Option<usize>,
-    /// Element type of the KV cache
-    #[arg(long = "kv-type", value_enum, default_value_t = KvType::F16)]
-    kv_type: KvType,
+    #[command(flatten)]
+    kv: KvArgs,
     /// The base file: written (with -f) with the model's log-probabilities, or read (with
     /// --kl-divergence) to compare against them; llama-perplexity's format, so files from
     /// either tool serve both
@@ -436,9 +463,14 @@ enum BenchFormat {
 }
 
 fn main() -> ExitCode {
-    // llama.cpp spells the GPU layer count `-ngl N` (one dash, three letters), which clap's
-    // short flags cannot: read it as `--gpu-layers`.
-    let args = std::env::args_os().map(|a| if a == "-ngl" { "--gpu-layers".into() } else { a });
+    // llama.cpp spells the GPU layer count `-ngl N` and the cache types `-ctk T`, `-ctv T` (one
+    // dash, three letters), which clap's short flags cannot: read them as the long flags.
+    let args = std::env::args_os().map(|a| match a.to_str() {
+        Some("-ngl") => "--gpu-layers".into(),
+        Some("-ctk") => "--cache-type-k".into(),
+        Some("-ctv") => "--cache-type-v".into(),
+        _ => a,
+    });
     let cli = Cli::parse_from(args);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -455,15 +487,15 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Info { file, ctx_size, tensors, json, gpu_layers, plan, vram_budget, device, batch_size } => {
+        Command::Info { file, ctx_size, tensors, json, gpu_layers, plan, kv, vram_budget, device, batch_size } => {
             let gguf = GgufFile::open(&file)?;
-            let mut info = ModelInfo::new(&gguf, ctx_size, tensors);
+            let mut info = ModelInfo::new(&gguf, ctx_size, tensors).with_kv_types(kv.types());
             if let Some(n) = gpu_layers {
                 info = info.with_gpu_layers(&gguf, n);
             }
             if plan {
                 let context = usize::try_from(ctx_size).context("--ctx-size")?;
-                let costs = gemma::model::fit::Costs::from_header(&gguf.header, context, KvType::F16, batch_size)
+                let costs = gemma::model::fit::Costs::from_header(&gguf.header, context, kv.types(), batch_size)
                     .with_context(|| format!("{}: the file lacks the layer shapes to plan for", file.display()))?;
                 let offload = Offload {
                     vram_budget: vram_budget.map(|v| gib("--vram-budget", v)).transpose()?,
@@ -484,24 +516,41 @@ fn run(cli: Cli) -> Result<()> {
         Command::Run(args) => run_command(args),
         Command::Perplexity(args) => perplexity_command(args),
         Command::Chat(args) => chat_command(args),
-        Command::Bench { model, prompt, gen, depth, threads, batch_size, repetitions, output, gpu } => {
+        Command::Bench {
+            model,
+            prompt,
+            gen,
+            depth,
+            threads,
+            batch_size,
+            repetitions,
+            output,
+            cache_type_k,
+            cache_type_v,
+            gpu,
+        } => {
             let threads = if threads.is_empty() { vec![num_cpus::get_physical()] } else { threads };
             // The KV cache of the longest test: its depth and its tokens.
             let context = depth.iter().max().unwrap_or(&0) + prompt.iter().chain(&gen).max().unwrap_or(&0);
-            let options = BenchOptions { prompt, gen, depth, threads, batch: batch_size, repetitions };
+            let kv_types: Vec<KvTypes> =
+                cache_type_k.iter().flat_map(|&k| cache_type_v.iter().map(move |&v| KvTypes { k, v })).collect();
+            // Placed for the largest of the caches.
+            let largest = *kv_types.iter().max_by_key(|t| t.row_bytes(512)).expect("clap gives a default");
+            let show_types = kv_types.iter().any(|&t| t != KvTypes::default());
+            let options = BenchOptions { prompt, gen, depth, threads, batch: batch_size, repetitions, kv_types };
             let md = matches!(output, BenchFormat::Md);
-            let offload = gpu.offload(batch_size, context.max(1), KvType::F16)?;
+            let offload = gpu.offload(batch_size, context.max(1), largest)?;
             let mut bench = Bench::load(&model, &offload).with_context(|| model.display().to_string())?;
             if offload.asks_for_gpu() || bench.vram_bytes().is_some() {
                 eprintln!("gemma: {}", bench.placement());
             }
             if md {
-                println!("{}", bench::table_header());
+                println!("{}", bench::table_header(show_types));
             }
             let label = bench.label.clone();
             let report = bench.run(&options, &mut |r| {
                 if md {
-                    println!("{}", bench::table_row(&label, r));
+                    println!("{}", bench::table_row(&label, r, show_types));
                 }
             })?;
             if md {
@@ -544,15 +593,16 @@ fn run_command(args: RunArgs) -> Result<()> {
         return Err(UsageError("--think needs --chat or --jsonl".into()).into());
     }
     set_threads(args.model.threads)?;
-    let ModelArgs { model, ctx_size, batch_size, kv_type, gpu, .. } = args.model;
-    let offload = gpu.offload(batch_size, ctx_size, kv_type)?;
+    let ModelArgs { model, ctx_size, batch_size, kv, gpu, .. } = args.model;
+    let kv_types = kv.types();
+    let offload = gpu.offload(batch_size, ctx_size, kv_types)?;
     if args.jsonl {
         let gguf = GgufFile::open(&model)?;
         let template = chat_template(&gguf);
         let interactive = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
         let mut generator = load(gguf, !args.quiet && interactive, &offload, args.quiet)
             .with_context(|| model.display().to_string())?;
-        let mut session = Session::new(&mut generator, ctx_size, kv_type, batch_size)?;
+        let mut session = Session::new(&mut generator, ctx_size, kv_types, batch_size)?;
         let options = JsonlOptions {
             n_predict: args.n_predict,
             sampling: args.sampling.config(),
@@ -598,7 +648,7 @@ fn run_command(args: RunArgs) -> Result<()> {
         parse_special: !args.no_special,
         sampling: args.sampling.config(),
         stop: args.stop,
-        kv_type,
+        kv_types,
     };
     let mut stdout = std::io::stdout().lock();
     let mut sink = std::io::sink();
@@ -695,7 +745,7 @@ fn perplexity_command(args: PerplexityArgs) -> Result<()> {
     };
     let n_ctx = reader.as_ref().map_or(args.ctx_size, |r| r.chunks.n_ctx);
     let batch = args.batch_size.min(n_ctx);
-    let offload = args.gpu.offload(batch, n_ctx, args.kv_type)?;
+    let offload = args.gpu.offload(batch, n_ctx, args.kv.types())?;
     let mut generator = load(gguf, false, &offload, false).with_context(|| args.model.display().to_string())?;
     let n_vocab = generator.model.n_vocab();
     let chunks = match &mut reader {
@@ -732,7 +782,7 @@ fn perplexity_command(args: PerplexityArgs) -> Result<()> {
         }
         _ => None,
     };
-    let options = Options { n_ctx, batch, kv_type: args.kv_type };
+    let options = Options { n_ctx, batch, kv_types: args.kv.types() };
     let (mut nll, mut divergence) = (Nll::default(), Divergence::default());
     let bar = std::io::stderr().is_terminal().then(|| ProgressBar::new(chunks.n_chunk as u64));
     let started = std::time::Instant::now();
@@ -798,8 +848,9 @@ fn perplexity_command(args: PerplexityArgs) -> Result<()> {
 fn chat_command(args: ChatArgs) -> Result<()> {
     args.model.check()?;
     set_threads(args.model.threads)?;
-    let ModelArgs { model, ctx_size, batch_size, kv_type, gpu, .. } = args.model;
-    let offload = gpu.offload(batch_size, ctx_size, kv_type)?;
+    let ModelArgs { model, ctx_size, batch_size, kv, gpu, .. } = args.model;
+    let kv_types = kv.types();
+    let offload = gpu.offload(batch_size, ctx_size, kv_types)?;
     let gguf = GgufFile::open(&model)?;
     let template = ChatTemplate::from_gguf(&gguf.header).with_context(|| model.display().to_string())?;
     let bos_eos = ChatTemplate::bos_eos(&gguf.header).with_context(|| model.display().to_string())?;
@@ -810,7 +861,7 @@ fn chat_command(args: ChatArgs) -> Result<()> {
         think: args.think,
         context: ctx_size,
         batch: batch_size,
-        kv_type,
+        kv_types,
         n_predict: args.n_predict,
         sampling: args.sampling.config(),
         quiet: args.quiet,

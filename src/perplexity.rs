@@ -23,7 +23,7 @@ use std::io::{Read, Write};
 
 use serde::Serialize;
 
-use crate::kv_cache::KvType;
+use crate::kv_cache::KvTypes;
 use crate::model::{Logits, Model, Never};
 use crate::run::{uncancelled, RunError};
 
@@ -46,7 +46,7 @@ pub struct Options {
     pub n_ctx: usize,
     /// Tokens per forward pass (`-b`).
     pub batch: usize,
-    pub kv_type: KvType,
+    pub kv_types: KvTypes,
 }
 
 /// The tokens to score: whole chunks of `n_ctx`.
@@ -94,7 +94,7 @@ pub fn evaluate(
         if let Some(bos) = bos {
             tokens[0] = bos;
         }
-        let mut cache = model.new_cache_for(n_ctx, options.kv_type, Some(batch)).map_err(RunError::from)?;
+        let mut cache = model.new_cache_for(n_ctx, options.kv_types, Some(batch)).map_err(RunError::from)?;
         // logits: rows first .. n_ctx - 1 of the chunk.
         let mut logits = Vec::with_capacity(n_scored * n_vocab);
         for (b, piece) in tokens.chunks(batch).enumerate() {

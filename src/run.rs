@@ -10,7 +10,7 @@ use ggml::gguf::GgufFile;
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::kv_cache::{KvCacheError, KvType};
+use crate::kv_cache::{KvCacheError, KvTypes};
 use crate::model::{Model, ModelError, Offload, Stopped};
 use crate::sample::{Sampler, SamplerConfig, SamplerError};
 use crate::session::Session;
@@ -77,7 +77,7 @@ pub struct RunOptions {
     /// Generation ends where one of these appears; it is not printed.
     pub stop: Vec<String>,
     /// Element type of the KV cache.
-    pub kv_type: KvType,
+    pub kv_types: KvTypes,
 }
 
 /// Why generation ended.
@@ -197,7 +197,7 @@ impl Generator {
             });
         }
         let mut sampler = Sampler::new(options.sampling)?;
-        let mut session = Session::new(self, options.context, options.kv_type, options.batch)?;
+        let mut session = Session::new(self, options.context, options.kv_types, options.batch)?;
         let never = AtomicBool::new(false);
         let prefill = match logits {
             None => session.prefill(&prompt, &never)?,

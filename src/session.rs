@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::kv_cache::{KvCache, KvType};
+use crate::kv_cache::{KvCache, KvTypes};
 use crate::model::{Cancel, Cancelled, Logits, Never, Stopped};
 use crate::run::{uncancelled, Generator, RunError, StopReason, Timings};
 use crate::sample::Sampler;
@@ -101,10 +101,15 @@ impl TurnStats {
 }
 
 impl<'g> Session<'g> {
-    /// An empty session over `generator` with a cache of `context` positions of `kv_type`
+    /// An empty session over `generator` with a cache of `context` positions of K and V of `types`
     /// (allocated lazily as it fills).
-    pub fn new(generator: &'g mut Generator, context: usize, kv_type: KvType, batch: usize) -> Result<Self, RunError> {
-        let cache = generator.model.new_cache_for(context, kv_type, Some(batch.max(1)))?;
+    pub fn new(
+        generator: &'g mut Generator,
+        context: usize,
+        types: impl Into<KvTypes>,
+        batch: usize,
+    ) -> Result<Self, RunError> {
+        let cache = generator.model.new_cache_for(context, types, Some(batch.max(1)))?;
         Ok(Session { generator, cache, ids: Vec::new(), logits: Vec::new(), context, batch: batch.max(1) })
     }
 
@@ -310,6 +315,7 @@ mod tests {
     use ggml::gguf::GgufFile;
 
     use super::*;
+    use crate::kv_cache::KvType;
     use crate::model::offload::MoeUpload;
     use crate::model::{CancelAfter, Offload};
     use crate::sample::SamplerConfig;

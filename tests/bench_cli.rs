@@ -29,3 +29,29 @@ fn bench_prints_llama_bench_json() {
     assert_eq!(rows[4]["n_threads"], 2);
     assert_eq!(rows[2]["n_depth"], 8);
 }
+
+/// `-ctk`/`-ctv` lists: every pair timed, llama-bench's `type_k`/`type_v` in the JSON and as
+/// columns in the table.
+#[test]
+fn bench_times_each_pair_of_cache_types() {
+    let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny-gemma4-moe.gguf");
+    let bench = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_gemma"))
+            .args(["bench", "-p", "0", "-n", "2", "-d", "4", "-r", "1", "-ctk", "f16,q8_0", "-ctv", "q4_0", "-m"])
+            .arg(&model)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let v: serde_json::Value = serde_json::from_str(&bench(&["-o", "json"])).unwrap();
+    let types: Vec<(&str, &str)> =
+        v.as_array().unwrap().iter().map(|r| (r["type_k"].as_str().unwrap(), r["type_v"].as_str().unwrap())).collect();
+    assert_eq!(types, [("f16", "q4_0"), ("q8_0", "q4_0")]);
+    let md = bench(&[]);
+    let rows: Vec<&str> = md.lines().filter(|l| l.contains("tg2 @ d4")).collect();
+    assert_eq!(rows.len(), 2, "{md}");
+    assert!(md.lines().next().unwrap().contains("type_k | type_v"), "{md}");
+    assert!(rows[1].contains("|   q8_0 |   q4_0 |"), "{md}");
+}

@@ -156,3 +156,49 @@ fn plan_shows_where_the_fit_puts_the_model() {
     let stderr = String::from_utf8_lossy(&none.stderr);
     assert!(!none.status.success() && stderr.contains("give --vram-budget GIB"), "{stderr}");
 }
+
+/// The KV cache per type (issue 19) for Gemma 3 270M at `-c 8192`, hand-derived from its
+/// shape: 18 layers of 1 KV head of 256, every sixth global (3 keep 8192 positions), the other
+/// 15 sliding over 512; a row of 256 is 1024 bytes in f32, 512 in f16 and bf16, 8 blocks of 34
+/// in q8_0 (272) and of 18 in q4_0 (144). `-ctk`/`-ctv` (llama.cpp's one-dash spellings) set
+/// the estimate's types, each its own.
+#[test]
+fn kv_cache_memory_per_type() {
+    let positions: u64 = 15 * 512 + 3 * 8192; // 32,256 rows of K and as many of V
+    let info = |args: &[&str]| -> serde_json::Value {
+        let out = gemma()
+            .args(["info", "--json", "-c", "8192"])
+            .arg(model("gemma-3-270m-q4_k_m.gguf"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let plain = info(&[]);
+    let by_type: Vec<(String, u64)> = plain["memory"]["kv_cache_bytes_by_type"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["type"].as_str().unwrap().to_string(), t["bytes"].as_u64().unwrap()))
+        .collect();
+    let want: Vec<(String, u64)> = [("f32", 1024), ("f16", 512), ("bf16", 512), ("q8_0", 272), ("q4_0", 144)]
+        .into_iter()
+        .map(|(t, row)| (t.to_string(), 2 * positions * row))
+        .collect();
+    assert_eq!(by_type, want);
+    assert_eq!(
+        (plain["memory"]["kv_types"].as_str(), plain["memory"]["kv_cache_bytes"].as_u64()),
+        (Some("f16"), Some(2 * positions * 512))
+    );
+    let mixed = info(&["-ctk", "q8_0", "-ctv", "q4_0"]);
+    assert_eq!(mixed["memory"]["kv_types"], "K q8_0, V q4_0");
+    assert_eq!(mixed["memory"]["kv_cache_bytes"].as_u64(), Some(positions * (272 + 144)));
+    let both = info(&["--kv-type", "bf16", "--cache-type-v", "q8_0"]);
+    assert_eq!(both["memory"]["kv_types"], "K bf16, V q8_0");
+    // The text says it too.
+    let out = gemma().args(["info", "-c", "8192", "-ctk", "q8_0"]).arg(model("gemma-3-270m-q4_k_m.gguf")).output();
+    let text = String::from_utf8(out.unwrap().stdout).unwrap();
+    assert!(text.contains("KV cache (K q8_0, V f16, -c 8192)"), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("KV by type") && l.contains("q4_0 ")), "{text}");
+}

@@ -163,3 +163,49 @@ fn full_size_shapes_match_llama_cpp() {
         floor.mean_kl
     );
 }
+
+/// Quantized KV caches (issue 19): for q8_0 and q4_0 K and V, the mean KL divergence of our
+/// logits from our own f16-cache logits is at most 1.1x llama.cpp's for the same cache type
+/// from its own f16 cache (flash attention on both, which llama.cpp needs for a quantized V),
+/// and the top-1 choices move about as much. The tiny random models (head dims 64 and 128) and
+/// the synthetic 26B-A4B shapes (256 and 512). Both runtimes store the same ggml blocks of the
+/// same Hadamard-rotated rows; llama.cpp also rounds the queries to q8_0 for the dot products,
+/// which we do not. (Without the rotation ours was up to 8x llama.cpp's on the tiny MoE.)
+#[test]
+fn quantized_kv_caches_match_llama_cpp() {
+    let synth = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/synth-gemma4-2l-v1.gguf");
+    assert!(synth.exists(), "{} is missing: scripts/test.sh writes it", synth.display());
+    let synth_tokens: Vec<u32> = (0..256u32).map(|i| 2 + (i.wrapping_mul(2_654_435_761) >> 8) % 262_000).collect();
+    let mut cases: Vec<(String, std::path::PathBuf, Vec<u32>, usize)> =
+        vec![("synthetic 26B-A4B, 2 layers, Q4_K_M".into(), synth, synth_tokens, 262_144)];
+    for name in MODELS {
+        let f = fixture(name);
+        cases.push((format!("{name} F32"), f.gguf, f.tokens, f.n_vocab));
+    }
+    let mut results = Vec::new();
+    for (what, path, tokens, n_vocab) in cases {
+        let n = tokens.len();
+        let ours_f16 = ours(&path, &tokens, KvType::F16);
+        let theirs_f16 = Llama::load_with(&path, true, n, sys::GGML_TYPE_F16).decode(&tokens, 0);
+        for (t, their_t) in [(KvType::Q8_0, sys::GGML_TYPE_Q8_0), (KvType::Q4_0, sys::GGML_TYPE_Q4_0)] {
+            let ours_t = ours(&path, &tokens, t);
+            let theirs_t = Llama::load_with(&path, true, n, their_t).decode(&tokens, 0);
+            let (a, b) = (Agreement::of(&ours_t, &ours_f16, n_vocab), Agreement::of(&theirs_t, &theirs_f16, n_vocab));
+            println!("{what}, {t} K and V against f16, {n} tokens:");
+            println!("  ours:      {a}");
+            println!("  llama.cpp: {b}");
+            println!("  KL ratio ours / llama.cpp: {:.3}", a.mean_kl / b.mean_kl);
+            results.push((format!("{what} {t}"), a, b));
+        }
+    }
+    for (what, a, b) in results {
+        assert!(
+            a.mean_kl <= 1.1 * b.mean_kl,
+            "{what}: mean KL {:.3e} > 1.1 x llama.cpp's {:.3e}",
+            a.mean_kl,
+            b.mean_kl
+        );
+        // On the tiny models a q4_0 cache flips half the choices for both; within two.
+        assert!(a.top1 + 2 >= b.top1, "{what}: top-1 kept {} of {}, llama.cpp {}", a.top1, a.n, b.top1);
+    }
+}

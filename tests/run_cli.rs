@@ -107,3 +107,18 @@ fn chat_prompts_use_the_turn_format_with_one_bos() {
     assert_eq!(v["prompt_ids"][0], 2);
     assert_ne!(v["prompt_ids"][1], 2);
 }
+
+/// Quantized caches by llama.cpp's flags run end to end (their accuracy is the oracle tests'),
+/// and an unknown type is a usage error naming the choices.
+#[test]
+fn cache_types_by_llama_cpp_flags() {
+    for args in [&["-ctk", "q8_0", "-ctv", "q4_0"][..], &["--kv-type", "bf16"], &["--cache-type-k", "q4_0"]] {
+        let out = run(GEMMA3, &[&["-p", PROMPT, "-n", "4", "--temp", "0"], args].concat());
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(!out.stdout.is_empty(), "{args:?}");
+    }
+    let out = run(GEMMA3, &["-p", "hi", "-ctk", "q9_0"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("unknown KV cache type \"q9_0\": expected f32, f16, bf16, q8_0 or q4_0"), "{stderr}");
+}

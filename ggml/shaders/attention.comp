@@ -8,8 +8,10 @@
 // the tile's maximum and sum meet in shared memory, and each lane accumulates its head_dim / 128
 // output dimensions over the tile's values.
 //
-// Bindings: 0 q `[n_tokens][n_head][head_dim]`, 1 K, 2 V (kv.glsl), 3 kpos `[capacity]` (i32,
-// -1: unused), 4 qpos `[n_tokens]` (i32), 5 out `[n_tokens][n_head][head_dim]`.
+// Bindings: 0 q `[n_tokens][n_head][head_dim]`, 1 K of type K_TYPE, 2 V of type V_TYPE (kv.glsl),
+// 3 kpos `[capacity]` (i32, -1: unused), 4 qpos `[n_tokens]` (i32), 5 out `[n_tokens][n_head]
+// [head_dim]`. A block type's rotation (of q and the stored K, of the output against the stored
+// V) is the caller's (hadamard.comp).
 
 #extension GL_EXT_control_flow_attributes : enable
 
@@ -37,6 +39,18 @@ layout(push_constant) uniform Params {
 
 #include "common.glsl"
 #include "kv.glsl"
+
+#define KV_FN k_read2
+#define KV_BUF kc
+#define KV_TYPE K_TYPE
+#include "kv_read.glsl"
+#undef KV_FN
+#undef KV_BUF
+#undef KV_TYPE
+#define KV_FN v_read2
+#define KV_BUF vc
+#define KV_TYPE V_TYPE
+#include "kv_read.glsl"
 
 shared float qs[MAX_DIM];
 shared float ps[LANES];
@@ -84,10 +98,9 @@ void main() {
             int kp = kpos[s];
             bool seen = kp >= 0 && kp <= qp && (p.window == 0u || uint(qp - kp) < p.window);
             if (seen) {
-                uint row = (head0 + s) * p.head_dim;
                 float dot_ = 0.0;
                 for (uint d = 0u; d < p.head_dim; d += 2u) {
-                    vec2 kk = KV_READ2(kc, row, d);
+                    vec2 kk = k_read2(head0 + s, d);
                     dot_ += qs[d] * kk.x + qs[d + 1u] * kk.y;
                 }
                 score = dot_ * p.scale;
@@ -111,8 +124,7 @@ void main() {
                 for (uint i = 0u; i < n; i++) {
                     float w = ps[i];
                     if (w != 0.0) {
-                        uint row = (head0 + base + i) * p.head_dim;
-                        vec2 vv = KV_READ2(vc, row, d & ~1u);
+                        vec2 vv = v_read2(head0 + base + i, d & ~1u);
                         a += w * ((d & 1u) == 0u ? vv.x : vv.y);
                     }
                 }

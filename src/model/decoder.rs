@@ -27,7 +27,7 @@
 //! logits = softcap(output · (rmsnorm(x) * output_norm))                (tied: output = token_embd)
 //! ```
 
-use ggml::attention::{attention, AttnShape};
+use ggml::attention::AttnShape;
 use ggml::gguf::GgufFile;
 use ggml::kernels::moe::{moe_ffn, GateUp};
 use ggml::kernels::Isa;
@@ -43,7 +43,7 @@ use super::offload::{Offload, Resolved};
 use super::{
     norm_rows, norm_rows_inplace, Cancel, Cancelled, ExpertStack, Input, Logits, Matrix, ModelError, Never, Stopped,
 };
-use crate::kv_cache::{KvCache, KvCacheError, KvType, LayerSpec};
+use crate::kv_cache::{KvCache, KvCacheError, KvTypes, LayerSpec};
 
 /// One decoder layer: its shape, and its weights named by tensor role (`hd`: its head dim).
 pub(crate) struct Layer {
@@ -316,12 +316,12 @@ impl Decoder {
 
     /// An empty f16 cache for up to `context` positions.
     pub fn new_cache(&self, context: usize) -> Result<KvCache, KvCacheError> {
-        self.new_cache_of(context, KvType::F16)
+        self.new_cache_of(context, KvTypes::default())
     }
 
-    /// An empty cache of `kv_type` elements for up to `context` positions.
-    pub fn new_cache_of(&self, context: usize, kv_type: KvType) -> Result<KvCache, KvCacheError> {
-        self.new_cache_for(context, kv_type, None)
+    /// An empty cache of K and V of `types` for up to `context` positions.
+    pub fn new_cache_of(&self, context: usize, types: impl Into<KvTypes>) -> Result<KvCache, KvCacheError> {
+        self.new_cache_for(context, types, None)
     }
 
     /// [`new_cache_of`](Self::new_cache_of), in VRAM for the layers on a GPU, their rings sized
@@ -329,14 +329,15 @@ impl Decoder {
     pub fn new_cache_for(
         &self,
         context: usize,
-        kv_type: KvType,
+        types: impl Into<KvTypes>,
         #[allow(unused_variables)] max_batch: Option<usize>,
     ) -> Result<KvCache, KvCacheError> {
+        let types = types.into();
         #[cfg(feature = "vulkan")]
         if let Some(g) = &self.gpu {
-            return g.new_cache(&self.kv_specs(), context, kv_type, max_batch);
+            return g.new_cache(&self.kv_specs(), context, types, max_batch);
         }
-        KvCache::with_type(&self.kv_specs(), context, kv_type)
+        KvCache::with_type(&self.kv_specs(), context, types)
     }
 
     /// How the GPU layers that keep their experts in RAM ran them so far (`None` when no layer
@@ -458,7 +459,7 @@ impl Decoder {
         let shape = AttnShape { n_head, n_kv_head: n_head_kv, head_dim: hd, scale: 1.0, window: layer.window };
         // a: [n_tokens][n_head][hd]
         let mut a = vec![0.0f32; q.len()];
-        attention(isa, &shape, &q, q_pos, cache.layer(il).slots(), &mut a);
+        cache.layer(il).attend(isa, &shape, &q, q_pos, &mut a);
         let mut out = Input::new(&a, q_row).project(isa, file, &layer.attn_output);
         norm_rows_inplace(&mut out, n_embd, Some(&layer.post_attention_norm), eps);
         add(x, &out);

@@ -21,7 +21,7 @@ use ggml::gguf::GgufHeader;
 use serde::Serialize;
 
 use crate::info::{human_bytes, Hparams};
-use crate::kv_cache::KvType;
+use crate::kv_cache::KvTypes;
 
 /// Bytes one decoder layer takes on the GPU.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -103,13 +103,13 @@ impl Widths {
 }
 
 impl Costs {
-    /// The costs of the model in `h` with a KV cache of `kv_type` for `context` positions and
+    /// The costs of the model in `h` with a KV cache of `types` for `context` positions and
     /// batches of up to `max_batch` tokens. `None` when the header lacks the layer shapes.
-    pub fn from_header(h: &GgufHeader, context: usize, kv_type: KvType, max_batch: usize) -> Option<Costs> {
+    pub fn from_header(h: &GgufHeader, context: usize, types: impl Into<KvTypes>, max_batch: usize) -> Option<Costs> {
         let hp = Hparams::read(h);
         let sizes = h.tensors.iter().map(|t| (t.name.as_str(), t.n_bytes()));
         let n_vocab = h.tensor("token_embd.weight")?.dims.get(1).copied()? as usize;
-        Costs::new(sizes, &hp, n_vocab, context, kv_type, max_batch)
+        Costs::new(sizes, &hp, n_vocab, context, types.into(), max_batch)
     }
 
     /// [`from_header`](Self::from_header) from a tensor table (name, bytes), the
@@ -119,14 +119,14 @@ impl Costs {
         hp: &Hparams,
         n_vocab: usize,
         context: usize,
-        kv_type: KvType,
+        types: KvTypes,
         max_batch: usize,
     ) -> Option<Costs> {
         let specs = hp.layer_specs()?;
         let mut layers: Vec<LayerCost> = (specs.iter())
             .map(|s| {
                 let capacity = s.device_capacity(context, max_batch);
-                let kv = s.bytes(capacity, kv_type) + if s.shares_cache_of.is_none() { 4 * capacity as u64 } else { 0 };
+                let kv = s.bytes(capacity, types) + if s.shares_cache_of.is_none() { 4 * capacity as u64 } else { 0 };
                 LayerCost { kv, ..LayerCost::default() }
             })
             .collect();
@@ -480,7 +480,7 @@ mod tests {
             .collect();
         let hp = Hparams::read(&vocab.header);
         let sizes = rows.iter().map(|(n, b)| (n.as_str(), *b));
-        Costs::new(sizes, &hp, 262144, context, KvType::F16, 512).unwrap()
+        Costs::new(sizes, &hp, 262144, context, KvTypes::default(), 512).unwrap()
     }
 
     #[test]

@@ -16,7 +16,7 @@ use ggml::gguf::GgufHeader;
 use super::fit::{fit, Costs, Placement, Plan};
 use super::ModelError;
 use crate::info::human_bytes;
-use crate::kv_cache::KvType;
+use crate::kv_cache::KvTypes;
 
 /// The GPU request, and the context and batch sizes it is planned for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,7 +35,7 @@ pub struct Offload {
     pub max_batch: usize,
     /// The context the KV cache is planned for, and its element type.
     pub context: usize,
-    pub kv_type: KvType,
+    pub kv_types: KvTypes,
     /// Whether a prompt's experts that are in RAM are copied to VRAM for the batch
     /// (`--moe-upload`).
     pub moe_upload: MoeUpload,
@@ -69,7 +69,7 @@ impl Default for Offload {
             device: None,
             max_batch: 512,
             context: 4096,
-            kv_type: KvType::F16,
+            kv_types: KvTypes::default(),
             moe_upload: MoeUpload::Auto,
             expert_cache: None,
         }
@@ -139,7 +139,7 @@ impl Offload {
         if !wanted {
             return Ok(self.on_cpu(n_layer, "CPU".into()));
         }
-        let mut costs = Costs::from_header(h, self.context, self.kv_type, self.max_batch).ok_or_else(|| {
+        let mut costs = Costs::from_header(h, self.context, self.kv_types, self.max_batch).ok_or_else(|| {
             ModelError::Unsupported("the file lacks the layer shapes to plan the GPU's memory".into())
         })?;
         costs.uploads = self.moe_upload != MoeUpload::Off;

@@ -36,7 +36,7 @@ use rustyline::{
 use thiserror::Error;
 
 use crate::chat::{ChatError, ChatTemplate, Message, RenderOptions};
-use crate::kv_cache::KvType;
+use crate::kv_cache::KvTypes;
 use crate::run::{Generator, RunError, StopReason};
 use crate::sample::{Sampler, SamplerConfig};
 use crate::session::{Session, TurnStats};
@@ -69,7 +69,7 @@ pub struct ChatOptions {
     pub think: bool,
     pub context: usize,
     pub batch: usize,
-    pub kv_type: KvType,
+    pub kv_types: KvTypes,
     /// Tokens per reply at most; `None`: until the model ends its turn or the context is full.
     pub n_predict: Option<usize>,
     pub sampling: SamplerConfig,
@@ -102,7 +102,7 @@ pub fn run(
         bos_token,
         eos_token,
     };
-    let session = Session::new(generator, options.context, options.kv_type, options.batch)?;
+    let session = Session::new(generator, options.context, options.kv_types, options.batch)?;
     let mut chat = Chat {
         session,
         template,
@@ -369,7 +369,7 @@ impl Chat<'_> {
                 s.n_cached(),
                 s.context(),
                 s.cache_bytes() as f64 / (1024.0 * 1024.0),
-                self.options.kv_type
+                self.options.kv_types
             ),
             format!(
                 "conversation: {} messages{}",

@@ -25,6 +25,17 @@ impl Llama {
 
     /// With K and V cached as `kv_type` (`GGML_TYPE_F16`, llama.cpp's default, or `_F32`).
     pub fn load_with(path: &Path, flash_attn: bool, context: usize, kv_type: sys::ggml_type) -> Llama {
+        Llama::load_kv(path, flash_attn, context, kv_type, kv_type)
+    }
+
+    /// With K cached as `type_k` and V as `type_v` (a quantized V needs `flash_attn`).
+    pub fn load_kv(
+        path: &Path,
+        flash_attn: bool,
+        context: usize,
+        type_k: sys::ggml_type,
+        type_v: sys::ggml_type,
+    ) -> Llama {
         let name = path.display().to_string();
         let path = CString::new(path.to_str().unwrap()).unwrap();
         // SAFETY: process-wide initialisation, default params are plain data, the path is a
@@ -42,8 +53,8 @@ impl Llama {
             cparams.n_ubatch = context as u32;
             cparams.n_threads = 2;
             cparams.n_threads_batch = 2;
-            cparams.type_k = kv_type;
-            cparams.type_v = kv_type;
+            cparams.type_k = type_k;
+            cparams.type_v = type_v;
             cparams.flash_attn_type =
                 if flash_attn { sys::LLAMA_FLASH_ATTN_TYPE_ENABLED } else { sys::LLAMA_FLASH_ATTN_TYPE_DISABLED };
             let ctx = sys::llama_init_from_model(model, cparams);

@@ -1,4 +1,4 @@
-//! Attention over an f16 or f32 KV cache: for every query token `t` and head `h`,
+//! Attention over a KV cache of any [`KvType`] (K and V each their own): for every query token `t` and head `h`,
 //! `out[t][h] = softmax(scale · q[t][h] · Kᵀ + mask) · V` over the keys of KV head
 //! `h / (n_head / n_kv_head)` (GQA: contiguous groups of query heads share a KV head).
 //!
@@ -20,11 +20,13 @@
 //!
 //! ## Element types
 //!
-//! K and V are f16 (as llama.cpp stores them by default: half the memory and half the bytes
-//! read per decode step) or f32 (no rounding of K and V at all, to match a float32 reference
-//! tightly). [`KvSlots`] says which; [`attention`] looks once per call and runs code
-//! monomorphized for that type ([`KvElem`]), so the hot loops never branch on it. An f32 row
-//! is read as it is (`loadu_ps`); an f16 row is widened on the fly (`cvtph_ps`).
+//! K and V are f16 by default (as llama.cpp stores them: half the memory and half the bytes
+//! read per decode step), f32 (no rounding of K and V at all, to match a float32 reference
+//! tightly), bf16, or the block formats q8_0 and q4_0 (a half and a quarter of f16's bytes
+//! again), each tensor its own ([`kv`]). [`KvSlots`] says which; [`attention`] looks once per
+//! call and runs code monomorphized for that pair of types ([`KvElem`]), so the hot loops
+//! never branch on them. An f32 row is read as it is (`loadu_ps`); the others are widened or
+//! dequantized on the fly, 8 or 16 elements at a time, and the queries stay f32.
 //!
 //! ## Cache layout: `[n_kv_head][capacity][head_dim]` (head-major)
 //!
@@ -44,9 +46,11 @@ use crate::kernels::Isa;
 use crate::parallel::for_each_chunk_mut;
 
 mod kv;
+pub mod rotation;
 #[cfg(target_arch = "x86_64")]
 mod tiled;
-pub use kv::{KvElem, KvRows, KvSlots};
+pub(crate) use kv::{match_kv_data, match_kv_slots};
+pub use kv::{KvData, KvElem, KvRows, KvSlots, KvType, ParseKvTypeError};
 
 /// The shape of one attention layer's computation.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -55,7 +59,8 @@ pub struct AttnShape {
     pub n_head: usize,
     /// Key/value heads; must divide `n_head`.
     pub n_kv_head: usize,
-    /// Elements per head (256 or 512 for Gemma 4); a multiple of 16.
+    /// Elements per head (256 or 512 for Gemma 4); a multiple of 16, and of 32 (whole blocks)
+    /// for a block type.
     pub head_dim: usize,
     /// Multiplies every score before the softmax (1.0 for Gemma 4).
     pub scale: f32,
@@ -82,7 +87,7 @@ impl AttnShape {
     }
 
     /// Panics unless the buffers fit the shape; returns the cache capacity (slots per head).
-    fn check<T: KvElem>(&self, q: &[f32], q_pos: &[usize], kv: &KvRows<T>, out: &[f32]) -> usize {
+    fn check<K: KvElem, V: KvElem>(&self, q: &[f32], q_pos: &[usize], kv: &KvRows<K, V>, out: &[f32]) -> usize {
         let d = self.head_dim;
         assert!(
             self.n_kv_head > 0 && self.n_head.is_multiple_of(self.n_kv_head),
@@ -92,47 +97,57 @@ impl AttnShape {
         let q_len = q_pos.len() * self.n_head * d;
         assert_eq!(q.len(), q_len, "q must hold [{}][{}][{d}]", q_pos.len(), self.n_head);
         assert_eq!(out.len(), q_len, "out must hold [{}][{}][{d}]", q_pos.len(), self.n_head);
-        let row = self.n_kv_head * d;
         assert!(
-            kv.k.len() == kv.v.len() && kv.k.len().is_multiple_of(row),
+            d.is_multiple_of(K::BLOCK) && d.is_multiple_of(V::BLOCK),
+            "head_dim {d} is not whole blocks of {} and {}",
+            K::TYPE,
+            V::TYPE
+        );
+        let (k_row, v_row) = (self.n_kv_head * K::units(d), self.n_kv_head * V::units(d));
+        assert!(
+            kv.k.len().is_multiple_of(k_row) && kv.v.len() == kv.k.len() / k_row * v_row,
             "K and V must both hold [{}][capacity][{d}]",
             self.n_kv_head
         );
-        let capacity = kv.k.len() / row;
+        let capacity = kv.k.len() / k_row;
         assert!(kv.pos.len() <= capacity, "{} used slots in a cache of {capacity}", kv.pos.len());
         capacity
     }
 }
 
 /// One (token, head) pair of the reference: its query row and its KV head's rows
-/// (`capacity · d` each).
-struct Pair<'a, T> {
+/// (`capacity · d` elements each).
+struct Pair<'a, K, V> {
     q: &'a [f32],
     q_pos: usize,
-    k: &'a [T],
-    v: &'a [T],
+    k: &'a [K],
+    v: &'a [V],
     pos: &'a [usize],
 }
 
 /// Runs `f` on every (token, head) pair of the reference, in parallel: pair `i` is token
 /// `i / n_head`, head `i % n_head`, and owns `out[i * d..(i + 1) * d]`.
-fn for_each_pair<T: KvElem>(
+fn for_each_pair<K: KvElem, V: KvElem>(
     shape: &AttnShape,
     q: &[f32],
     q_pos: &[usize],
-    kv: &KvRows<T>,
+    kv: &KvRows<K, V>,
     out: &mut [f32],
-    f: impl Fn(&Pair<T>, &mut [f32]) + Sync,
+    f: impl Fn(&Pair<K, V>, &mut [f32]) + Sync,
 ) {
     let capacity = shape.check(q, q_pos, kv, out);
     let d = shape.head_dim;
-    let head_len = capacity * d;
+    let (k_head, v_head) = (capacity * K::units(d), capacity * V::units(d));
     for_each_chunk_mut(out, d, |i, out| {
         let (t, h) = (i / shape.n_head, i % shape.n_head);
         let kv_head = h / shape.group();
-        let rows = kv_head * head_len..(kv_head + 1) * head_len;
-        let pair =
-            Pair { q: &q[i * d..(i + 1) * d], q_pos: q_pos[t], k: &kv.k[rows.clone()], v: &kv.v[rows], pos: kv.pos };
+        let pair = Pair {
+            q: &q[i * d..(i + 1) * d],
+            q_pos: q_pos[t],
+            k: &kv.k[kv_head * k_head..(kv_head + 1) * k_head],
+            v: &kv.v[kv_head * v_head..(kv_head + 1) * v_head],
+            pos: kv.pos,
+        };
         f(&pair, out);
     });
 }
@@ -141,22 +156,26 @@ fn for_each_pair<T: KvElem>(
 /// positions `q_pos`. Scores, softmax and the weighted sum are in f64, rounded to f32 at the
 /// end, so the tests measure the fast path's rounding alone. A query that sees no key gets 0.
 pub fn attention_reference(shape: &AttnShape, q: &[f32], q_pos: &[usize], kv: KvSlots, out: &mut [f32]) {
-    match kv {
-        KvSlots::F16(rows) => reference_rows(shape, q, q_pos, rows, out),
-        KvSlots::F32(rows) => reference_rows(shape, q, q_pos, rows, out),
-    }
+    match_kv_slots!(kv, rows => reference_rows(shape, q, q_pos, rows, out))
 }
 
-/// [`attention_reference`] for one element type.
-fn reference_rows<T: KvElem>(shape: &AttnShape, q: &[f32], q_pos: &[usize], kv: KvRows<T>, out: &mut [f32]) {
+/// [`attention_reference`] for one pair of element types.
+fn reference_rows<K: KvElem, V: KvElem>(
+    shape: &AttnShape,
+    q: &[f32],
+    q_pos: &[usize],
+    kv: KvRows<K, V>,
+    out: &mut [f32],
+) {
     let d = shape.head_dim;
+    let (kr, vr) = (K::units(d), V::units(d));
     for_each_pair(shape, q, q_pos, &kv, out, |pair, out| {
         let mut row = vec![0.0f64; d];
         // (slot, score) for every visible key.
         let scores: Vec<(usize, f64)> = (pair.pos.iter().enumerate())
             .filter(|&(_, &k_pos)| shape.visible(pair.q_pos, k_pos))
             .map(|(slot, _)| {
-                T::to_f64_row(&pair.k[slot * d..(slot + 1) * d], &mut row);
+                K::to_f64_row(&pair.k[slot * kr..(slot + 1) * kr], &mut row);
                 let mut dot = 0.0f64;
                 for (&q, &k) in pair.q.iter().zip(&row) {
                     dot += q as f64 * k;
@@ -169,7 +188,7 @@ fn reference_rows<T: KvElem>(shape: &AttnShape, q: &[f32], q_pos: &[usize], kv: 
         let sum: f64 = weights.iter().map(|&(_, w)| w).sum();
         let mut weighted = vec![0.0f64; d];
         for &(slot, w) in &weights {
-            T::to_f64_row(&pair.v[slot * d..(slot + 1) * d], &mut row);
+            V::to_f64_row(&pair.v[slot * vr..(slot + 1) * vr], &mut row);
             for (acc, &v) in weighted.iter_mut().zip(&row) {
                 *acc += w * v;
             }
@@ -182,8 +201,8 @@ fn reference_rows<T: KvElem>(shape: &AttnShape, q: &[f32], q_pos: &[usize], kv: 
 
 /// Attention at instruction-set level `isa` (callers pass [`Isa::best`]; a level this CPU
 /// lacks falls back to the portable path): `out` (`[n_tokens][n_head][head_dim]`, f32) for
-/// queries `q` (same shape) at positions `q_pos`, over the cache `kv` (f16 or f32: matched
-/// once per call, not per row). A query that sees no key gets 0.
+/// queries `q` (same shape) at positions `q_pos`, over the cache `kv` (its K and V types
+/// matched once per call, not per row). A query that sees no key gets 0.
 ///
 /// The unit of work is a (token, KV head) pair and its whole group of query heads: each K and
 /// V row is read from memory once and reused from L1 by every head of the group (2 on Gemma 4
@@ -192,23 +211,16 @@ fn reference_rows<T: KvElem>(shape: &AttnShape, q: &[f32], q_pos: &[usize], kv: 
 pub fn attention(isa: Isa, shape: &AttnShape, q: &[f32], q_pos: &[usize], kv: KvSlots, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512 && crate::kernels::cpu::detected().avx512 && tiled::usable(shape, q_pos.len()) {
-        match kv {
-            // SAFETY (both): the guard checked that this CPU has AVX2, FMA, F16C and AVX-512
+        match_kv_slots!(kv, rows => {
+            let capacity = shape.check(q, q_pos, &rows, out);
+            // SAFETY: the guard checked that this CPU has AVX2, FMA, F16C and AVX-512
             // F/BW/VL/VNNI.
-            KvSlots::F16(rows) => unsafe {
-                tiled::attention(shape, q, q_pos, &rows, shape.check(q, q_pos, &rows, out), out)
-            },
-            KvSlots::F32(rows) => unsafe {
-                tiled::attention(shape, q, q_pos, &rows, shape.check(q, q_pos, &rows, out), out)
-            },
-        }
+            unsafe { tiled::attention(shape, q, q_pos, &rows, capacity, out) }
+        });
         return;
     }
     let n_chunks = key_chunks(q_pos.len() * shape.n_kv_head, kv.pos().len());
-    match kv {
-        KvSlots::F16(rows) => attention_split(isa, shape, q, q_pos, rows, out, n_chunks),
-        KvSlots::F32(rows) => attention_split(isa, shape, q, q_pos, rows, out, n_chunks),
-    }
+    match_kv_slots!(kv, rows => attention_split(isa, shape, q, q_pos, rows, out, n_chunks))
 }
 
 /// Shortest key chunk worth a unit of work of its own.
@@ -234,25 +246,25 @@ impl Running {
 }
 
 /// One unit of work: the `group` query rows of one (token, KV head) pair (`group · d`), that
-/// KV head's rows (`capacity · d` each) and the slots of the key chunk to go through.
-struct Unit<'a, T> {
+/// KV head's rows (`capacity · d` elements each) and the slots of the key chunk to go through.
+struct Unit<'a, K, V> {
     q: &'a [f32],
     q_pos: usize,
-    k: &'a [T],
-    v: &'a [T],
+    k: &'a [K],
+    v: &'a [V],
     pos: &'a [usize],
     slots: std::ops::Range<usize>,
 }
 
-/// [`attention`] over rows of one element type, with the keys split into `n_chunks` chunks of
-/// consecutive slots.
+/// [`attention`] over rows of one pair of element types, with the keys split into `n_chunks`
+/// chunks of consecutive slots.
 #[allow(clippy::too_many_arguments)]
-fn attention_split<T: KvElem>(
+fn attention_split<K: KvElem, V: KvElem>(
     isa: Isa,
     shape: &AttnShape,
     q: &[f32],
     q_pos: &[usize],
-    kv: KvRows<T>,
+    kv: KvRows<K, V>,
     out: &mut [f32],
     n_chunks: usize,
 ) {
@@ -263,15 +275,14 @@ fn attention_split<T: KvElem>(
     // Unit `u` is token `u / n_kv_head`, KV head `u % n_kv_head`; its query heads are
     // consecutive, so its queries and outputs are `[u * group * d, (u + 1) * group * d)`.
     let unit_len = group * d;
-    let head_len = capacity * d;
+    let (k_head, v_head) = (capacity * K::units(d), capacity * V::units(d));
     let run = |u: usize, chunk: usize, acc: &mut [f32], state: &mut [Running]| {
         let (t, kv_head) = (u / n_kv_head, u % n_kv_head);
-        let rows = kv_head * head_len..(kv_head + 1) * head_len;
         let unit = Unit {
             q: &q[u * unit_len..(u + 1) * unit_len],
             q_pos: q_pos[t],
-            k: &kv.k[rows.clone()],
-            v: &kv.v[rows],
+            k: &kv.k[kv_head * k_head..(kv_head + 1) * k_head],
+            v: &kv.v[kv_head * v_head..(kv_head + 1) * v_head],
             pos: kv.pos,
             slots: (chunk * chunk_len).min(n_keys)..((chunk + 1) * chunk_len).min(n_keys),
         };
@@ -342,20 +353,21 @@ fn attention_split<T: KvElem>(
 /// `dot(q, k)` is the dot product of a query row with a key row; `mix(acc, c, v, p)` sets
 /// `acc = acc · c + v · p`. Inlined into each ISA's function, so the closures get its features.
 #[inline(always)]
-fn stream<T>(
+fn stream<K: KvElem, V: KvElem>(
     shape: &AttnShape,
-    unit: &Unit<T>,
+    unit: &Unit<K, V>,
     acc: &mut [f32],
     state: &mut [Running],
-    mut dot: impl FnMut(&[f32], &[T]) -> f32,
-    mut mix: impl FnMut(&mut [f32], f32, &[T], f32),
+    mut dot: impl FnMut(&[f32], &[K]) -> f32,
+    mut mix: impl FnMut(&mut [f32], f32, &[V], f32),
 ) {
     let d = shape.head_dim;
+    let (kr, vr) = (K::units(d), V::units(d));
     for slot in unit.slots.clone() {
         if !shape.visible(unit.q_pos, unit.pos[slot]) {
             continue;
         }
-        let (k, v) = (&unit.k[slot * d..(slot + 1) * d], &unit.v[slot * d..(slot + 1) * d]);
+        let (k, v) = (&unit.k[slot * kr..(slot + 1) * kr], &unit.v[slot * vr..(slot + 1) * vr]);
         for ((q, acc), state) in unit.q.chunks_exact(d).zip(acc.chunks_exact_mut(d)).zip(state.iter_mut()) {
             let s = dot(q, k) * shape.scale;
             if s > state.max {
@@ -372,9 +384,9 @@ fn stream<T>(
     }
 }
 
-/// Portable streaming path (also the one non-x86 machines run). f16 rows are widened a whole
-/// row at a time ([`KvElem::as_f32`]); f32 rows are used as they are.
-fn attend_scalar<T: KvElem>(shape: &AttnShape, unit: &Unit<T>, acc: &mut [f32], state: &mut [Running]) {
+/// Portable streaming path (also the one non-x86 machines run). Rows other than f32 are
+/// widened a whole row at a time ([`KvElem::as_f32`]); f32 rows are used as they are.
+fn attend_scalar<K: KvElem, V: KvElem>(shape: &AttnShape, unit: &Unit<K, V>, acc: &mut [f32], state: &mut [Running]) {
     let (mut k_row, mut v_row) = (vec![0.0f32; shape.head_dim], vec![0.0f32; shape.head_dim]);
     stream(
         shape,
@@ -383,13 +395,13 @@ fn attend_scalar<T: KvElem>(shape: &AttnShape, unit: &Unit<T>, acc: &mut [f32], 
         state,
         |q, k| {
             let mut dot = 0.0f32;
-            for (&q, &k) in q.iter().zip(T::as_f32(k, &mut k_row)) {
+            for (&q, &k) in q.iter().zip(K::as_f32(k, &mut k_row)) {
                 dot += q * k;
             }
             dot
         },
         |acc, c, v, p| {
-            for (a, &v) in acc.iter_mut().zip(T::as_f32(v, &mut v_row)) {
+            for (a, &v) in acc.iter_mut().zip(V::as_f32(v, &mut v_row)) {
                 *a = *a * c + v * p;
             }
         },
@@ -408,7 +420,12 @@ mod x86 {
     /// # Safety
     /// The CPU must support AVX2, FMA and F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub fn attend_avx2<T: KvElem>(shape: &AttnShape, unit: &Unit<T>, acc: &mut [f32], state: &mut [Running]) {
+    pub fn attend_avx2<K: KvElem, V: KvElem>(
+        shape: &AttnShape,
+        unit: &Unit<K, V>,
+        acc: &mut [f32],
+        state: &mut [Running],
+    ) {
         stream(shape, unit, acc, state, |q, k| dot_avx2(q, k), |out, c, v, p| mix_avx2(out, c, v, p));
     }
 
@@ -417,87 +434,99 @@ mod x86 {
     /// # Safety
     /// The CPU must support AVX2, FMA, F16C and AVX-512 F/BW/VL/VNNI.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    pub fn attend_avx512<T: KvElem>(shape: &AttnShape, unit: &Unit<T>, acc: &mut [f32], state: &mut [Running]) {
+    pub fn attend_avx512<K: KvElem, V: KvElem>(
+        shape: &AttnShape,
+        unit: &Unit<K, V>,
+        acc: &mut [f32],
+        state: &mut [Running],
+    ) {
         stream(shape, unit, acc, state, |q, k| dot_avx512(q, k), |out, c, v, p| mix_avx512(out, c, v, p));
     }
 
-    /// `q · k` for rows whose length is a multiple of 8: four independent FMA chains over 32
-    /// elements a step, then 8 at a time.
+    /// `q · k` for a key row of `q.len()` elements, a multiple of 8: four independent FMA
+    /// chains over 32 elements a step, then 8 at a time.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     fn dot_avx2<T: KvElem>(q: &[f32], k: &[T]) -> f32 {
-        debug_assert!(q.len() == k.len() && q.len().is_multiple_of(8));
+        let n = q.len();
+        debug_assert!(n.is_multiple_of(8) && k.len() * T::BLOCK == n);
         let mut acc = [_mm256_setzero_ps(); 4];
-        let (mut q32, mut k32) = (q.chunks_exact(32), k.chunks_exact(32));
-        for (q, k) in (&mut q32).zip(&mut k32) {
+        let mut e = 0;
+        while e + 32 <= n {
             for (j, acc) in acc.iter_mut().enumerate() {
-                // SAFETY: both chunks hold 32 elements, so 8 from offset 8j (j < 4) are in
-                // bounds; the loads have no alignment requirement; this function's features
-                // are the loads'.
-                let (q, k) = unsafe { (_mm256_loadu_ps(q.as_ptr().add(8 * j)), T::load_f32x8(k.as_ptr().add(8 * j))) };
+                // SAFETY: elements e + 8j .. + 8 (j < 4) are in both rows (e + 32 <= n); the
+                // loads have no alignment requirement; this function's features are the loads'.
+                let (q, k) =
+                    unsafe { (_mm256_loadu_ps(q.as_ptr().add(e + 8 * j)), T::load_f32x8(k.as_ptr(), e + 8 * j)) };
                 *acc = _mm256_fmadd_ps(q, k, *acc);
             }
+            e += 32;
         }
-        for (q, k) in q32.remainder().chunks_exact(8).zip(k32.remainder().chunks_exact(8)) {
-            // SAFETY: both chunks hold 8 elements.
-            let (q, k) = unsafe { (_mm256_loadu_ps(q.as_ptr()), T::load_f32x8(k.as_ptr())) };
-            acc[0] = _mm256_fmadd_ps(q, k, acc[0]);
+        while e < n {
+            // SAFETY: e + 8 <= n (n is a multiple of 8).
+            let (qv, kv) = unsafe { (_mm256_loadu_ps(q.as_ptr().add(e)), T::load_f32x8(k.as_ptr(), e)) };
+            acc[0] = _mm256_fmadd_ps(qv, kv, acc[0]);
+            e += 8;
         }
         hsum_f32x8(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])))
     }
 
-    /// `out = out · c + v · p` for rows whose length is a multiple of 8.
+    /// `out = out · c + v · p` for a value row of `out.len()` elements, a multiple of 8.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     fn mix_avx2<T: KvElem>(out: &mut [f32], c: f32, v: &[T], p: f32) {
-        debug_assert!(out.len() == v.len() && out.len().is_multiple_of(8));
+        debug_assert!(out.len().is_multiple_of(8) && v.len() * T::BLOCK == out.len());
         let (c, p) = (_mm256_set1_ps(c), _mm256_set1_ps(p));
-        for (o, v) in out.chunks_exact_mut(8).zip(v.chunks_exact(8)) {
-            // SAFETY: both chunks hold 8 elements; this function's features are the load's.
+        for (i, o) in out.chunks_exact_mut(8).enumerate() {
+            // SAFETY: elements 8i .. + 8 are in the row; this function's features are the load's.
             unsafe {
-                let v = T::load_f32x8(v.as_ptr());
+                let v = T::load_f32x8(v.as_ptr(), 8 * i);
                 let kept = _mm256_mul_ps(_mm256_loadu_ps(o.as_ptr()), c);
                 _mm256_storeu_ps(o.as_mut_ptr(), _mm256_fmadd_ps(v, p, kept));
             }
         }
     }
 
-    /// `q · k` for rows whose length is a multiple of 16: four independent 16-lane FMA chains
-    /// over 64 elements a step, then 16 at a time.
+    /// `q · k` for a key row of `q.len()` elements, a multiple of 16: four independent
+    /// 16-lane FMA chains over 64 elements a step, then 16 at a time.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     fn dot_avx512<T: KvElem>(q: &[f32], k: &[T]) -> f32 {
-        debug_assert!(q.len() == k.len() && q.len().is_multiple_of(16));
+        let n = q.len();
+        debug_assert!(n.is_multiple_of(16) && k.len() * T::BLOCK == n);
         let mut acc = [_mm512_setzero_ps(); 4];
-        let (mut q64, mut k64) = (q.chunks_exact(64), k.chunks_exact(64));
-        for (q, k) in (&mut q64).zip(&mut k64) {
+        let mut e = 0;
+        while e + 64 <= n {
             for (j, acc) in acc.iter_mut().enumerate() {
-                // SAFETY: both chunks hold 64 elements, so 16 from offset 16j (j < 4) are in
-                // bounds; the loads have no alignment requirement; this function's features
-                // are the loads'.
+                // SAFETY: elements e + 16j .. + 16 (j < 4) are in both rows (e + 64 <= n); the
+                // loads have no alignment requirement; this function's features are the loads'.
                 let (q, k) =
-                    unsafe { (_mm512_loadu_ps(q.as_ptr().add(16 * j)), T::load_f32x16(k.as_ptr().add(16 * j))) };
+                    unsafe { (_mm512_loadu_ps(q.as_ptr().add(e + 16 * j)), T::load_f32x16(k.as_ptr(), e + 16 * j)) };
                 *acc = _mm512_fmadd_ps(q, k, *acc);
             }
+            e += 64;
         }
-        for (j, (q, k)) in q64.remainder().chunks_exact(16).zip(k64.remainder().chunks_exact(16)).enumerate() {
-            // SAFETY: both chunks hold 16 elements.
-            let (q, k) = unsafe { (_mm512_loadu_ps(q.as_ptr()), T::load_f32x16(k.as_ptr())) };
-            acc[j] = _mm512_fmadd_ps(q, k, acc[j]);
+        let mut j = 0;
+        while e < n {
+            // SAFETY: e + 16 <= n (n is a multiple of 16).
+            let (qv, kv) = unsafe { (_mm512_loadu_ps(q.as_ptr().add(e)), T::load_f32x16(k.as_ptr(), e)) };
+            acc[j] = _mm512_fmadd_ps(qv, kv, acc[j]);
+            e += 16;
+            j += 1;
         }
         _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])))
     }
 
-    /// `out = out · c + v · p` for rows whose length is a multiple of 16.
+    /// `out = out · c + v · p` for a value row of `out.len()` elements, a multiple of 16.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     fn mix_avx512<T: KvElem>(out: &mut [f32], c: f32, v: &[T], p: f32) {
-        debug_assert!(out.len() == v.len() && out.len().is_multiple_of(16));
+        debug_assert!(out.len().is_multiple_of(16) && v.len() * T::BLOCK == out.len());
         let (c, p) = (_mm512_set1_ps(c), _mm512_set1_ps(p));
-        for (o, v) in out.chunks_exact_mut(16).zip(v.chunks_exact(16)) {
-            // SAFETY: both chunks hold 16 elements; this function's features are the load's.
+        for (i, o) in out.chunks_exact_mut(16).enumerate() {
+            // SAFETY: elements 16i .. + 16 are in the row; this function's features are the load's.
             unsafe {
-                let v = T::load_f32x16(v.as_ptr());
+                let v = T::load_f32x16(v.as_ptr(), 16 * i);
                 let kept = _mm512_mul_ps(_mm512_loadu_ps(o.as_ptr()), c);
                 _mm512_storeu_ps(o.as_mut_ptr(), _mm512_fmadd_ps(v, p, kept));
             }

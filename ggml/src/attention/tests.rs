@@ -1,30 +1,41 @@
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use half::f16;
+use half::{bf16, f16};
 
 use super::*;
+use crate::quants::q4_0::BlockQ4_0;
+use crate::quants::q8_0::BlockQ8_0;
 
-/// One attention call's inputs, with K and V of type `T`. Built by [`Case::random`].
-struct Case<T: KvElem> {
+/// One attention call's inputs, with K of type `K` and V of type `V`. Built by
+/// [`Case::random`].
+struct Case<K: KvElem, V: KvElem = K> {
     shape: AttnShape,
     q: Vec<f32>,
     q_pos: Vec<usize>,
-    k: Vec<T>,
-    v: Vec<T>,
+    k: Vec<K>,
+    v: Vec<V>,
     pos: Vec<usize>,
 }
 
 /// `x` in f32.
 fn widen<T: KvElem>(x: &[T]) -> Vec<f32> {
-    T::as_f32(x, &mut vec![0.0; x.len()]).to_vec()
+    T::as_f32(x, &mut vec![0.0; x.len() * T::BLOCK]).to_vec()
 }
 
-impl<T: KvElem> Case<T> {
+/// `x` stored as a cache of type `T` stores it (NaN poison in a block type becomes whatever
+/// its quantizer makes of it).
+fn stored<T: KvElem>(x: &[f32]) -> Vec<T> {
+    let mut stored = vec![T::ZERO; x.len() / T::BLOCK];
+    T::store_row(x, &mut stored);
+    stored
+}
+
+impl<K: KvElem, V: KvElem> Case<K, V> {
     /// Random queries and a cache of `n_keys` used slots (plus two unused ones, poisoned
     /// with NaN so that reading them shows) holding positions `first..first + n_keys`
     /// rotated by `rotate` slots, as a ring buffer leaves them.
-    fn random(shape: AttnShape, n_tokens: usize, n_keys: usize, rotate: usize, seed: u64) -> Case<T> {
+    fn random(shape: AttnShape, n_tokens: usize, n_keys: usize, rotate: usize, seed: u64) -> Case<K, V> {
         let mut rng = StdRng::seed_from_u64(seed);
         let d = shape.head_dim;
         let capacity = n_keys + 2;
@@ -34,16 +45,14 @@ impl<T: KvElem> Case<T> {
         // a weight by the same relative amount): at a deviation of 3 it reaches 8e-6.
         let q_range = 6.0 / (d as f32).sqrt();
         let q = (0..n_tokens * shape.n_head * d).map(|_| rng.gen_range(-q_range..q_range)).collect();
-        let cache = |rng: &mut StdRng| -> Vec<T> {
+        let cache = |rng: &mut StdRng| -> Vec<f32> {
             let mut x = vec![f32::NAN; shape.n_kv_head * capacity * d];
             for head in x.chunks_exact_mut(capacity * d) {
                 head[..n_keys * d].iter_mut().for_each(|x| *x = rng.gen_range(-1.0..1.0));
             }
-            let mut stored = vec![T::ZERO; x.len()];
-            T::store_row(&x, &mut stored);
-            stored
+            x
         };
-        let (k, v) = (cache(&mut rng), cache(&mut rng));
+        let (k, v) = (stored(&cache(&mut rng)), stored(&cache(&mut rng)));
         let first = 7;
         let pos = (0..n_keys).map(|slot| first + (slot + rotate) % n_keys).collect();
         // Queries spread over the cached positions, the last at the newest key, so that the
@@ -52,7 +61,7 @@ impl<T: KvElem> Case<T> {
         Case { shape, q, q_pos, k, v, pos }
     }
 
-    fn rows(&self) -> KvRows<'_, T> {
+    fn rows(&self) -> KvRows<'_, K, V> {
         KvRows { k: &self.k, v: &self.v, pos: &self.pos }
     }
 
@@ -75,8 +84,8 @@ impl<T: KvElem> Case<T> {
 
     /// V row `slot` of KV head 0, in f32.
     fn v_row(&self, slot: usize) -> Vec<f32> {
-        let d = self.shape.head_dim;
-        widen(&self.v[slot * d..(slot + 1) * d])
+        let vr = V::units(self.shape.head_dim);
+        widen(&self.v[slot * vr..(slot + 1) * vr])
     }
 }
 
@@ -88,7 +97,7 @@ impl<T: KvElem> Case<T> {
 /// these sizes (worst seen: 2.3e-6 · max |v| with f16 K/V, 1.3e-6 with f32; the element
 /// type hardly enters, since the reference reads the same stored values): require
 /// `max |got - want| <= 1e-5 · max |v|`.
-fn streaming_matches_reference<T: KvElem>(head_dim: usize) {
+fn streaming_matches_reference<K: KvElem, V: KvElem>(head_dim: usize) {
     for (n_kv_head, group) in [(2, 2), (1, 8), (1, 4), (3, 1)] {
         for n_tokens in [1, 5, 17] {
             for n_keys in [1, 2, 37, 3000] {
@@ -96,7 +105,7 @@ fn streaming_matches_reference<T: KvElem>(head_dim: usize) {
                 let scale = if n_keys == 37 { 0.5 } else { 1.0 };
                 let shape = AttnShape { n_head: n_kv_head * group, n_kv_head, head_dim, scale, window: None };
                 let seed = (head_dim * 1000 + group * 100 + n_tokens * 10000 + n_keys) as u64;
-                let mut case = Case::<T>::random(shape, n_tokens, n_keys, n_keys / 3, seed);
+                let mut case = Case::<K, V>::random(shape, n_tokens, n_keys, n_keys / 3, seed);
                 let bound = 1e-5 * case.max_v();
                 for window in [None, Some(1024), Some(3)] {
                     case.shape.window = window;
@@ -107,7 +116,9 @@ fn streaming_matches_reference<T: KvElem>(head_dim: usize) {
                         let err = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0.0f32, f32::max);
                         assert!(
                             err <= bound,
-                            "{isa:?} {shape:?} tokens={n_tokens} keys={n_keys}: max error {err} > {bound}"
+                            "{isa:?} {} {} {shape:?} tokens={n_tokens} keys={n_keys}: max error {err} > {bound}",
+                            K::TYPE,
+                            V::TYPE
                         );
                     }
                 }
@@ -118,28 +129,51 @@ fn streaming_matches_reference<T: KvElem>(head_dim: usize) {
 
 #[test]
 fn streaming_matches_reference_d256() {
-    streaming_matches_reference::<f16>(256);
+    streaming_matches_reference::<f16, f16>(256);
 }
 
 #[test]
 fn streaming_matches_reference_d512() {
-    streaming_matches_reference::<f16>(512);
+    streaming_matches_reference::<f16, f16>(512);
 }
 
 #[test]
 fn f32_streaming_matches_reference_d256() {
-    streaming_matches_reference::<f32>(256);
+    streaming_matches_reference::<f32, f32>(256);
 }
 
 #[test]
 fn f32_streaming_matches_reference_d512() {
-    streaming_matches_reference::<f32>(512);
+    streaming_matches_reference::<f32, f32>(512);
+}
+
+#[test]
+fn bf16_streaming_matches_reference_d256() {
+    streaming_matches_reference::<bf16, bf16>(256);
+}
+
+#[test]
+fn q8_0_streaming_matches_reference_d256() {
+    streaming_matches_reference::<BlockQ8_0, BlockQ8_0>(256);
+}
+
+#[test]
+fn q4_0_streaming_matches_reference_d512() {
+    streaming_matches_reference::<BlockQ4_0, BlockQ4_0>(512);
+}
+
+/// K and V of different types: each path reads K with K's loads and V with V's.
+#[test]
+fn mixed_types_stream_as_the_reference() {
+    streaming_matches_reference::<BlockQ8_0, f16>(256);
+    streaming_matches_reference::<f16, BlockQ4_0>(256);
 }
 
 /// The key split and the merge of its partial results, for 1 chunk up to more chunks than
 /// keys (some empty, and with a window of 1 most of them see no key), against the
 /// reference with the same bound as above.
 fn key_splits_match_the_reference<T: KvElem>() {
+    // 64: two blocks a row for the block types.
     let shape = AttnShape { n_head: 4, n_kv_head: 2, head_dim: 64, scale: 1.0, window: None };
     for n_keys in [37, 300] {
         let mut case = Case::<T>::random(shape, 2, n_keys, n_keys / 3, 5);
@@ -169,6 +203,13 @@ fn key_splits_match_the_reference_f32() {
     key_splits_match_the_reference::<f32>();
 }
 
+#[test]
+fn key_splits_match_the_reference_quantized() {
+    key_splits_match_the_reference::<BlockQ8_0>();
+    key_splits_match_the_reference::<BlockQ4_0>();
+    key_splits_match_the_reference::<bf16>();
+}
+
 /// Every path (the reference included) on a hand-built case, compared exactly.
 fn check_exact<T: KvElem>(case: &Case<T>, want: &[f32], what: &str) {
     let what = format!("{what}, {}", std::any::type_name::<T>());
@@ -191,6 +232,9 @@ fn a_single_key_gives_its_value() {
     }
     check::<f16>();
     check::<f32>();
+    check::<bf16>();
+    check::<BlockQ8_0>();
+    check::<BlockQ4_0>();
 }
 
 #[test]
@@ -203,14 +247,18 @@ fn a_window_of_one_sees_only_the_current_token() {
     }
     check::<f16>();
     check::<f32>();
+    check::<bf16>();
+    check::<BlockQ8_0>();
+    check::<BlockQ4_0>();
 }
 
 #[test]
 fn equal_scores_average_the_values() {
     fn check<T: KvElem>() {
         let mut case = Case::<T>::random(shape(None), 1, 2, 0, 3);
-        let (k0, rest) = case.k.split_at_mut(32);
-        rest[..32].copy_from_slice(k0);
+        let kr = T::units(32);
+        let (k0, rest) = case.k.split_at_mut(kr);
+        rest[..kr].copy_from_slice(k0);
         // (v0 + v1) / 2: every path rounds the sum to f32 once (exact for f16 values) and
         // halves it exactly.
         let avg: Vec<f32> = case.v_row(0).iter().zip(case.v_row(1)).map(|(a, b)| (a + b) * 0.5).collect();
@@ -218,6 +266,9 @@ fn equal_scores_average_the_values() {
     }
     check::<f16>();
     check::<f32>();
+    check::<bf16>();
+    check::<BlockQ8_0>();
+    check::<BlockQ4_0>();
 }
 
 #[test]
@@ -238,15 +289,59 @@ fn the_window_edge_and_the_future_are_masked() {
     }
     check::<f16>();
     check::<f32>();
+    check::<bf16>();
+    check::<BlockQ8_0>();
+    check::<BlockQ4_0>();
 }
 
-/// The enum carries the rows of either type unchanged.
+/// The slots carry K and V of any types unchanged, each its own.
 #[test]
-fn kv_slots_wrap_either_type() {
-    let (k16, k32, pos) = ([f16::ONE; 16], [1.0f32; 16], [3usize]);
-    assert!(matches!(KvSlots::new(&k16, &k16, &pos), KvSlots::F16(r) if r.k.as_ptr() == k16.as_ptr()));
-    assert!(matches!(KvSlots::new(&k32, &k32, &pos), KvSlots::F32(r) if r.v.as_ptr() == k32.as_ptr()));
-    assert_eq!(KvSlots::new(&k32, &k32, &pos).pos(), [3]);
+fn kv_slots_wrap_any_types() {
+    let (k16, k32, q8, pos) = ([f16::ONE; 16], [1.0f32; 16], [BlockQ8_0::ZERO; 2], [3usize]);
+    let slots = KvSlots::new(&k16, &k32, &pos);
+    assert!(matches!(slots.k, KvData::F16(k) if k.as_ptr() == k16.as_ptr()));
+    assert!(matches!(slots.v, KvData::F32(v) if v.as_ptr() == k32.as_ptr()));
+    let slots = KvSlots::new(&q8, &k16, &pos);
+    assert!(matches!(slots.k, KvData::Q8_0(k) if k.as_ptr() == q8.as_ptr()));
+    assert_eq!(
+        (slots.k.kv_type(), slots.v.kv_type(), slots.k.len(), slots.pos()),
+        (KvType::Q8_0, KvType::F16, 2, &[3][..])
+    );
+}
+
+/// The names llama.cpp's `-ctk` takes, the bytes of a 256-element row (ggml's block sizes:
+/// 34 bytes per 32 for q8_0, 18 for q4_0), and a clear error for anything else.
+#[test]
+fn kv_type_names_and_sizes() {
+    let want = [("f32", 1024, 1), ("f16", 512, 1), ("bf16", 512, 1), ("q8_0", 272, 32), ("q4_0", 144, 32)];
+    for (t, (name, bytes, block)) in KvType::ALL.into_iter().zip(want) {
+        assert_eq!((t.name(), t.row_bytes(256), t.block()), (name, bytes, block));
+        assert_eq!(name.parse::<KvType>(), Ok(t));
+        assert_eq!(t.is_quantized(), block > 1);
+    }
+    assert_eq!(
+        "q4_1".parse::<KvType>().unwrap_err().to_string(),
+        "unknown KV cache type \"q4_1\": expected f32, f16, bf16, q8_0 or q4_0"
+    );
+}
+
+/// Each type's SIMD loads (through the streaming paths, one key so the output is its V row
+/// exactly) give every element as the portable dequantization does, including a q8_0 byte of
+/// -128 and q4_0's level 0, which no quantizer of a random row is sure to produce.
+#[test]
+fn simd_loads_give_the_stored_values() {
+    let shape = AttnShape { n_head: 1, n_kv_head: 1, head_dim: 64, scale: 1.0, window: None };
+    let mut case = Case::<BlockQ8_0, BlockQ8_0>::random(shape, 1, 1, 0, 10);
+    case.v[0].qs[5] = -128;
+    case.v[1].qs[31] = 127;
+    check_exact(&case, &case.v_row(0), "q8_0 extremes");
+    let mut case = Case::<BlockQ4_0, BlockQ4_0>::random(shape, 1, 1, 0, 11);
+    case.v[0].qs[0] = 0xf0;
+    case.v[1].qs[15] = 0x0f;
+    check_exact(&case, &case.v_row(0), "q4_0 extremes");
+    let mut case = Case::<bf16, bf16>::random(shape, 1, 1, 0, 12);
+    case.v[7] = bf16::from_bits(0xc2f7);
+    check_exact(&case, &case.v_row(0), "bf16");
 }
 
 /// A token's output is the same bits whichever batch of two or more tokens it comes in: one

@@ -46,11 +46,11 @@ pub(super) fn usable(shape: &AttnShape, n_tokens: usize) -> bool {
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA, F16C and AVX-512 F/BW/VL/VNNI.
-pub(super) unsafe fn attention<T: KvElem>(
+pub(super) unsafe fn attention<K: KvElem, V: KvElem>(
     shape: &AttnShape,
     q: &[f32],
     q_pos: &[usize],
-    kv: &KvRows<T>,
+    kv: &KvRows<K, V>,
     capacity: usize,
     out: &mut [f32],
 ) {
@@ -62,10 +62,10 @@ pub(super) unsafe fn attention<T: KvElem>(
 }
 
 /// The query rows of one block, its KV head's rows and scratch for one tile.
-struct Block<'a, T> {
+struct Block<'a, K, V> {
     shape: &'a AttnShape,
-    k: &'a [T],
-    v: &'a [T],
+    k: &'a [K],
+    v: &'a [V],
     /// `qᵀ`, `[d][LANES]`: element `e` of every row's query (times the scale), 0 in unused lanes.
     qt: Vec<f32>,
     /// The position of each row's token; -1 in unused lanes, so that no key is visible there.
@@ -90,11 +90,11 @@ struct Block<'a, T> {
 /// # Safety
 /// The CPU must support AVX2, FMA, F16C and AVX-512 F/BW/VL/VNNI.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-fn block_tokens<T: KvElem>(
+fn block_tokens<K: KvElem, V: KvElem>(
     shape: &AttnShape,
     q: &[f32],
     q_pos: &[usize],
-    kv: &KvRows<T>,
+    kv: &KvRows<K, V>,
     capacity: usize,
     t0: usize,
     out: &mut [f32],
@@ -102,7 +102,7 @@ fn block_tokens<T: KvElem>(
     let (d, group, n_head) = (shape.head_dim, shape.group(), shape.n_head);
     let n_tokens = out.len() / (n_head * d);
     let rows = n_tokens * group;
-    let head_len = capacity * d;
+    let (k_head, v_head) = (capacity * K::units(d), capacity * V::units(d));
     let mut block = Block {
         shape,
         k: &[],
@@ -139,8 +139,8 @@ fn block_tokens<T: KvElem>(
                 block.qt[e * LANES + i] = x * shape.scale;
             }
         }
-        block.k = &kv.k[kv_head * head_len..(kv_head + 1) * head_len];
-        block.v = &kv.v[kv_head * head_len..(kv_head + 1) * head_len];
+        block.k = &kv.k[kv_head * k_head..(kv_head + 1) * k_head];
+        block.v = &kv.v[kv_head * v_head..(kv_head + 1) * v_head];
         block.acc.fill(0.0);
         block.max = _mm512_set1_ps(f32::NEG_INFINITY);
         block.sum = _mm512_setzero_ps();
@@ -172,19 +172,20 @@ fn block_tokens<T: KvElem>(
     }
 }
 
-impl<T: KvElem> Block<'_, T> {
+impl<K: KvElem, V: KvElem> Block<'_, K, V> {
     /// The keys in `slots` (the visible ones of a tile's slots) against every row, then
     /// `slots` is emptied.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     fn tile(&mut self) {
         let d = self.shape.head_dim;
+        let (kr, vr) = (K::units(d), V::units(d));
         let n = self.slots.len();
         // Widen the tile's K and V rows; a partial tile's last group of four keys is padded
         // with zero rows (their lanes are masked off below).
         let padded = n.next_multiple_of(4);
         for (j, &(slot, _)) in self.slots.iter().enumerate() {
-            widen(&self.k[slot * d..(slot + 1) * d], &mut self.k_tile[j * d..(j + 1) * d]);
-            widen(&self.v[slot * d..(slot + 1) * d], &mut self.v_tile[j * d..(j + 1) * d]);
+            widen(&self.k[slot * kr..(slot + 1) * kr], &mut self.k_tile[j * d..(j + 1) * d]);
+            widen(&self.v[slot * vr..(slot + 1) * vr], &mut self.v_tile[j * d..(j + 1) * d]);
         }
         self.k_tile[n * d..padded * d].fill(0.0);
 
@@ -269,13 +270,15 @@ impl<T: KvElem> Block<'_, T> {
     }
 }
 
-/// `dst = src` widened to f32, for rows whose length is a multiple of 16.
+/// `dst = src` widened (or dequantized) to f32, for rows whose length is a multiple of 16.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 fn widen<T: KvElem>(src: &[T], dst: &mut [f32]) {
-    for (s, d) in src.chunks_exact(16).zip(dst.chunks_exact_mut(16)) {
-        // SAFETY: 16 elements on each side; this function's features are the load's.
-        unsafe { _mm512_storeu_ps(d.as_mut_ptr(), T::load_f32x16(s.as_ptr())) };
+    assert_eq!(src.len() * T::BLOCK, dst.len());
+    for (i, d) in dst.chunks_exact_mut(16).enumerate() {
+        // SAFETY: elements 16i .. + 16 are in the row (the assert); this function's features
+        // are the load's.
+        unsafe { _mm512_storeu_ps(d.as_mut_ptr(), T::load_f32x16(src.as_ptr(), 16 * i)) };
     }
 }
 

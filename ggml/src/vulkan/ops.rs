@@ -11,6 +11,7 @@ use ash::vk;
 use super::device::{Gpu, Queue};
 use super::weights::GpuMatrix;
 use super::VkError;
+use crate::attention::{rotation, KvType};
 use crate::vulkan::Buffer;
 
 /// Shader variants of the matrix kernels, in the order of [`super::weights::TYPES`].
@@ -35,42 +36,60 @@ const GET_ROWS: [&str; 7] = [
     "get_rows_q6_k",
 ];
 
-/// One layer's K and V in VRAM, `[n_kv_head][capacity][head_dim]` each, f16 or f32.
+/// One layer's K and V in VRAM, `[n_kv_head][capacity][head_dim]` elements each, in the
+/// layouts of the host cache ([`crate::attention::KvType`]; a block type's rows rotated as the
+/// host's are, [`crate::attention::rotation`]).
 pub struct KvBuffers {
     pub k: Buffer,
     pub v: Buffer,
     pub n_kv_head: usize,
     pub head_dim: usize,
     pub capacity: usize,
-    pub f16: bool,
+    pub k_type: KvType,
+    pub v_type: KvType,
+    /// The rotations of K and V rows (block types).
+    pub rot_k: Option<usize>,
+    pub rot_v: Option<usize>,
 }
 
 impl KvBuffers {
-    /// Room for `capacity` positions (`what` names the layer in an out-of-memory error).
+    /// Room for `capacity` positions (`what` names the layer in an out-of-memory error), or an
+    /// error for a pair of types the shaders do not read.
     pub fn new(
         gpu: &Gpu,
         n_kv_head: usize,
         head_dim: usize,
         capacity: usize,
-        f16: bool,
+        k_type: KvType,
+        v_type: KvType,
         what: &str,
     ) -> Result<KvBuffers, VkError> {
-        let bytes = (n_kv_head * capacity * head_dim * if f16 { 2 } else { 4 }) as u64;
-        let (k, v) = (gpu.buffer(bytes, what)?, gpu.buffer(bytes, what)?);
-        Ok(KvBuffers { k, v, n_kv_head, head_dim, capacity, f16 })
+        for t in [k_type, v_type] {
+            // Rows of whole words, so that a block type's store writes words of its own.
+            let whole = if t.is_quantized() { 64 } else { 2 };
+            if !head_dim.is_multiple_of(whole) || head_dim > 512 {
+                return Err(VkError::Shape(format!(
+                    "a {t} KV cache on the GPU needs heads of a multiple of {whole} elements, at most 512, not {head_dim}"
+                )));
+            }
+        }
+        let bytes = |t: KvType| (n_kv_head * capacity * t.row_bytes(head_dim)) as u64;
+        let (k, v) = (gpu.buffer(bytes(k_type), what)?, gpu.buffer(bytes(v_type), what)?);
+        let (rot_k, rot_v) = (rotation::k_rotation(k_type, head_dim), rotation::v_rotation(v_type, head_dim));
+        Ok(KvBuffers { k, v, n_kv_head, head_dim, capacity, k_type, v_type, rot_k, rot_v })
     }
 
     /// Rotates each head's slots left by `shift`, so that slot `shift` becomes slot 0 (a ring
     /// laid out in position order again before it is rewound). CPU twin: `rotate_left` on each
     /// head of the host cache.
     pub fn rotate_slots(&self, gpu: &Gpu, shift: usize) -> Result<(), VkError> {
-        let row = (self.head_dim * if self.f16 { 2 } else { 4 }) as u64;
         let (cap, shift) = (self.capacity as u64, shift as u64 % self.capacity.max(1) as u64);
         if shift == 0 {
             return Ok(());
         }
-        let tmp = gpu.buffer(self.k.size, "a KV rotation")?;
-        for x in [&self.k, &self.v] {
+        let tmp = gpu.buffer(self.k.size.max(self.v.size), "a KV rotation")?;
+        for (x, t) in [(&self.k, self.k_type), (&self.v, self.v_type)] {
+            let row = t.row_bytes(self.head_dim) as u64;
             let regions: Vec<vk::BufferCopy> = (0..self.n_kv_head as u64)
                 .flat_map(|h| {
                     let head = h * cap * row;
@@ -86,6 +105,22 @@ impl KvBuffers {
         }
         Ok(())
     }
+}
+
+/// The `kv_store` variant per cache type and the `attention` variant per pair (K, V), indexed
+/// as [`KvType::ALL`] (`build.rs` compiles them).
+const KV_STORE: [&str; 5] = ["kv_store_f32", "kv_store_f16", "kv_store_bf16", "kv_store_q8_0", "kv_store_q4_0"];
+const ATTENTION: [[&str; 5]; 5] = [
+    ["attention_f32_f32", "attention_f32_f16", "attention_f32_bf16", "attention_f32_q8_0", "attention_f32_q4_0"],
+    ["attention_f16_f32", "attention_f16_f16", "attention_f16_bf16", "attention_f16_q8_0", "attention_f16_q4_0"],
+    ["attention_bf16_f32", "attention_bf16_f16", "attention_bf16_bf16", "attention_bf16_q8_0", "attention_bf16_q4_0"],
+    ["attention_q8_0_f32", "attention_q8_0_f16", "attention_q8_0_bf16", "attention_q8_0_q8_0", "attention_q8_0_q4_0"],
+    ["attention_q4_0_f32", "attention_q4_0_f16", "attention_q4_0_bf16", "attention_q4_0_q8_0", "attention_q4_0_q4_0"],
+];
+
+/// `t`'s index in [`KvType::ALL`].
+fn kv_index(t: KvType) -> usize {
+    KvType::ALL.iter().position(|&x| x == t).expect("every type is in ALL")
 }
 
 /// Workgroups per dispatch dimension (Vulkan guarantees at least this many).
@@ -352,7 +387,8 @@ impl<'g> Commands<'g> {
 
     /// Writes the keys and values of `n_tokens` tokens (`k`, `v`: `[n_tokens][n_kv_head]
     /// [head_dim]` f32) into slots `slots[t]` of a layer's cache (`cache.k`, `cache.v`:
-    /// `[n_kv_head][capacity][head_dim]`). CPU twin: the stores of the host KV cache.
+    /// `[n_kv_head][capacity][head_dim]`), rotating `k` and `v` in place first where the cache's
+    /// types are rotated. CPU twin: the stores of the host KV cache (`LayerCache::update`).
     pub fn kv_store(
         &mut self,
         cache: &KvBuffers,
@@ -365,14 +401,34 @@ impl<'g> Commands<'g> {
         self.fits(k, n_tokens * row, "new keys")?;
         self.fits(v, n_tokens * row, "new values")?;
         self.fits(slots, n_tokens, "cache slots")?;
-        let name = if cache.f16 { "kv_store_f16" } else { "kv_store_f32" };
         let push = [u(cache.n_kv_head), u(cache.head_dim), u(cache.capacity), u(n_tokens)];
-        self.dispatch(name, &[&cache.k, &cache.v, k, v, slots], &push, (n_tokens * row / 2).div_ceil(64), 1)
+        for (dst, x, t, rot) in [(&cache.k, k, cache.k_type, cache.rot_k), (&cache.v, v, cache.v_type, cache.rot_v)] {
+            if let Some(n) = rot {
+                self.hadamard(x, n_tokens * row, n)?;
+            }
+            // A block type's store takes a row per invocation, the others a pair of elements.
+            let units = if t.is_quantized() { n_tokens * cache.n_kv_head } else { n_tokens * row / 2 };
+            self.dispatch(KV_STORE[kv_index(t)], &[dst, x, slots], &push, units.div_ceil(64), 1)?;
+        }
+        Ok(())
+    }
+
+    /// `x = H x` on each run of `n` of the first `len` elements of `x`: the Walsh–Hadamard
+    /// rotation of a block-type cache's rows. CPU twin: [`crate::attention::rotation::rotate`].
+    pub fn hadamard(&mut self, x: &Buffer, len: usize, n: usize) -> Result<(), VkError> {
+        if !n.is_power_of_two() || n > 512 || !len.is_multiple_of(n) {
+            return Err(VkError::Shape(format!("Hadamard rotations of {n} over {len} elements")));
+        }
+        self.fits(x, len, "rotated rows")?;
+        let scale = 1.0 / (n as f32).sqrt();
+        self.dispatch("hadamard", &[x], &[u(n), u(len / n), scale.to_bits()], len / n, 1)
     }
 
     /// Attention of `q: [n_tokens][n_head][head_dim]` at positions `qpos: [n_tokens]` (i32) over
     /// the first `n_slots` slots of `cache`, whose positions are `kpos: [capacity]` (i32),
-    /// into `out` (the shape of `q`). CPU twin: `attention::attention`.
+    /// into `out` (the shape of `q`); where the cache's types are rotated, `q` is rotated in
+    /// place first and the output rotated back. CPU twin: `LayerCache::attend` (the rotations
+    /// around `attention::attention`).
     #[allow(clippy::too_many_arguments)]
     pub fn attention(
         &mut self,
@@ -402,7 +458,11 @@ impl<'g> Commands<'g> {
         self.fits(out, n_tokens * n_head * hd, "attention output")?;
         self.fits(qpos, n_tokens, "query positions")?;
         self.fits(kpos, n_slots, "slot positions")?;
-        let name = if cache.f16 { "attention_f16" } else { "attention_f32" };
+        let name = ATTENTION[kv_index(cache.k_type)][kv_index(cache.v_type)];
+        let len = n_tokens * n_head * hd;
+        if let Some(n) = cache.rot_k {
+            self.hadamard(q, len, n)?;
+        }
         let push = [
             u(n_head),
             u(shape.n_kv_head),
@@ -413,7 +473,11 @@ impl<'g> Commands<'g> {
             u(shape.window.unwrap_or(0)),
             u(n_tokens),
         ];
-        self.dispatch(name, &[q, &cache.k, &cache.v, kpos, qpos, out], &push, n_tokens * n_head, 1)
+        self.dispatch(name, &[q, &cache.k, &cache.v, kpos, qpos, out], &push, n_tokens * n_head, 1)?;
+        match cache.rot_v {
+            Some(n) => self.hadamard(out, len, n),
+            None => Ok(()),
+        }
     }
 
     /// `out[t] = W[ids[t]] · scale`, `out: [n_tokens][n_in]`: the embedding lookup. Ids must be

@@ -6,6 +6,7 @@ use std::sync::{Arc, OnceLock};
 
 use super::weights::{Stack, TYPES};
 use super::*;
+use crate::attention::KvElem;
 use crate::ops;
 use crate::ops::rope::RopeCache;
 use crate::quants::{dequantize_row, quantize_row};
@@ -424,9 +425,34 @@ fn the_moe_sum_adds_in_the_cpus_order_to_the_same_bits() {
     assert_same(&got, &want, "moe sum");
 }
 
-/// Attention through `kv_store` and `attention` against the f64 reference on the same cache.
-fn check_attention(f16: bool, n_head: usize, n_kv_head: usize, head_dim: usize, window: Option<usize>) {
+/// `rows` (whole rows of `d`) as a cache of `T` stores them: rotated by `rot` first (as a block
+/// type's rows are), then rounded or quantized by the CPU's store.
+fn stored<T: KvElem>(rows: &[f32], d: usize, rot: Option<usize>) -> Vec<T> {
+    let mut x = rows.to_vec();
+    if let Some(n) = rot {
+        crate::attention::rotation::rotate(&mut x, n);
+    }
+    let mut out = vec![T::ZERO; x.len() / T::BLOCK];
+    for (x, out) in x.chunks_exact(d).zip(out.chunks_exact_mut(d / T::BLOCK)) {
+        T::store_row(x, out);
+    }
+    out
+}
+
+/// Attention through `kv_store` and `attention` on a cache with K of type `K` and V of type `V`:
+/// the rows the GPU stores (rotated and quantized where the types are) equal the CPU's store of
+/// the same values byte for byte, and the output equals the f64 reference over the stored cache
+/// (with the queries rotated as K and the output rotated back as V, as `LayerCache::attend`
+/// does).
+fn check_attention<K: KvElem + bytemuck::Pod, V: KvElem + bytemuck::Pod>(
+    n_head: usize,
+    n_kv_head: usize,
+    head_dim: usize,
+    window: Option<usize>,
+) {
+    use crate::attention::rotation::{k_rotation, rotate, v_rotation};
     let gpu = gpu();
+    let what = format!("K {} V {} hd {head_dim} window {window:?}", K::TYPE, V::TYPE);
     // A ring of 40 slots that wrapped: slot s holds position 100 + (s + 13) % 40 ... so the
     // slots are out of position order; the batch of 5 new tokens (positions 140..145) is
     // written into the 5 oldest slots, as the host's ring bookkeeping would.
@@ -437,31 +463,27 @@ fn check_attention(f16: bool, n_head: usize, n_kv_head: usize, head_dim: usize, 
         pos[s as usize] = 140 + t;
     }
     let row = n_kv_head * head_dim;
-    // The old keys and values, as the CPU cache holds them, [n_kv_head][capacity][head_dim].
+    let (rot_k, rot_v) = (k_rotation(K::TYPE, head_dim), v_rotation(V::TYPE, head_dim));
+    // The old keys and values, [n_kv_head][capacity][head_dim], and the new ones,
+    // [n_new][n_kv_head][head_dim].
     let old_k = random_f32(n_kv_head * capacity * head_dim, 61);
     let old_v = random_f32(n_kv_head * capacity * head_dim, 62);
     let (new_k, new_v) = (random_f32(n_new * row, 63), random_f32(n_new * row, 64));
     let q: Vec<f32> = random_f32(n_new * n_head * head_dim, 65).iter().map(|v| v / 4.0).collect();
-    let round = |v: f32| if f16 { half::f16::from_f32(v).to_f32() } else { v };
-    let (mut k_all, mut v_all) = (old_k.iter().map(|&v| round(v)).collect::<Vec<_>>(), old_v.clone());
-    v_all.iter_mut().for_each(|v| *v = round(*v));
+    // The cache as the CPU stores it: the old rows, then the new ones in their slots.
+    let (mut k_all, mut v_all) = (old_k.clone(), old_v.clone());
     for (t, &s) in new_slots.iter().enumerate() {
         for h in 0..n_kv_head {
-            for d in 0..head_dim {
-                k_all[(h * capacity + s as usize) * head_dim + d] = round(new_k[t * row + h * head_dim + d]);
-                v_all[(h * capacity + s as usize) * head_dim + d] = round(new_v[t * row + h * head_dim + d]);
-            }
+            let (dst, src) = ((h * capacity + s as usize) * head_dim, t * row + h * head_dim);
+            k_all[dst..dst + head_dim].copy_from_slice(&new_k[src..src + head_dim]);
+            v_all[dst..dst + head_dim].copy_from_slice(&new_v[src..src + head_dim]);
         }
     }
-    let cache = KvBuffers::new(gpu, n_kv_head, head_dim, capacity, f16, "layer").unwrap();
-    let as_words = |x: &[f32]| -> Vec<u8> {
-        match f16 {
-            true => x.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect(),
-            false => bytemuck::cast_slice(x).to_vec(),
-        }
-    };
-    gpu.upload(&cache.k, 0, &as_words(&old_k)).unwrap();
-    gpu.upload(&cache.v, 0, &as_words(&old_v)).unwrap();
+    let (k_want, v_want) = (stored::<K>(&k_all, head_dim, rot_k), stored::<V>(&v_all, head_dim, rot_v));
+    let cache = KvBuffers::new(gpu, n_kv_head, head_dim, capacity, K::TYPE, V::TYPE, "layer").unwrap();
+    assert_eq!((cache.rot_k, cache.rot_v), (rot_k, rot_v));
+    gpu.upload(&cache.k, 0, bytemuck::cast_slice(&stored::<K>(&old_k, head_dim, rot_k))).unwrap();
+    gpu.upload(&cache.v, 0, bytemuck::cast_slice(&stored::<V>(&old_v, head_dim, rot_v))).unwrap();
     let q_pos: Vec<usize> = (140..140 + n_new).collect();
     let kpos: Vec<i32> = pos.iter().map(|&p| p as i32).collect();
     let qpos: Vec<i32> = q_pos.iter().map(|&p| p as i32).collect();
@@ -475,29 +497,71 @@ fn check_attention(f16: bool, n_head: usize, n_kv_head: usize, head_dim: usize, 
     c.kv_store(&cache, &kb, &vb, &slots, n_new).unwrap();
     c.attention(&shape, &qb, &qposb, &cache, &kposb, n_old, n_new, &out).unwrap();
     c.finish().unwrap();
-    // The stored cache equals the CPU's rounding of the same values, bit for bit.
-    let mut stored = vec![0u8; cache.k.size as usize];
-    gpu.download(&cache.k, 0, &mut stored).unwrap();
-    assert_eq!(stored[..as_words(&k_all).len()], as_words(&k_all)[..], "stored keys (f16: {f16})");
+    // The stored cache equals the CPU's store of the same values, bit for bit.
+    fn download<T: KvElem + bytemuck::Pod>(gpu: &Gpu, x: &Buffer, n: usize) -> Vec<T> {
+        let mut bytes = vec![0u8; x.size as usize];
+        gpu.download(x, 0, &mut bytes).unwrap();
+        let mut units = vec![T::ZERO; n];
+        bytemuck::cast_slice_mut::<T, u8>(&mut units).copy_from_slice(&bytes[..n * std::mem::size_of::<T>()]);
+        units
+    }
+    let k_got: Vec<K> = download(gpu, &cache.k, k_want.len());
+    let v_got: Vec<V> = download(gpu, &cache.v, v_want.len());
+    assert!(bytemuck::cast_slice::<K, u8>(&k_got) == bytemuck::cast_slice::<K, u8>(&k_want), "stored keys, {what}");
+    assert!(bytemuck::cast_slice::<V, u8>(&v_got) == bytemuck::cast_slice::<V, u8>(&v_want), "stored values, {what}");
     let got = read(gpu, &out, q.len());
+    let mut q_rot = q.clone();
+    if let Some(n) = rot_k {
+        rotate(&mut q_rot, n);
+    }
     let mut want = vec![0f32; q.len()];
-    let slots_ref = crate::attention::KvSlots::new(&k_all, &v_all, &pos);
-    crate::attention::attention_reference(&shape, &q, &q_pos, slots_ref, &mut want);
+    let slots_ref = crate::attention::KvSlots::new(&k_got, &v_got, &pos);
+    crate::attention::attention_reference(&shape, &q_rot, &q_pos, slots_ref, &mut want);
+    if let Some(n) = rot_v {
+        rotate(&mut want, n);
+    }
     // The CPU's own bound against this reference (attention/tests.rs): 1e-5 of max |v|; the
     // device's exp is looser (3 + 2|x| ulp): 4e-5.
-    let vmax = v_all.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let vmax = crate::attention::KvData::new(&v_got).to_f32().iter().fold(0f32, |m, v| m.max(v.abs()));
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-        assert!((g - w).abs() <= 4e-5 * vmax, "f16 {f16} hd {head_dim} window {window:?} value {i}: {g} vs {w}");
+        assert!((g - w).abs() <= 4e-5 * vmax, "{what}, value {i}: {g} vs {w}");
     }
 }
 
 #[test]
 fn attention_matches_the_f64_reference_on_a_wrapped_ring() {
+    use crate::quants::{q4_0::BlockQ4_0, q8_0::BlockQ8_0};
+    use half::{bf16, f16};
     // Sliding layers of 26B-A4B (16 heads over 8 KV heads of 256, window 1024) with a window
-    // of 30 that hides part of the ring, and full layers (16 over 2 KV heads of 512).
-    for f16 in [false, true] {
-        check_attention(f16, 16, 8, 256, Some(30));
-        check_attention(f16, 16, 2, 512, None);
+    // of 30 that hides part of the ring, and full layers (16 over 2 KV heads of 512); every
+    // type for K and V alike, and mixed pairs.
+    fn both<K: KvElem + bytemuck::Pod, V: KvElem + bytemuck::Pod>() {
+        check_attention::<K, V>(16, 8, 256, Some(30));
+        check_attention::<K, V>(16, 2, 512, None);
+    }
+    both::<f32, f32>();
+    both::<f16, f16>();
+    both::<bf16, bf16>();
+    both::<BlockQ8_0, BlockQ8_0>();
+    both::<BlockQ4_0, BlockQ4_0>();
+    both::<BlockQ8_0, f16>();
+    both::<f16, BlockQ4_0>();
+}
+
+/// The rotation on the GPU is the CPU's, bit for bit (the same butterflies in the same order).
+#[test]
+fn hadamard_matches_the_cpu() {
+    let gpu = gpu();
+    for n in [64, 128, 256, 512] {
+        let x = random_f32(3 * 512, 66);
+        let buf = gpu.buffer_from(&x, "x").unwrap();
+        let mut c = gpu.commands().unwrap();
+        c.hadamard(&buf, x.len(), n).unwrap();
+        c.finish().unwrap();
+        let mut want = x.clone();
+        crate::attention::rotation::rotate(&mut want, n);
+        let got = read(gpu, &buf, x.len());
+        assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "n = {n}");
     }
 }
 

@@ -305,11 +305,11 @@ impl GpuDecoder {
         &self,
         specs: &[crate::kv_cache::LayerSpec],
         context: usize,
-        kv_type: crate::kv_cache::KvType,
+        types: crate::kv_cache::KvTypes,
         max_batch: Option<usize>,
     ) -> Result<KvCache, crate::kv_cache::KvCacheError> {
         let max_batch = max_batch.unwrap_or(self.max_batch);
-        KvCache::with_device_layers(specs, context, kv_type, &self.gpu, self.first, max_batch)
+        KvCache::with_device_layers(specs, context, types, &self.gpu, self.first, max_batch)
     }
 
     /// Runs the GPU layers on `x: [n_tokens][n_embd]` (the stream after the CPU layers) at
@@ -642,7 +642,7 @@ mod tests {
                 device: Some(lavapipe.index),
                 max_batch: batch,
                 context,
-                kv_type: KvType::F32,
+                kv_types: KvType::F32.into(),
                 expert_cache,
                 ..Offload::default()
             };
