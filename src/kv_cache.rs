@@ -36,7 +36,8 @@
 //!   context holds a few hundred slots per layer, not 256K. Fixed-size chunks would not do: the
 //!   kernel wants each head's rows contiguous, so growing re-lays every head, and chunked growth
 //!   would copy `O(n²)` in total; doubling copies less than the final size in total. Growing
-//!   is in place: `resize`, then each head's rows move to their new stride, last head first.
+//!   copies each head's rows into fresh zeroed memory, whose pages the OS maps only when
+//!   written: the resident memory follows the rows held, not the doubled capacity.
 //! - [`KvCache::bytes`] is what the cache holds at full context for one-token decode: K and V
 //!   for `min(context, window)` positions on each layer that has a cache of its own, the number
 //!   GEMMA4.md 1.1 gives (in f16) and `gemma info` prints; twice that in f32, 17/32 of it in
@@ -736,17 +737,17 @@ impl<T: KvElem> Units<T> {
     }
 
     /// Re-lays `[n_kv_head][old][row]`, of which each head's first `used` slots are in use, as
-    /// `[n_kv_head][capacity][row]`, in place.
+    /// `[n_kv_head][capacity][row]` in fresh zeroed memory. The allocator takes that from the
+    /// OS as untouched pages (calloc of a large block maps it), which become resident only as
+    /// rows are written: the process holds the rows in use, not the capacity the doubling
+    /// reserved.
     fn grow(&mut self, n_kv_head: usize, old: usize, used: usize, capacity: usize) {
         let r = self.row;
-        let len = n_kv_head * capacity * r;
-        self.x.reserve_exact(len - self.x.len());
-        self.x.resize(len, T::ZERO);
-        // Head `h` moves from `h · old · row` to `h · capacity · row`: up, so moving the last
-        // head first never overwrites rows not yet moved.
-        for h in (1..n_kv_head).rev() {
-            self.x.copy_within(h * old * r..(h * old + used) * r, h * capacity * r);
+        let mut x: Vec<T> = bytemuck::zeroed_vec(n_kv_head * capacity * r);
+        for h in 0..n_kv_head {
+            x[h * capacity * r..(h * capacity + used) * r].copy_from_slice(&self.x[h * old * r..(h * old + used) * r]);
         }
+        self.x = x;
     }
 
     /// Rotates each head's `capacity` slots left by `shift`.

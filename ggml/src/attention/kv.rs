@@ -124,7 +124,7 @@ impl FromStr for KvType {
 /// [`BlockQ8_0`] / [`BlockQ4_0`] of 32 elements (sealed: each kernel path has its loads for
 /// each). The row operations below are what the cache and the portable paths need; the SIMD
 /// loads stay private.
-pub trait KvElem: sealed::Sealed + Copy + Send + Sync + std::fmt::Debug + 'static {
+pub trait KvElem: sealed::Sealed + bytemuck::Pod + Send + Sync + std::fmt::Debug + 'static {
     /// The type this is a unit of.
     const TYPE: KvType;
     /// Elements per unit.
