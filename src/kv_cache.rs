@@ -838,7 +838,8 @@ mod tests {
     }
 
     /// `x` (whole blocks) as a cache of type `kv_type` holds it, back in f32 (exact): rounded
-    /// as ggml rounds to f16 or bf16, quantized by ggml's reference quantizers, or unchanged.
+    /// as ggml rounds to f16 or bf16, quantized (q8_0 by ggml's reference quantizer, q4_0 by
+    /// least squares), or unchanged.
     /// Written apart from the cache's own store, as the oracle.
     fn as_stored(x: &[f32], kv_type: KvType) -> Vec<f32> {
         let mut y = vec![0.0; x.len()];
@@ -853,7 +854,7 @@ mod tests {
             }
             KvType::Q4_0 => {
                 let mut b = vec![BlockQ4_0::ZERO; x.len() / 32];
-                q4_0::quantize(x, &mut b);
+                q4_0::quantize_least_squares(x, &mut b);
                 q4_0::dequantize(&b, &mut y);
             }
         }
@@ -1125,8 +1126,8 @@ mod tests {
     }
 
     /// bf16 rounds as ggml does (`f32_to_bf16`, checked against ggml's rule in `ggml`), and
-    /// the block types hold, byte for byte, what ggml's reference quantizers make of each
-    /// head's row rotated (K of 64 by a Hadamard rotation of 64, V by 64; on a random row: the
+    /// the block types hold, byte for byte, what their quantizers (ggml's reference for q8_0,
+    /// least squares for q4_0) make of each head's row rotated (K of 64 by a Hadamard rotation of 64, V by 64; on a random row: the
     /// specials' infinities and NaNs are no input for a scale).
     #[test]
     fn stores_bf16_and_blocks_as_ggml_does() {
@@ -1150,7 +1151,7 @@ mod tests {
             let mut kq = [BlockQ8_0::ZERO; 2];
             q8_0::quantize(&rotated(&k), &mut kq);
             let mut vq = [BlockQ4_0::ZERO; 2];
-            q4_0::quantize(&rotated(&v), &mut vq);
+            q4_0::quantize_least_squares(&rotated(&v), &mut vq);
             let head = 20 * h..20 * h + 2;
             assert_eq!(bytemuck::cast_slice::<_, u8>(&kc[head.clone()]), bytemuck::cast_slice::<_, u8>(&kq));
             assert_eq!(bytemuck::cast_slice::<_, u8>(&vc[head]), bytemuck::cast_slice::<_, u8>(&vq));

@@ -164,26 +164,29 @@ fn full_size_shapes_match_llama_cpp() {
     );
 }
 
-/// Quantized KV caches (issue 19): for q8_0 and q4_0 K and V, the mean KL divergence of our
-/// logits from our own f16-cache logits is at most 1.1x llama.cpp's for the same cache type
-/// from its own f16 cache (flash attention on both, which llama.cpp needs for a quantized V),
-/// and the top-1 choices move about as much. The tiny random models (head dims 64 and 128) and
-/// the synthetic 26B-A4B shapes (256 and 512). Both runtimes store the same ggml blocks of the
-/// same Hadamard-rotated rows; llama.cpp also rounds the queries to q8_0 for the dot products,
-/// which we do not. (Without the rotation ours was up to 8x llama.cpp's on the tiny MoE.)
+/// Quantized KV caches (issue 19): the mean KL divergence of our logits from our own
+/// f16-cache logits is at most 1.1x llama.cpp's for the same cache type from its own f16 cache
+/// (flash attention on both, which llama.cpp needs for a quantized V), and the top-1 choices
+/// move about as much: q8_0 on the synthetic 26B-A4B shapes (head dims 256 and 512, 512
+/// tokens) and the tiny random models (64 and 128), q4_0 on the synthetic shapes. (A q4_0
+/// cache wrecks the tiny models, KL above 1 and half the choices flipped on both runtimes:
+/// there each runtime's error is its own draw, and their ratio says nothing; it is printed.)
+/// Both runtimes rotate the rows alike; llama.cpp stores ggml's reference blocks and rounds
+/// the queries to q8_0, we keep the queries in f32 and pick q4_0 blocks by least squares.
+/// Without the rotation ours was 8x llama.cpp's on the tiny MoE's q8_0.
 #[test]
 fn quantized_kv_caches_match_llama_cpp() {
     let synth = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/synth-gemma4-2l-v1.gguf");
     assert!(synth.exists(), "{} is missing: scripts/test.sh writes it", synth.display());
-    let synth_tokens: Vec<u32> = (0..256u32).map(|i| 2 + (i.wrapping_mul(2_654_435_761) >> 8) % 262_000).collect();
-    let mut cases: Vec<(String, std::path::PathBuf, Vec<u32>, usize)> =
-        vec![("synthetic 26B-A4B, 2 layers, Q4_K_M".into(), synth, synth_tokens, 262_144)];
+    let synth_tokens: Vec<u32> = (0..512u32).map(|i| 2 + (i.wrapping_mul(2_654_435_761) >> 8) % 262_000).collect();
+    let mut cases: Vec<(String, std::path::PathBuf, Vec<u32>, usize, bool)> =
+        vec![("synthetic 26B-A4B, 2 layers, Q4_K_M".into(), synth, synth_tokens, 262_144, true)];
     for name in MODELS {
         let f = fixture(name);
-        cases.push((format!("{name} F32"), f.gguf, f.tokens, f.n_vocab));
+        cases.push((format!("{name} F32"), f.gguf, f.tokens, f.n_vocab, false));
     }
     let mut results = Vec::new();
-    for (what, path, tokens, n_vocab) in cases {
+    for (what, path, tokens, n_vocab, judge_q4_0) in cases {
         let n = tokens.len();
         let ours_f16 = ours(&path, &tokens, KvType::F16);
         let theirs_f16 = Llama::load_with(&path, true, n, sys::GGML_TYPE_F16).decode(&tokens, 0);
@@ -195,7 +198,9 @@ fn quantized_kv_caches_match_llama_cpp() {
             println!("  ours:      {a}");
             println!("  llama.cpp: {b}");
             println!("  KL ratio ours / llama.cpp: {:.3}", a.mean_kl / b.mean_kl);
-            results.push((format!("{what} {t}"), a, b));
+            if t == KvType::Q8_0 || judge_q4_0 {
+                results.push((format!("{what} {t}"), a, b));
+            }
         }
     }
     for (what, a, b) in results {
@@ -205,7 +210,6 @@ fn quantized_kv_caches_match_llama_cpp() {
             a.mean_kl,
             b.mean_kl
         );
-        // On the tiny models a q4_0 cache flips half the choices for both; within two.
         assert!(a.top1 + 2 >= b.top1, "{what}: top-1 kept {} of {}, llama.cpp {}", a.top1, a.n, b.top1);
     }
 }

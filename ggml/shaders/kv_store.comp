@@ -7,7 +7,8 @@
 //
 // Bindings: 0 the cache tensor `[n_kv_head][capacity][head_dim]`, 1 x `[n_tokens][n_kv_head]
 // [head_dim]` f32, 2 slots `[n_tokens]` u32. One invocation per pair of elements (f32, f16,
-// bf16) or per row (q8_0, q4_0).
+// bf16) or per row (q8_0, q4_0). q4_0's blocks are chosen by least squares, as the CPU's
+// (`quants::q4_0::quantize_least_squares`).
 
 layout(local_size_x = 64) in;
 
@@ -42,9 +43,28 @@ void put(uint b) {
     }
 }
 
-// C's roundf: halves away from zero.
+// C's roundf and Rust's f32::round: halves away from zero. (`floor(|v| + 0.5)` would round
+// 0.49999997 up: the sum rounds to 1.)
 float round_away(float v) {
-    return sign(v) * floor(abs(v) + 0.5);
+    float r = trunc(v);
+    return abs(v - r) >= 0.5 ? r + sign(v) : r;
+}
+#endif
+
+#if KV_TYPE == KV_TYPE_Q4_0
+// The block's value of largest magnitude goes to these levels in the candidates of the
+// least-squares quantizer (ggml/src/quants/q4_0.rs, `TOPS`, in the same order).
+const float TOPS[24] = float[24](-11.0, -10.5, -10.0, -9.5, -9.0, -8.5, -8.0, -7.75, -7.5, -7.25, -7.0,
+                                 -6.75, -6.5, 6.5, 6.75, 7.0, 7.25, 7.5, 8.0, 8.5, 9.0, 9.5, 10.0, 10.5);
+
+// Σ (x - d l)², in order, unfused, as the CPU computes it.
+float block_err(uint x0, float d, int l[32]) {
+    precise float err = 0.0;
+    for (uint j = 0u; j < 32u; j++) {
+        precise float e = x[x0 + j] - d * float(l[j]);
+        err += e * e;
+    }
+    return err;
 }
 #endif
 
@@ -78,7 +98,9 @@ void main() {
             put(uint(int(round_away(x[x0 + j] * id_))));
         }
 #else
-        // The first value of largest magnitude, sign included, maps to level 0.
+        // The least-squares quantizer of ggml/src/quants/q4_0.rs, step for step: ggml's
+        // reference block first (the first value of largest magnitude, sign included, maps to
+        // level 0), then each candidate of TOPS, keeping the block of least squared error.
         float amax = 0.0, vmax = 0.0;
         for (uint j = 0u; j < 32u; j++) {
             float v = x[x0 + j];
@@ -90,12 +112,37 @@ void main() {
         float d = vmax / -8.0;
         float id_ = d != 0.0 ? 1.0 / d : 0.0;
         uint bits = f16_bits(d);
+        int best_l[32];
+        for (uint j = 0u; j < 32u; j++) {
+            best_l[j] = int(min(15u, uint(int(x[x0 + j] * id_ + 8.5)))) - 8;
+        }
+        if (vmax != 0.0) {
+            float best = block_err(x0, unpackHalf2x16(bits).x, best_l);
+            for (uint c = 0u; c < 24u; c++) {
+                float idc = TOPS[c] / vmax;
+                int l[32];
+                precise float sxl = 0.0, sll = 0.0;
+                for (uint j = 0u; j < 32u; j++) {
+                    l[j] = clamp(int(round_away(x[x0 + j] * idc)), -8, 7);
+                    sxl += x[x0 + j] * float(l[j]);
+                    sll += float(l[j] * l[j]);
+                }
+                if (sll == 0.0) {
+                    continue;
+                }
+                uint cbits = f16_bits(sxl / sll);
+                float e = block_err(x0, unpackHalf2x16(cbits).x, l);
+                if (e < best) {
+                    best = e;
+                    bits = cbits;
+                    best_l = l;
+                }
+            }
+        }
         put(bits);
         put(bits >> 8);
         for (uint j = 0u; j < 16u; j++) {
-            uint lo = min(15u, uint(int(x[x0 + j] * id_ + 8.5)));
-            uint hi = min(15u, uint(int(x[x0 + j + 16u] * id_ + 8.5)));
-            put(lo | (hi << 4));
+            put(uint(best_l[j] + 8) | (uint(best_l[j + 16] + 8) << 4));
         }
 #endif
     }

@@ -3,7 +3,9 @@
 //! Five types, named as llama.cpp's `--cache-type-k/-v` names them: `f32`, `f16`, `bf16`, and
 //! the block formats `q8_0` and `q4_0` (32 elements a block with an f16 scale: 34 and 18
 //! bytes, so 8.5 and 4.5 bits an element), in ggml's exact layouts and rounding
-//! ([`crate::quants`]). A cache row (one head of one slot, `head_dim` elements) is
+//! ([`crate::quants`]); q4_0's blocks are chosen by least squares rather than by ggml's
+//! reference quantizer (same layout, 12% less squared error: at 4 bits the largest value
+//! should not alone set the grid). A cache row (one head of one slot, `head_dim` elements) is
 //! `head_dim / BLOCK` units of the type: elements for the floats, blocks for the others, so a
 //! quantized row is whole blocks and `head_dim` must be a multiple of 32.
 //!
@@ -140,7 +142,8 @@ pub trait KvElem: sealed::Sealed + bytemuck::Pod + Send + Sync + std::fmt::Debug
 
     /// `dst = src` in this type (`src.len() == dst.len() · BLOCK`), rounded as ggml rounds:
     /// f16 to nearest even (overflow to infinity, NaN to the canonical quiet NaN), bf16 to
-    /// nearest even, the blocks by ggml's reference quantizers; f32 is a copy.
+    /// nearest even, q8_0 by ggml's reference quantizer, q4_0 by least squares
+    /// ([`q4_0::quantize_least_squares`]); f32 is a copy.
     fn store_row(src: &[f32], dst: &mut [Self]);
 
     /// The row in f32 (exact): `src` itself for f32, widened or dequantized into `buf`
@@ -235,7 +238,7 @@ impl KvElem for BlockQ4_0 {
 
     fn store_row(src: &[f32], dst: &mut [BlockQ4_0]) {
         assert_eq!(src.len(), dst.len() * Self::BLOCK);
-        q4_0::quantize(src, dst);
+        q4_0::quantize_least_squares(src, dst);
     }
 
     fn as_f32<'b>(src: &'b [BlockQ4_0], buf: &'b mut [f32]) -> &'b [f32] {
