@@ -13,8 +13,14 @@ src="$cache/llama-bench"
 bin="$src/build/bin/$tool"
 if [ ! -x "$bin" ]; then
     if [ ! -f "$src/CMakeLists.txt" ]; then
-        sdist="$cache/models/llama-cpp-python/llama_cpp_python-0.3.36.tar.gz"
-        [ -f "$sdist" ] || GEMMA_MODEL_CACHE="$cache/models" "$root/scripts/fetch-test-models.sh" >&2
+        # The sdist fetch-test-models.sh downloaded (into CI's cache or models/.cache), else
+        # downloaded here: that script skips it when the vocabulary files are already present.
+        name=llama_cpp_python-0.3.36.tar.gz
+        sdist="$cache/models/llama-cpp-python/$name"
+        [ -f "$sdist" ] || [ ! -f "$root/models/.cache/llama-cpp-python/$name" ] \
+            || sdist="$root/models/.cache/llama-cpp-python/$name"
+        [ -f "$sdist" ] || python3 -m pip download --quiet --no-deps --no-binary=:all: \
+            -d "$(dirname "$sdist")" "llama-cpp-python==0.3.36" >&2
         mkdir -p "$src"
         tar xzf "$sdist" -C "$src" --strip-components=3 llama_cpp_python-0.3.36/vendor/llama.cpp
     fi

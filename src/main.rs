@@ -3,6 +3,8 @@
 use std::io::{BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -478,6 +480,9 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             if e.downcast_ref::<UsageError>().is_some() {
                 ExitCode::from(2)
+            } else if matches!(e.downcast_ref(), Some(gemma::perplexity::PerplexityError::Interrupted { .. })) {
+                // As a shell reports a program that SIGINT ended.
+                ExitCode::from(130)
             } else {
                 ExitCode::FAILURE
             }
@@ -785,31 +790,38 @@ fn perplexity_command(args: PerplexityArgs) -> Result<()> {
     let options = Options { n_ctx, batch, kv_types: args.kv.types() };
     let (mut nll, mut divergence) = (Nll::default(), Divergence::default());
     let bar = std::io::stderr().is_terminal().then(|| ProgressBar::new(chunks.n_chunk as u64));
+    // Ctrl-C stops the pass under way before its next layer; the base file being written (a
+    // temporary file) is removed as the error unwinds, so nothing is left half-way.
+    let interrupt = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&interrupt);
+    ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed)).context("installing the Ctrl-C handler")?;
     let started = std::time::Instant::now();
-    evaluate(&mut generator.model, &chunks, bos, &options, &mut |c, logits, targets| {
-        nll.add(logits, targets);
-        if let Some((w, _)) = &mut writer {
-            w.write(logits)?;
-        }
-        if let Some(r) = &mut reader {
-            let base = r.next_chunk(c)?;
-            divergence.add(logits, &base, targets);
-        }
-        let line = format!("[{}]{:.4}", c + 1, nll.ppl().0);
-        match &bar {
-            Some(bar) => {
-                bar.set_message(line);
-                bar.inc(1);
+    let evaluated =
+        evaluate(&mut generator.model, &chunks, bos, &options, interrupt.as_ref(), &mut |c, logits, targets| {
+            nll.add(logits, targets);
+            if let Some((w, _)) = &mut writer {
+                w.write(logits)?;
             }
-            None => eprint!("{line},"),
-        }
-        Ok(())
-    })?;
+            if let Some(r) = &mut reader {
+                let base = r.next_chunk(c)?;
+                divergence.add(logits, &base, targets);
+            }
+            let line = format!("[{}]{:.4}", c + 1, nll.ppl().0);
+            match &bar {
+                Some(bar) => {
+                    bar.set_message(line);
+                    bar.inc(1);
+                }
+                None => eprint!("{line},"),
+            }
+            Ok(())
+        });
     if let Some(bar) = bar {
         bar.finish_and_clear();
     } else {
         eprintln!();
     }
+    evaluated?;
     if let Some((w, path)) = writer {
         let tmp = w.finish()?.into_inner().map_err(|e| e.into_error())?;
         tmp.persist(&path).map_err(|e| e.error).with_context(|| path.display().to_string())?;

@@ -24,8 +24,8 @@ use std::io::{Read, Write};
 use serde::Serialize;
 
 use crate::kv_cache::KvTypes;
-use crate::model::{Logits, Model, Never};
-use crate::run::{uncancelled, RunError};
+use crate::model::{Cancel, Logits, Model, Stopped};
+use crate::run::RunError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PerplexityError {
@@ -33,6 +33,8 @@ pub enum PerplexityError {
     TooShort { tokens: usize, n_ctx: usize, needed: usize },
     #[error("{path}: {problem}")]
     Base { path: String, problem: String },
+    #[error("interrupted after {done} of {total} chunks")]
+    Interrupted { done: usize, total: usize },
     #[error(transparent)]
     Run(#[from] RunError),
     #[error(transparent)]
@@ -78,12 +80,15 @@ impl Chunks {
 pub type Sink<'a> = dyn FnMut(usize, &[f32], &[u32]) -> Result<(), PerplexityError> + 'a;
 
 /// Runs every chunk and hands `sink` each chunk's scored logits `[n_scored][n_vocab]` and the
-/// tokens they predict, in order. `bos` replaces each chunk's first token.
+/// tokens they predict, in order. `bos` replaces each chunk's first token. Once `cancel` fires,
+/// the pass under way stops before its next layer and no further chunk is handed on
+/// ([`PerplexityError::Interrupted`]).
 pub fn evaluate(
     model: &mut Model,
     chunks: &Chunks,
     bos: Option<u32>,
     options: &Options,
+    cancel: &dyn Cancel,
     sink: &mut Sink,
 ) -> Result<(), PerplexityError> {
     let (n_ctx, n_vocab) = (chunks.n_ctx, model.n_vocab());
@@ -101,7 +106,13 @@ pub fn evaluate(
             let pos = b * batch;
             let end = pos + piece.len();
             let which = if end <= first { Logits::Last } else { Logits::All };
-            let out = uncancelled(model.forward_cancellable(piece, pos, &mut cache, which, &Never))?;
+            let out = match model.forward_cancellable(piece, pos, &mut cache, which, cancel) {
+                Ok(out) => out,
+                Err(Stopped::Cancelled(_)) => {
+                    return Err(PerplexityError::Interrupted { done: c, total: chunks.n_chunk })
+                }
+                Err(Stopped::Device(e)) => return Err(RunError::Device(e).into()),
+            };
             if which == Logits::All {
                 let rows = pos.max(first)..end.min(n_ctx - 1);
                 logits.extend_from_slice(&out[(rows.start - pos) * n_vocab..(rows.end - pos) * n_vocab]);

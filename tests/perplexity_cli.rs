@@ -7,7 +7,9 @@
 //!   hand), and the model against its own base diverges by no more than the base's 16-bit
 //!   rounding, with the same top token everywhere; another KV cache type diverges measurably;
 //! - bad input (a text too short, a base file of another vocabulary, a truncated one) is a
-//!   one-line error, exit 1, with nothing written.
+//!   one-line error, exit 1, with nothing written;
+//! - Ctrl-C (SIGINT) while a base file is written ends the run within a chunk, exit 130, with
+//!   nothing left behind.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -174,6 +176,44 @@ fn bad_input_is_a_one_line_error_and_writes_nothing() {
         gemma(&["perplexity", "--kl-divergence", "--kl-divergence-base"], &[&short, Path::new("-m"), &model]),
         "not a base file",
     );
+}
+
+#[test]
+fn ctrl_c_stops_within_a_chunk_and_leaves_nothing_behind() {
+    use std::io::Read;
+    let (model, text) = (path("tiny-gemma4-moe.gguf"), path("alice.txt"));
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.kld");
+    // Every chunk of 64 in the book (hundreds): far more than run before the signal.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gemma"))
+        .args(["perplexity", "-c", "64", "-t", "1", "--kl-divergence-base"])
+        .args([&base, Path::new("-m"), &model, Path::new("-f"), &text])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Off a terminal, each chunk's running value goes to stderr as `[c]ppl,`: signal once the
+    // second chunk is in (the temporary base file exists by then).
+    let mut stderr = child.stderr.take().unwrap();
+    let mut seen = Vec::new();
+    let mut byte = [0u8; 1];
+    while !String::from_utf8_lossy(&seen).contains("[2]") {
+        assert_eq!(stderr.read(&mut byte).unwrap(), 1, "ended early: {}", String::from_utf8_lossy(&seen));
+        seen.push(byte[0]);
+    }
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary base file while running");
+    let killed = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    stderr.read_to_end(&mut seen).unwrap();
+    let status = child.wait().unwrap();
+    let said = String::from_utf8_lossy(&seen);
+    assert_eq!(status.code(), Some(130), "{said}");
+    let last = said.lines().last().unwrap();
+    assert!(last.starts_with("error: interrupted after ") && last.contains(" chunks"), "{last}");
+    let done: usize = last["error: interrupted after ".len()..].split(' ').next().unwrap().parse().unwrap();
+    assert!((2..100).contains(&done), "{last}");
+    assert!(!base.exists(), "an interrupted run wrote the base file");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "the temporary base file was left behind");
 }
 
 /// On lavapipe, every layer on the GPU and every layer with its experts in RAM (in batches of
