@@ -566,21 +566,13 @@ impl Hparams {
 
     /// K and V of `types` at `context` positions of layers `first ..`.
     fn kv_cache_bytes(&self, context: u64, first: usize, types: KvTypes) -> Option<u64> {
-        let n_layers = self.block_count? as usize;
-        // Layers past `n_layers - shared` reuse an earlier layer's cache.
-        let own = n_layers - (self.shared_kv_layers.unwrap_or(0) as usize).min(n_layers);
+        let specs = self.layer_specs()?;
         let mut total = 0u64;
-        for il in first..own {
-            let (k, v) = self.head_dims(il)?;
-            if !(k as usize).is_multiple_of(types.k.block()) || !(v as usize).is_multiple_of(types.v.block()) {
+        for spec in specs.iter().skip(first) {
+            if spec.shares_cache_of.is_none() && !types.fit(spec.head_dim) {
                 return None; // rows that are not whole blocks
             }
-            let n_kv = *self.head_count_kv.as_ref()?.get(il)?;
-            let positions = match (self.sliding_layers.get(il), self.sliding_window) {
-                (Some(true), Some(w)) => context.min(w),
-                _ => context,
-            };
-            total += positions * n_kv * (types.k.row_bytes(k as usize) + types.v.row_bytes(v as usize)) as u64;
+            total += spec.bytes(spec.host_capacity(context as usize), types);
         }
         Some(total)
     }
@@ -845,7 +837,16 @@ mod tests {
         assert_eq!(wide.kv_cache_bytes(100, 0, KvType::Q8_0.into()), Some(2 * 544 + 13600));
         // K in q4_0 (18 bytes), V in f32 (128): global 100 * 2 * 146.
         assert_eq!(wide.kv_cache_bytes(100, 2, KvTypes { k: KvType::Q4_0, v: KvType::F32 }), Some(29200));
-        let shared = Hparams { shared_kv_layers: Some(1), ..h };
-        assert_eq!(shared.kv_cache_bytes(100, 0, f16), Some(2 * 256));
+        // Sliding, global, then two layers reading the last earlier cache of their type: only
+        // the first two hold one.
+        let shared = Hparams {
+            block_count: Some(4),
+            head_count: Some(vec![4; 4]),
+            head_count_kv: Some(vec![2; 4]),
+            sliding_layers: vec![true, false, true, false],
+            shared_kv_layers: Some(2),
+            ..h
+        };
+        assert_eq!(shared.kv_cache_bytes(100, 0, f16), Some(256 + 6400));
     }
 }

@@ -146,6 +146,12 @@ impl LayerSpec {
         device_capacity(self.window, context, max_batch)
     }
 
+    /// Slots this layer's host cache holds at most: every position of the context on a global
+    /// layer, the window on a sliding one.
+    pub fn host_capacity(&self, context: usize) -> usize {
+        host_capacity(self.window, context)
+    }
+
     /// Bytes of K and V in a cache of `capacity` slots (none when it reads another's).
     pub fn bytes(&self, capacity: usize, types: KvTypes) -> u64 {
         match self.shares_cache_of {
@@ -153,6 +159,10 @@ impl LayerSpec {
             None => (self.n_kv_head * capacity * types.row_bytes(self.head_dim)) as u64,
         }
     }
+}
+
+fn host_capacity(window: Option<usize>, context: usize) -> usize {
+    window.map_or(context, |w| w.min(context))
 }
 
 fn device_capacity(window: Option<usize>, context: usize, max_batch: usize) -> usize {
@@ -606,8 +616,7 @@ impl LayerCache {
 
     /// K and V for `min(context, window)` positions: the full-context decode footprint.
     pub fn bytes(&self) -> usize {
-        let positions = self.window.map_or(self.context, |w| w.min(self.context));
-        positions * self.n_kv_head * self.types.row_bytes(self.head_dim)
+        host_capacity(self.window, self.context) * self.n_kv_head * self.types.row_bytes(self.head_dim)
     }
 
     /// K, V and positions as allocated now in host memory (a GPU layer's K and V are in VRAM,
