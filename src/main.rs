@@ -1,7 +1,7 @@
 //! The `gemma` command line.
 
-use std::io::{BufWriter, IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -21,8 +21,8 @@ use gemma::sample::SamplerConfig;
 use gemma::session::Session;
 use gemma::tokenizer::Tokenizer;
 use ggml::gguf::GgufFile;
+use ggml::output::PendingFile;
 use indicatif::ProgressBar;
-use tempfile::NamedTempFile;
 
 #[derive(Parser)]
 #[command(name = "gemma", version, about = "Run Google's Gemma models from GGUF files")]
@@ -644,7 +644,9 @@ fn run_command(args: RunArgs) -> Result<()> {
         prompt => prompt,
     };
     // Created before the model loads, so that a bad path fails at once.
-    let mut logits = args.logits_out.map(LogitsFile::create).transpose()?;
+    let mut logits = (args.logits_out.as_ref())
+        .map(|path| PendingFile::create(path).with_context(|| format!("{}: creating it", path.display())))
+        .transpose()?;
     let options = RunOptions {
         prompt,
         n_predict: args.n_predict,
@@ -659,18 +661,22 @@ fn run_command(args: RunArgs) -> Result<()> {
     let mut sink = std::io::sink();
     let out: &mut dyn Write = if args.json { &mut sink } else { &mut stdout };
     let loaded = load(gguf, !args.quiet && std::io::stdout().is_terminal(), &offload, args.quiet);
-    let logits_out = logits.as_mut().map(|f| &mut f.out as &mut dyn Write);
+    let logits_out = logits.as_mut().map(|f| f as &mut dyn Write);
     let done = match loaded.and_then(|mut g| g.generate(&options, out, logits_out)) {
         // A closed pipe (`gemma run ... | head -c 100`) ends the run quietly; the logits,
         // written before the first token, are complete.
         Err(RunError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => None,
         Err(e @ RunError::Logits(_)) => {
-            let path = logits.as_ref().map_or_else(String::new, |f| f.path.display().to_string());
+            let path = logits.as_ref().map_or_else(String::new, |f| f.path().display().to_string());
             return Err(anyhow::Error::new(e).context(path));
         }
         r => Some(r.with_context(|| model.display().to_string())?),
     };
-    let logits_path = logits.map(LogitsFile::finish).transpose()?;
+    let logits_path = (logits.map(|f| {
+        let path = f.path().display().to_string();
+        f.finish().with_context(|| path)
+    }))
+    .transpose()?;
     let Some(done) = done else { return Ok(()) };
     if args.json {
         print(&(serde_json::to_string(&done)? + "\n"))?;
@@ -692,44 +698,8 @@ fn run_command(args: RunArgs) -> Result<()> {
     Ok(())
 }
 
-/// `--logits-out`: written through a temporary file in the target's directory and renamed
-/// over the target by [`finish`](Self::finish), as `/save` and the GGUF writer do; a failed
-/// run drops it, which deletes it and leaves any earlier file untouched.
-struct LogitsFile {
-    path: PathBuf,
-    out: BufWriter<NamedTempFile>,
-}
-
-impl LogitsFile {
-    fn create(path: PathBuf) -> Result<LogitsFile> {
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        let tmp = NamedTempFile::new_in(dir)
-            .with_context(|| format!("{}: creating a temporary file in {}", path.display(), dir.display()))?;
-        Ok(LogitsFile { path, out: BufWriter::with_capacity(1 << 20, tmp) })
-    }
-
-    /// Flushes, syncs and moves the file into place; returns its path.
-    fn finish(self) -> Result<PathBuf> {
-        let LogitsFile { path, out } = self;
-        let context = || path.display().to_string();
-        let tmp = out.into_inner().map_err(|e| e.into_error()).with_context(context)?;
-        // A temporary file is private (0600); the logits are not (as quantize's output).
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644)).with_context(context)?;
-        }
-        tmp.as_file().sync_all().with_context(context)?;
-        tmp.persist(&path).map_err(|e| e.error).with_context(context)?;
-        Ok(path)
-    }
-}
-
 fn perplexity_command(args: PerplexityArgs) -> Result<()> {
-    use gemma::perplexity::{evaluate, BaseReader, BaseWriter, Chunks, Divergence, Nll, Options};
+    use gemma::perplexity::{evaluate, BaseReader, Chunks, Divergence, Nll, Options, PendingBase};
     if args.ctx_size < 4 {
         return Err(UsageError("--ctx-size must be at least 4 for perplexity".into()).into());
     }
@@ -738,14 +708,9 @@ fn perplexity_command(args: PerplexityArgs) -> Result<()> {
     }
     set_threads(args.threads)?;
     let gguf = GgufFile::open(&args.model)?;
-    let base_path = args.kl_divergence_base.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
     // The chunks: from the base file when comparing (its context), else the text's.
     let mut reader = match args.kl_divergence {
-        true => {
-            let base = args.kl_divergence_base.as_ref().expect("clap requires it");
-            let file = std::fs::File::open(base).with_context(|| base.display().to_string())?;
-            Some(BaseReader::new(std::io::BufReader::new(file), &base_path)?)
-        }
+        true => Some(BaseReader::open(args.kl_divergence_base.as_ref().expect("clap requires it"))?),
         false => None,
     };
     let n_ctx = reader.as_ref().map_or(args.ctx_size, |r| r.chunks.n_ctx);
@@ -754,17 +719,7 @@ fn perplexity_command(args: PerplexityArgs) -> Result<()> {
     let mut generator = load(gguf, false, &offload, false).with_context(|| args.model.display().to_string())?;
     let n_vocab = generator.model.n_vocab();
     let chunks = match &mut reader {
-        Some(r) => {
-            if r.n_vocab != n_vocab {
-                anyhow::bail!(
-                    "{base_path}: its logits are over {} tokens, the model's vocabulary has {n_vocab}: \
-                     a base file from another model or vocabulary",
-                    r.n_vocab
-                );
-            }
-            let take = r.chunks.n_chunk.min(args.chunks.unwrap_or(usize::MAX));
-            Chunks { tokens: r.chunks.tokens[..take * n_ctx].to_vec(), n_ctx, n_chunk: take }
-        }
+        Some(r) => r.chunks_for(n_vocab, args.chunks)?,
         None => {
             let path = args.file.as_ref().expect("clap requires -f");
             let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
@@ -778,13 +733,8 @@ fn perplexity_command(args: PerplexityArgs) -> Result<()> {
         "perplexity: {} chunks of {n_ctx} tokens, each scored on its last {n_scored} predictions (from position {first})",
         chunks.n_chunk
     );
-    // Writing a base file: to a temporary file beside it, renamed once every chunk is in.
     let mut writer = match (&args.kl_divergence_base, args.kl_divergence) {
-        (Some(path), false) => {
-            let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-            let tmp = NamedTempFile::new_in(dir).with_context(|| path.display().to_string())?;
-            Some((BaseWriter::new(std::io::BufWriter::new(tmp), &chunks, n_vocab)?, path.clone()))
-        }
+        (Some(path), false) => Some(PendingBase::create(path, &chunks, n_vocab)?),
         _ => None,
     };
     let options = Options { n_ctx, batch, kv_types: args.kv.types() };
@@ -799,7 +749,7 @@ fn perplexity_command(args: PerplexityArgs) -> Result<()> {
     let evaluated =
         evaluate(&mut generator.model, &chunks, bos, &options, interrupt.as_ref(), &mut |c, logits, targets| {
             nll.add(logits, targets);
-            if let Some((w, _)) = &mut writer {
+            if let Some(w) = &mut writer {
                 w.write(logits)?;
             }
             if let Some(r) = &mut reader {
@@ -822,10 +772,8 @@ fn perplexity_command(args: PerplexityArgs) -> Result<()> {
         eprintln!();
     }
     evaluated?;
-    if let Some((w, path)) = writer {
-        let tmp = w.finish()?.into_inner().map_err(|e| e.into_error())?;
-        tmp.persist(&path).map_err(|e| e.error).with_context(|| path.display().to_string())?;
-        eprintln!("perplexity: the base log-probabilities are in {}", path.display());
+    if let Some(w) = writer {
+        eprintln!("perplexity: the base log-probabilities are in {}", w.persist()?.display());
     }
     let seconds = started.elapsed().as_secs_f64();
     let (ppl, err) = nll.ppl();

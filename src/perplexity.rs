@@ -19,8 +19,11 @@
 //! `2 ⌈n_vocab/2⌉ + 4` u16s: a scale and the smallest kept log-probability (two f32s), and each
 //! token's log-probability quantized to 16 bits over the 16 nats below the largest.
 
-use std::io::{Read, Write};
+use std::fs::File;
+use std::io::{BufReader, Read, Write};
+use std::path::{Path, PathBuf};
 
+use ggml::output::PendingFile;
 use serde::Serialize;
 
 use crate::kv_cache::KvTypes;
@@ -223,6 +226,33 @@ impl<W: Write> BaseWriter<W> {
     }
 }
 
+/// A base file being written to a temporary file beside `path`, renamed into place by
+/// [`persist`](Self::persist) once every chunk is in. Dropped before that (an error, Ctrl-C),
+/// it removes the temporary file: nothing is left half-way.
+pub struct PendingBase {
+    out: BaseWriter<PendingFile>,
+}
+
+impl PendingBase {
+    pub fn create(path: &Path, chunks: &Chunks, n_vocab: usize) -> Result<PendingBase, PerplexityError> {
+        let at = |e: std::io::Error| PerplexityError::Base { path: path.display().to_string(), problem: e.to_string() };
+        let out = BaseWriter::new(PendingFile::create(path).map_err(at)?, chunks, n_vocab).map_err(at)?;
+        Ok(PendingBase { out })
+    }
+
+    /// One chunk's scored rows `[n][n_vocab]`.
+    pub fn write(&mut self, logits: &[f32]) -> Result<(), PerplexityError> {
+        Ok(self.out.write(logits)?)
+    }
+
+    /// Renames the file into place; returns its path.
+    pub fn persist(self) -> Result<PathBuf, PerplexityError> {
+        let file = self.out.finish()?;
+        let path = file.path().display().to_string();
+        file.finish().map_err(|e| PerplexityError::Base { path, problem: e.to_string() })
+    }
+}
+
 /// An f32's bits as two u16s, low first (how the file stores them).
 fn split(bits: u32) -> [u16; 2] {
     [bits as u16, (bits >> 16) as u16]
@@ -234,6 +264,16 @@ pub struct BaseReader<R: Read> {
     path: String,
     pub chunks: Chunks,
     pub n_vocab: usize,
+}
+
+impl BaseReader<BufReader<File>> {
+    /// Opens the base file at `path` and reads its header.
+    pub fn open(path: &Path) -> Result<Self, PerplexityError> {
+        let shown = path.display().to_string();
+        let file =
+            File::open(path).map_err(|e| PerplexityError::Base { path: shown.clone(), problem: e.to_string() })?;
+        BaseReader::new(BufReader::new(file), &shown)
+    }
 }
 
 impl<R: Read> BaseReader<R> {
@@ -260,6 +300,23 @@ impl<R: Read> BaseReader<R> {
         let tokens = raw.chunks_exact(4).map(|b| i32::from_le_bytes(b.try_into().unwrap()) as u32).collect();
         let chunks = Chunks { tokens, n_ctx, n_chunk: n_chunk as usize };
         Ok(BaseReader { input, path: path.to_string(), chunks, n_vocab: n_vocab as usize })
+    }
+
+    /// The first `max` chunks (all by default), for a model of `n_vocab` tokens: an error when
+    /// the base was written over another vocabulary.
+    pub fn chunks_for(&self, n_vocab: usize, max: Option<usize>) -> Result<Chunks, PerplexityError> {
+        if self.n_vocab != n_vocab {
+            return Err(PerplexityError::Base {
+                path: self.path.clone(),
+                problem: format!(
+                    "its logits are over {} tokens, the model's vocabulary has {n_vocab}: \
+                     a base file from another model or vocabulary",
+                    self.n_vocab
+                ),
+            });
+        }
+        let (n_ctx, take) = (self.chunks.n_ctx, self.chunks.n_chunk.min(max.unwrap_or(usize::MAX)));
+        Ok(Chunks { tokens: self.chunks.tokens[..take * n_ctx].to_vec(), n_ctx, n_chunk: take })
     }
 
     /// The next chunk's rows, as log-probabilities `[n_scored][n_vocab]`.

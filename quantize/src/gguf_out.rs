@@ -6,14 +6,14 @@
 //! and appends data as it comes. Output goes to a temporary file in the target's directory,
 //! removed if the writer is dropped before [`StreamWriter::finish`] renames it into place.
 
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use ggml::gguf::{Array, GgufError, TensorInfo, Value, DEFAULT_ALIGNMENT};
-use tempfile::NamedTempFile;
+use ggml::output::PendingFile;
 
 pub struct StreamWriter {
-    out: BufWriter<NamedTempFile>,
+    out: PendingFile,
     path: PathBuf,
     /// (name, offset, size) in offset order.
     tensors: Vec<(String, u64, u64)>,
@@ -39,11 +39,7 @@ impl StreamWriter {
         if metadata.iter().any(|(k, _)| k == "general.alignment") {
             return Err(GgufError::Write("a custom general.alignment is not supported".into()));
         }
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let tmp = NamedTempFile::new_in(&dir).map_err(|e| io_err(path, e))?;
+        let out = PendingFile::create(path).map_err(|e| io_err(path, e))?;
         let mut header = Vec::new();
         header.extend_from_slice(b"GGUF");
         header.extend_from_slice(&3u32.to_le_bytes());
@@ -69,14 +65,8 @@ impl StreamWriter {
         let mut sorted: Vec<(String, u64, u64)> =
             tensors.iter().map(|t| (t.name.clone(), t.offset, t.n_bytes())).collect();
         sorted.sort_by_key(|t| t.1);
-        let mut w = StreamWriter {
-            out: BufWriter::with_capacity(4 << 20, tmp),
-            path: path.to_path_buf(),
-            tensors: sorted,
-            next: 0,
-            in_tensor: 0,
-            data_written: 0,
-        };
+        let mut w =
+            StreamWriter { out, path: path.to_path_buf(), tensors: sorted, next: 0, in_tensor: 0, data_written: 0 };
         w.raw(&header)?;
         Ok(w)
     }
@@ -118,16 +108,7 @@ impl StreamWriter {
             return Err(GgufError::Write(format!("tensor {name:?} has {} of its {size} bytes", self.in_tensor)));
         }
         self.pad_to(self.data_written.next_multiple_of(DEFAULT_ALIGNMENT))?;
-        let path = self.path.clone();
-        let tmp = self.out.into_inner().map_err(|e| io_err(&path, e.into_error()))?;
-        // A temporary file is private (0600); the model file is not.
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644)).map_err(|e| io_err(&path, e))?;
-        }
-        tmp.as_file().sync_all().map_err(|e| io_err(&path, e))?;
-        tmp.persist(&path).map_err(|e| io_err(&path, e.error))?;
+        self.out.finish().map_err(|e| io_err(&self.path, e))?;
         Ok(())
     }
 

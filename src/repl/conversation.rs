@@ -68,15 +68,10 @@ impl Conversation {
     /// Writes the conversation as pretty JSON, through a temporary file in the same directory
     /// renamed over `path`: a crash never leaves half a file.
     pub fn save(&self, path: &Path) -> io::Result<()> {
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        let mut file = tempfile::NamedTempFile::new_in(dir)?;
+        let mut file = ggml::output::PendingFile::create(path)?;
         serde_json::to_writer_pretty(&mut file, self)?;
         file.write_all(b"\n")?;
-        file.as_file().sync_all()?;
-        file.persist(path).map_err(|e| e.error)?;
+        file.finish()?;
         Ok(())
     }
 

@@ -3,17 +3,16 @@
 //! directory and is renamed over the target only by [`GgufWriter::finish`]; an error or a drop
 //! before that leaves any existing file untouched.
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use tempfile::NamedTempFile;
+use crate::output::PendingFile;
 
 use super::value::{with_vec, Array, Value};
 use super::{alignment_of, GgufError, TensorInfo, MAGIC, MAX_DIMS};
 
 pub struct GgufWriter {
-    out: BufWriter<NamedTempFile>,
+    out: PendingFile,
     path: PathBuf,
     /// Tensors in the order their data is written (by offset), with sizes.
     pending: Vec<(String, u64, u64)>,
@@ -63,20 +62,8 @@ impl GgufWriter {
             }
         }
 
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let io = |err| GgufError::Io { path: path.clone(), err };
-        let tmp = NamedTempFile::new_in(&dir).map_err(io)?;
-        let mut w = GgufWriter {
-            out: BufWriter::with_capacity(1 << 20, tmp),
-            path,
-            pending,
-            next: 0,
-            alignment,
-            data_written: 0,
-        };
+        let out = PendingFile::create(&path).map_err(|err| GgufError::Io { path: path.clone(), err })?;
+        let mut w = GgufWriter { out, path, pending, next: 0, alignment, data_written: 0 };
 
         let mut header = Vec::new();
         header.extend_from_slice(&MAGIC);
@@ -133,12 +120,8 @@ impl GgufWriter {
             return Err(GgufError::Write(format!("no data was written for tensor {name:?}")));
         }
         self.pad_to(self.data_written.next_multiple_of(self.alignment))?;
-        let path = self.path.clone();
-        let io = |err| GgufError::Io { path: path.clone(), err };
-        let tmp = self.out.into_inner().map_err(|e| io(e.into_error()))?;
-        tmp.as_file().sync_all().map_err(io)?;
-        let file: File = tmp.persist(&path).map_err(|e| io(e.error))?;
-        drop(file);
+        let path = self.path;
+        self.out.finish().map_err(|err| GgufError::Io { path, err })?;
         Ok(())
     }
 
@@ -151,12 +134,10 @@ impl GgufWriter {
             None => 0,
         };
         let io = |path: &PathBuf, err| GgufError::Io { path: path.clone(), err };
-        self.out.flush().map_err(|e| io(&self.path, e))?;
-        let (out, path) = (self.out, self.path);
-        let tmp = out.into_inner().map_err(|e| io(&path, e.into_error()))?;
-        let header_len = tmp.as_file().metadata().map_err(|e| io(&path, e))?.len() - self.data_written;
-        tmp.as_file().set_len(header_len + end).map_err(|e| io(&path, e))?;
-        tmp.persist(&path).map_err(|e| io(&path, e.error))?;
+        let file = self.out.file().map_err(|e| io(&self.path, e))?;
+        let header_len = file.metadata().map_err(|e| io(&self.path, e))?.len() - self.data_written;
+        file.set_len(header_len + end).map_err(|e| io(&self.path, e))?;
+        self.out.finish().map_err(|e| io(&self.path, e))?;
         Ok(())
     }
 
