@@ -1136,8 +1136,9 @@ mod tests {
 
     /// bf16 rounds as ggml does (`f32_to_bf16`, checked against ggml's rule in `ggml`), and
     /// the block types hold, byte for byte, what their quantizers (ggml's reference for q8_0,
-    /// least squares for q4_0) make of each head's row rotated (K of 64 by a Hadamard rotation of 64, V by 64; on a random row: the
-    /// specials' infinities and NaNs are no input for a scale).
+    /// least squares for q4_0) make of each head's row rotated (K of 64 by a Hadamard rotation
+    /// of 64, V by 64; on a random row: the specials' infinities and NaNs are no input for a
+    /// scale).
     #[test]
     fn stores_bf16_and_blocks_as_ggml_does() {
         let (k, _, cache) = stored_specials(KvType::Bf16);

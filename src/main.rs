@@ -645,7 +645,10 @@ fn run_command(args: RunArgs) -> Result<()> {
     };
     // Created before the model loads, so that a bad path fails at once.
     let mut logits = (args.logits_out.as_ref())
-        .map(|path| PendingFile::create(path).with_context(|| format!("{}: creating it", path.display())))
+        .map(|path| {
+            PendingFile::create(path)
+                .with_context(|| format!("{}: creating a temporary file beside it", path.display()))
+        })
         .transpose()?;
     let options = RunOptions {
         prompt,

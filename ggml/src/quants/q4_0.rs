@@ -49,15 +49,16 @@ pub fn quantize(x: &[f32], blocks: &mut [BlockQ4_0]) {
     }
 }
 
-/// Where a candidate puts the block's value of largest magnitude: on a level from -8 to -6.5
-/// (a negative scale) or from 6.5 to 7.5 (a positive one), in quarter levels.
+/// Where a candidate puts the block's value of largest magnitude: from -11 to -6.5 (a negative
+/// scale) or from 6.5 to 10.5 (a positive one), in quarter levels near the grid's ends and half
+/// levels beyond them (past -8 or 7 that value clamps, and the others get a finer grid).
 const TOPS: [f32; 24] = [
     -11.0, -10.5, -10.0, -9.5, -9.0, -8.5, -8.0, -7.75, -7.5, -7.25, -7.0, -6.75, -6.5, 6.5, 6.75, 7.0, 7.25, 7.5, 8.0,
     8.5, 9.0, 9.5, 10.0, 10.5,
 ];
 
 /// A least-squares quantizer in Q4_0's layout, for rows that are written once and read many
-/// times (a KV cache): each block keeps, of ggml's reference block and twelve candidates, the
+/// times (a KV cache): each block keeps, of ggml's reference block and 24 candidates, the
 /// one whose dequantized values are closest to `x` in squared error. A candidate maps the
 /// block's value of largest magnitude to one of [`TOPS`], rounds every value to its level
 /// (`round(x / s)`, halves away from zero, clamped to -8..=7), then takes the scale that fits
