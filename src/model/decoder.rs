@@ -385,31 +385,12 @@ impl Decoder {
                 self.forward_cancellable(t, p, c, w, cancel)
             });
         }
-        let (n_tokens, n_embd) = (tokens.len(), self.n_embd);
-        let file = self.gguf.bytes();
-        let q_pos: Vec<usize> = (pos..pos + n_tokens).collect();
+        let n_tokens = tokens.len();
+        let spans = [Span { rows: 0..n_tokens, pos }];
         let (rope_full, rope_swa) =
             (self.rope_full.angles(pos..pos + n_tokens), self.rope_swa.angles(pos..pos + n_tokens));
-
-        // x: [n_tokens][n_embd]
-        let mut x = vec![0.0f32; n_tokens * n_embd];
-        for (&token, row) in tokens.iter().zip(x.chunks_exact_mut(n_embd)) {
-            assert!((token as usize) < self.n_vocab, "token {token} is past the vocabulary of {}", self.n_vocab);
-            self.token_embd.dequantize_row(file, token as usize, row);
-            scale(row, (n_embd as f32).sqrt());
-        }
-
-        #[cfg(feature = "vulkan")]
-        let n_cpu = self.gpu.as_ref().map_or(self.layers.len(), |g| g.first_layer());
-        #[cfg(not(feature = "vulkan"))]
-        let n_cpu = self.layers.len();
-        for (il, layer) in self.layers.iter().enumerate().take(n_cpu) {
-            if cancel.is_cancelled() {
-                return Err(Cancelled::rewind(cache, pos).into());
-            }
-            let rope = if layer.full_rope { &rope_full } else { &rope_swa };
-            self.layer(il, layer, &mut x, &q_pos, rope, cache);
-        }
+        let mut x = self.embed(tokens);
+        self.cpu_layers(&mut x, &spans, &rope_full, &rope_swa, &mut [cache], cancel)?;
 
         #[cfg(feature = "vulkan")]
         if let Some(g) = &mut self.gpu {
@@ -425,8 +406,109 @@ impl Decoder {
         Ok(self.output_head(x, n_tokens, which))
     }
 
-    /// Layer `il` on the CPU, on the stream `x: [n_tokens][n_embd]` in place.
-    fn layer(&self, il: usize, layer: &Layer, x: &mut [f32], q_pos: &[usize], rope: &[RopeCache], cache: &mut KvCache) {
+    /// Several sequences in one pass, each with its own tokens, positions and cache (a server's
+    /// slots: decode tokens of some, prompt chunks of others): every projection and expert runs
+    /// once over all their tokens, so they share the weight reads, and only the cache writes and
+    /// attention go sequence by sequence. Returns each sequence's logits as
+    /// [`forward`](Self::forward) would. Layers on a GPU run the sequences one after another.
+    pub fn forward_seqs(&mut self, seqs: &mut [Seq<'_>]) -> Result<Vec<Vec<f32>>, Stopped> {
+        #[cfg(feature = "vulkan")]
+        if self.gpu.is_some() {
+            return (seqs.iter_mut())
+                .map(|s| self.forward_cancellable(s.tokens, s.pos, s.cache, s.which, &Never))
+                .collect();
+        }
+        let mut spans = Vec::with_capacity(seqs.len());
+        let (mut tokens, mut rope_full, mut rope_swa) = (Vec::new(), Vec::new(), Vec::new());
+        for s in seqs.iter() {
+            let start = tokens.len();
+            tokens.extend_from_slice(s.tokens);
+            spans.push(Span { rows: start..tokens.len(), pos: s.pos });
+            rope_full.extend(self.rope_full.angles(s.pos..s.pos + s.tokens.len()));
+            rope_swa.extend(self.rope_swa.angles(s.pos..s.pos + s.tokens.len()));
+        }
+        let mut x = self.embed(&tokens);
+        let mut caches: Vec<&mut KvCache> = seqs.iter_mut().map(|s| &mut *s.cache).collect();
+        self.cpu_layers(&mut x, &spans, &rope_full, &rope_swa, &mut caches, &Never)?;
+
+        // The rows each sequence wants logits of, through the output head together.
+        let n_embd = self.n_embd;
+        let wanted = |s: &Seq, span: &Span| match s.which {
+            Logits::All => span.rows.clone(),
+            Logits::Last => span.rows.end - 1..span.rows.end,
+        };
+        let rows: Vec<usize> = seqs.iter().zip(&spans).flat_map(|(s, span)| wanted(s, span)).collect();
+        let picked: Vec<f32> = rows.iter().flat_map(|&r| x[r * n_embd..(r + 1) * n_embd].iter().copied()).collect();
+        let logits = self.output_head(picked, rows.len(), Logits::All);
+        let mut rest = &logits[..];
+        Ok(seqs
+            .iter()
+            .zip(&spans)
+            .map(|(s, span)| {
+                let (mine, after) = rest.split_at(wanted(s, span).len() * self.n_vocab);
+                rest = after;
+                mine.to_vec()
+            })
+            .collect())
+    }
+
+    /// The input stream of `tokens`: `[n_tokens][n_embd]`, each row the token's embedding
+    /// times `sqrt(n_embd)`.
+    fn embed(&self, tokens: &[u32]) -> Vec<f32> {
+        let (n_embd, file) = (self.n_embd, self.gguf.bytes());
+        let mut x = vec![0.0f32; tokens.len() * n_embd];
+        for (&token, row) in tokens.iter().zip(x.chunks_exact_mut(n_embd)) {
+            assert!((token as usize) < self.n_vocab, "token {token} is past the vocabulary of {}", self.n_vocab);
+            self.token_embd.dequantize_row(file, token as usize, row);
+            scale(row, (n_embd as f32).sqrt());
+        }
+        x
+    }
+
+    /// The layers the CPU runs, on the stream `x: [n_tokens][n_embd]` of the sequences `spans`
+    /// (one cache each; `rope_*`: one angle set per row). A cancel rewinds every cache to its
+    /// span's first position.
+    fn cpu_layers(
+        &self,
+        x: &mut [f32],
+        spans: &[Span],
+        rope_full: &[RopeCache],
+        rope_swa: &[RopeCache],
+        caches: &mut [&mut KvCache],
+        cancel: &dyn Cancel,
+    ) -> Result<(), Stopped> {
+        let q_pos: Vec<usize> = spans.iter().flat_map(|s| s.pos..s.pos + s.rows.len()).collect();
+        #[cfg(feature = "vulkan")]
+        let n_cpu = self.gpu.as_ref().map_or(self.layers.len(), |g| g.first_layer());
+        #[cfg(not(feature = "vulkan"))]
+        let n_cpu = self.layers.len();
+        for (il, layer) in self.layers.iter().enumerate().take(n_cpu) {
+            if cancel.is_cancelled() {
+                let mut kept = Cancelled { kept: 0 };
+                for (span, cache) in spans.iter().zip(caches.iter_mut()) {
+                    kept = Cancelled::rewind(cache, span.pos);
+                }
+                return Err(kept.into());
+            }
+            let rope = if layer.full_rope { rope_full } else { rope_swa };
+            self.layer(il, layer, x, &q_pos, rope, spans, caches);
+        }
+        Ok(())
+    }
+
+    /// Layer `il` on the CPU, on the stream `x: [n_tokens][n_embd]` in place: the rows of
+    /// each of `spans` are one sequence, at positions `q_pos`, with its cache in `caches`.
+    #[allow(clippy::too_many_arguments)]
+    fn layer(
+        &self,
+        il: usize,
+        layer: &Layer,
+        x: &mut [f32],
+        q_pos: &[usize],
+        rope: &[RopeCache],
+        spans: &[Span],
+        caches: &mut [&mut KvCache],
+    ) {
         let (n_embd, eps, isa) = (self.n_embd, self.eps, self.isa);
         let file = self.gguf.bytes();
         let (hd, n_head, n_head_kv) = (layer.head_dim, layer.n_head, layer.n_head_kv);
@@ -454,12 +536,16 @@ impl Decoder {
         if let Some(s) = layer.q_scale {
             scale(&mut q, s);
         }
-        let pos = q_pos[0];
-        cache.layer_mut(il).expect("Gemma 3 and 4 26B/31B layers own their caches").update(pos, &k, &v);
         let shape = AttnShape { n_head, n_kv_head: n_head_kv, head_dim: hd, scale: 1.0, window: layer.window };
-        // a: [n_tokens][n_head][hd]
+        // a: [n_tokens][n_head][hd]; each sequence writes and reads its own cache.
         let mut a = vec![0.0f32; q.len()];
-        cache.layer(il).attend(isa, &shape, &q, q_pos, &mut a);
+        for (span, cache) in spans.iter().zip(caches.iter_mut()) {
+            let r = span.rows.clone();
+            let (kv, qr) = (r.start * kv_row..r.end * kv_row, r.start * q_row..r.end * q_row);
+            let own = cache.layer_mut(il).expect("Gemma 3 and 4 26B/31B layers own their caches");
+            own.update(span.pos, &k[kv.clone()], &v[kv]);
+            cache.layer(il).attend(isa, &shape, &q[qr.clone()], &q_pos[r], &mut a[qr]);
+        }
         let mut out = Input::new(&a, q_row).project(isa, file, &layer.attn_output);
         norm_rows_inplace(&mut out, n_embd, Some(&layer.post_attention_norm), eps);
         add(x, &out);
@@ -526,6 +612,21 @@ impl Decoder {
     }
 }
 
+/// One sequence's part of [`Decoder::forward_seqs`]: its tokens, run at positions `pos ..`
+/// against its own cache (which holds exactly `pos` positions), and which logits it wants.
+pub struct Seq<'a> {
+    pub tokens: &'a [u32],
+    pub pos: usize,
+    pub cache: &'a mut KvCache,
+    pub which: Logits,
+}
+
+/// Where one sequence's rows are in a pass's stream, and the position of its first row.
+struct Span {
+    rows: std::ops::Range<usize>,
+    pos: usize,
+}
+
 /// The experts' weighted sum for their input `h: [n_tokens][n_embd]` (`pre_ffw_norm_2` applied)
 /// and each token's `k` (expert, weight) choices: `[n_tokens][n_embd]`. The CPU's experts,
 /// for its own layers and for GPU layers that keep their experts in RAM.
@@ -563,4 +664,72 @@ fn in_pieces(
         }
     }
     Ok(logits)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use ggml::gguf::GgufFile;
+    use ggml::parallel::with_batch_invariant;
+
+    use super::*;
+    use crate::kv_cache::KvType;
+    use crate::model::Model;
+
+    fn model(name: &str) -> Model {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models").join(name);
+        assert!(path.exists(), "{} is missing: run scripts/setup.sh", path.display());
+        Model::load(GgufFile::open(&path).unwrap()).unwrap()
+    }
+
+    /// Three sequences in one pass — a prompt chunk from position 0, one decode token after a
+    /// 5-token prefix, a 3-token chunk after a 9-token prefix — give each sequence the logits
+    /// and cache it gets in a pass of its own, to the bit (batch-invariant kernels), on both
+    /// architectures. Without `with_batch_invariant` the lone decode token would take the
+    /// plain dot kernels and the batched one the tiles, and the bits would differ.
+    #[test]
+    fn sequences_batched_together_match_each_alone() {
+        for name in ["tiny-gemma4-moe.gguf", "gemma-3-270m-q4_k_m.gguf"] {
+            let mut m = model(name);
+            let n_vocab = m.n_vocab() as u32;
+            let ids = |seed: u32, n: usize| -> Vec<u32> {
+                (0..n as u32).map(|i| (seed * 7919 + i * 104_729) % n_vocab).collect()
+            };
+            // (prefix already in the cache, tokens of this pass, which logits)
+            let cases = [
+                (ids(1, 0), ids(2, 7), Logits::All),
+                (ids(3, 5), ids(4, 1), Logits::Last),
+                (ids(5, 9), ids(6, 3), Logits::Last),
+            ];
+            let primed = |m: &mut Model, prefix: &[u32]| {
+                let mut cache = m.new_cache_of(64, KvType::F32).unwrap();
+                if !prefix.is_empty() {
+                    m.forward(prefix, 0, &mut cache, Logits::Last);
+                }
+                cache
+            };
+            with_batch_invariant(true, || {
+                let mut alone = Vec::new();
+                for (prefix, tokens, which) in &cases {
+                    let mut cache = primed(&mut m, prefix);
+                    let logits = m.forward(tokens, prefix.len(), &mut cache, *which);
+                    alone.push((logits, cache));
+                }
+                let mut caches: Vec<KvCache> = cases.iter().map(|(prefix, ..)| primed(&mut m, prefix)).collect();
+                let mut seqs: Vec<Seq> = (cases.iter().zip(caches.iter_mut()))
+                    .map(|((prefix, tokens, which), cache)| Seq { tokens, pos: prefix.len(), cache, which: *which })
+                    .collect();
+                let together = m.forward_seqs(&mut seqs).unwrap();
+                for (i, ((logits, cache), batched)) in alone.iter().zip(&together).enumerate() {
+                    assert_eq!(logits.len(), batched.len(), "{name}: sequence {i}");
+                    assert!(
+                        logits.iter().zip(batched).all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{name}: sequence {i}"
+                    );
+                    assert_eq!(cache.n_positions(), caches[i].n_positions(), "{name}: sequence {i}");
+                }
+            });
+        }
+    }
 }

@@ -15,7 +15,7 @@ pub mod gemma4;
 pub mod gpu;
 pub mod offload;
 
-pub use decoder::Decoder;
+pub use decoder::{Decoder, Seq};
 pub use gemma3::Gemma3;
 pub use gemma4::Gemma4;
 

@@ -87,7 +87,9 @@ const ROWS_PER_TASK: usize = 16;
 /// row-group kernel (each weight block decoded once for several tokens), on a copy of the
 /// activations in its layout. The rest, and everything without tile kernels, goes pair by
 /// pair with each weight row dotted with every token while it is in L1. (Matvecs stay pair by
-/// pair: one-token tiles measured no better there, and worse on the DRAM-bound output head.)
+/// pair: one-token tiles measured no better there, and worse on the DRAM-bound output head;
+/// except under [`crate::parallel::batch_invariant`], where every token count takes the tiles,
+/// which give a token the same bits in any batch.)
 pub(crate) fn dot_rows_with<W: Sync, A: Sync + Copy>(
     dot: DotFn<W, A>,
     tiles: Option<Tiles<W, A>>,
@@ -101,7 +103,7 @@ pub(crate) fn dot_rows_with<W: Sync, A: Sync + Copy>(
     let (w_blocks, a_blocks) = (w.len() / rows.max(1), a.len() / stride);
     let w_row = |r: usize| &w[r * w_blocks..(r + 1) * w_blocks];
     let a_row = |t: usize| &a[t * a_blocks..(t + 1) * a_blocks];
-    let tiles = tiles.filter(|_| n_tokens >= TOKENS);
+    let tiles = tiles.filter(|_| n_tokens >= TOKENS || crate::parallel::batch_invariant());
     let prepared: Option<Vec<A>> = tiles.as_ref().and_then(|tiles| tiles.prepare).map(|prepare| {
         let mut copy = a.to_vec();
         prepare(&mut copy, a_blocks);
@@ -222,6 +224,34 @@ mod tests {
             matmul(ty, Isa::Scalar, &w, rows, &acts, &mut want).unwrap();
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                 assert!((g - w).abs() <= 1e-5 * w.abs().max(1.0), "{ty:?} [{i}]: {g} vs {w}");
+            }
+        }
+    }
+
+    #[test]
+    fn batch_invariant_results_do_not_depend_on_the_batch() {
+        // Continuous batching runs one slot's token beside others': its logits must be the bits
+        // it gets alone. Without the setting one token takes the plain dot kernels and five the
+        // row-group tiles, which sum in another order (so this test would fail).
+        crate::parallel::with_batch_invariant(true, batch_invariance_holds)
+    }
+
+    fn batch_invariance_holds() {
+        let rows = 37;
+        let types = [GgmlType::Q8_0, GgmlType::Q5_0, GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::F16, GgmlType::Q4_0];
+        for (ty, n) in types.into_iter().zip([96, 96, 512, 512, 96, 96]) {
+            let mut w = vec![0u8; rows * ty.row_bytes(n as u64).unwrap() as usize];
+            quantize_row(ty, &values(rows * n, 3), &mut w).unwrap();
+            let x = values(5 * n, 4);
+            let batch = QuantizedActs::new(ty, &x, n).unwrap();
+            let mut together = vec![0f32; rows * 5];
+            matmul(ty, Isa::best(), &w, rows, &batch, &mut together).unwrap();
+            for t in 0..5 {
+                let alone_acts = QuantizedActs::new(ty, &x[t * n..(t + 1) * n], n).unwrap();
+                let mut alone = vec![0f32; rows];
+                matmul(ty, Isa::best(), &w, rows, &alone_acts, &mut alone).unwrap();
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&alone), bits(&together[t * rows..(t + 1) * rows]), "{ty:?} token {t}");
             }
         }
     }
