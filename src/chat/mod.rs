@@ -10,6 +10,7 @@
 //! checked by `tests/chat_template.rs`.
 
 mod python;
+pub mod reply;
 mod template;
 
 use ggml::gguf::{GgufHeader, MetadataError};

@@ -6,10 +6,7 @@ use std::io::{self, Write};
 
 use crossterm::style::Stylize;
 
-/// Opens Gemma 4's thought channel (`<|channel>thought\n...`).
-pub const THOUGHT_OPEN: &str = "<|channel>";
-/// Closes it; the answer follows.
-pub const THOUGHT_CLOSE: &str = "<channel|>";
+use crate::chat::reply::{Section, Sections, THOUGHT_CLOSE, THOUGHT_OPEN};
 
 /// Which part of a reply a piece of text belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -18,47 +15,30 @@ pub enum Part {
     Thought,
 }
 
-/// Splits streamed text at the thought markers, holding back text that may be the start of
-/// one until the next piece shows whether it is.
-#[derive(Debug, Default)]
-pub struct ThoughtSplitter {
-    pending: String,
-    in_thought: bool,
+/// Splits streamed text at the thought markers ([`Sections`] of them).
+#[derive(Debug)]
+pub struct ThoughtSplitter(Sections);
+
+impl Default for ThoughtSplitter {
+    fn default() -> Self {
+        ThoughtSplitter(Sections::new(THOUGHT_OPEN, THOUGHT_CLOSE))
+    }
 }
 
 impl ThoughtSplitter {
     /// The parts of `piece` (with what was held back before it) that are now certain.
     pub fn push(&mut self, piece: &str) -> Vec<(Part, String)> {
-        self.pending.push_str(piece);
-        let mut out = Vec::new();
-        loop {
-            let (part, marker) =
-                if self.in_thought { (Part::Thought, THOUGHT_CLOSE) } else { (Part::Answer, THOUGHT_OPEN) };
-            if let Some(i) = self.pending.find(marker) {
-                if i > 0 {
-                    out.push((part, self.pending[..i].to_string()));
-                }
-                self.pending.drain(..i + marker.len());
-                self.in_thought = !self.in_thought;
-                continue;
-            }
-            let held = (self.pending.char_indices())
-                .map(|(i, _)| i)
-                .find(|&i| marker.starts_with(&self.pending[i..]))
-                .unwrap_or(self.pending.len());
-            if held > 0 {
-                out.push((part, self.pending[..held].to_string()));
-                self.pending.drain(..held);
-            }
-            return out;
-        }
+        (self.0.push(piece).into_iter())
+            .filter_map(|s| match s {
+                Section::Text { inside, text } => Some((if inside { Part::Thought } else { Part::Answer }, text)),
+                Section::Closed => None,
+            })
+            .collect()
     }
 
     /// What is still held back: it was not a marker after all.
     pub fn finish(&mut self) -> Option<(Part, String)> {
-        let part = if self.in_thought { Part::Thought } else { Part::Answer };
-        self.in_thought = false;
-        (!self.pending.is_empty()).then(|| (part, std::mem::take(&mut self.pending)))
+        self.0.finish().map(|(inside, text)| (if inside { Part::Thought } else { Part::Answer }, text))
     }
 }
 
