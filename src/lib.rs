@@ -11,6 +11,7 @@ pub mod perplexity;
 pub mod repl;
 pub mod run;
 pub mod sample;
+pub mod serve;
 pub mod session;
 pub mod stop;
 pub mod tokenizer;

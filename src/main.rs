@@ -70,6 +70,9 @@ enum Command {
     Run(RunArgs),
     /// Chat with the model in the terminal (line editing, history, /help for commands)
     Chat(ChatArgs),
+    /// Serve the model over HTTP with OpenAI's API (chat and text completions, streaming,
+    /// tools), several requests batched together
+    Serve(ServeArgs),
     /// Measure prompt-processing and generation speed (tokens/s), as llama-bench does
     Bench {
         /// The GGUF model
@@ -180,9 +183,10 @@ struct ModelArgs {
     /// The GGUF model
     #[arg(short = 'm', long = "model")]
     model: PathBuf,
-    /// Context length (prompt + completion; for chat, the whole conversation)
-    #[arg(short = 'c', long = "ctx-size", default_value_t = 4096)]
-    ctx_size: usize,
+    /// Context length (prompt + completion; for chat, the whole conversation; for serve, split
+    /// across the slots). Default: 4096; for serve, 4096 per slot
+    #[arg(short = 'c', long = "ctx-size")]
+    ctx_size: Option<usize>,
     /// Prompt tokens per forward batch
     #[arg(short = 'b', long = "batch-size", default_value_t = 512)]
     batch_size: usize,
@@ -294,7 +298,7 @@ impl GpuArgs {
 impl ModelArgs {
     /// Our own checks beyond clap's: usage errors (exit code 2).
     fn check(&self) -> Result<()> {
-        if self.ctx_size == 0 {
+        if self.ctx_size == Some(0) {
             return Err(UsageError("--ctx-size must be at least 1".into()).into());
         }
         if self.batch_size == 0 {
@@ -427,6 +431,45 @@ struct ChatArgs {
     quiet: bool,
 }
 
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The address to listen on (a non-loopback one without --api-key prints a warning)
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// The port to listen on (0: any free one; the address is printed)
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Require `Authorization: Bearer KEY` on every endpoint but /health
+    #[arg(long = "api-key", value_name = "KEY")]
+    api_key: Option<String>,
+    /// Requests served at once (-np), each in its own slot of -c / N positions. Default: 4
+    /// when each slot gets at least 2048 positions
+    #[arg(long = "parallel", value_name = "N")]
+    parallel: Option<usize>,
+    /// Requests that may wait for a free slot; beyond them, 503 with Retry-After
+    #[arg(long = "queue", value_name = "N", default_value_t = 64)]
+    queue: usize,
+    /// Largest request body in MiB (larger: 413)
+    #[arg(long = "max-body", value_name = "MIB", default_value_t = 8)]
+    max_body_mib: usize,
+    /// Tokens per reply at most when a request does not say (default: until the slot is full)
+    #[arg(short = 'n', long = "n-predict")]
+    n_predict: Option<usize>,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    /// Let a Gemma 4 model think unless a request says otherwise
+    #[arg(long)]
+    think: bool,
+    /// The model's name in /v1/models and responses (default: the file name without .gguf)
+    #[arg(long = "alias", value_name = "NAME")]
+    alias: Option<String>,
+    /// No log line per request
+    #[arg(short = 'q', long)]
+    quiet: bool,
+}
+
 /// `--ids`: token ids as given on the command line.
 #[derive(Clone)]
 struct TokenIds(Vec<u32>);
@@ -471,6 +514,7 @@ fn main() -> ExitCode {
         Some("-ngl") => "--gpu-layers".into(),
         Some("-ctk") => "--cache-type-k".into(),
         Some("-ctv") => "--cache-type-v".into(),
+        Some("-np") => "--parallel".into(),
         _ => a,
     });
     let cli = Cli::parse_from(args);
@@ -521,6 +565,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Run(args) => run_command(args),
         Command::Perplexity(args) => perplexity_command(args),
         Command::Chat(args) => chat_command(args),
+        Command::Serve(args) => serve_command(args),
         Command::Bench {
             model,
             prompt,
@@ -599,6 +644,7 @@ fn run_command(args: RunArgs) -> Result<()> {
     }
     set_threads(args.model.threads)?;
     let ModelArgs { model, ctx_size, batch_size, kv, gpu, .. } = args.model;
+    let ctx_size = ctx_size.unwrap_or(DEFAULT_CONTEXT);
     let kv_types = kv.types();
     let offload = gpu.offload(batch_size, ctx_size, kv_types)?;
     if args.jsonl {
@@ -812,6 +858,7 @@ fn chat_command(args: ChatArgs) -> Result<()> {
     args.model.check()?;
     set_threads(args.model.threads)?;
     let ModelArgs { model, ctx_size, batch_size, kv, gpu, .. } = args.model;
+    let ctx_size = ctx_size.unwrap_or(DEFAULT_CONTEXT);
     let kv_types = kv.types();
     let offload = gpu.offload(batch_size, ctx_size, kv_types)?;
     let gguf = GgufFile::open(&model)?;
@@ -831,6 +878,54 @@ fn chat_command(args: ChatArgs) -> Result<()> {
         history: if args.no_history { None } else { repl::default_history_path() },
     };
     Ok(repl::run(&mut generator, template, bos_eos, options)?)
+}
+
+/// `-c` when not given (per slot, for serve).
+const DEFAULT_CONTEXT: usize = 4096;
+
+fn serve_command(args: ServeArgs) -> Result<()> {
+    args.model.check()?;
+    if args.parallel == Some(0) || args.queue == 0 {
+        return Err(UsageError("--parallel and --queue must be at least 1".into()).into());
+    }
+    set_threads(args.model.threads)?;
+    let ModelArgs { model, ctx_size, batch_size, kv, gpu, .. } = args.model;
+    let (slots, ctx) = match (args.parallel, ctx_size) {
+        (Some(p), Some(c)) => (p, c),
+        (Some(p), None) => (p, p * DEFAULT_CONTEXT),
+        (None, Some(c)) => (gemma::serve::default_slots(c), c),
+        (None, None) => (4, 4 * DEFAULT_CONTEXT),
+    };
+    if ctx / slots < 2 {
+        return Err(UsageError(format!("-c {ctx} split across {slots} slots leaves less than 2 positions each")).into());
+    }
+    let kv_types = kv.types();
+    let engine = gemma::serve::engine_options(ctx, slots, batch_size, kv_types);
+    let offload = gpu.offload(batch_size, engine.slot_context, kv_types)?;
+    let gguf = GgufFile::open(&model)?;
+    let tokenizer = Tokenizer::from_gguf(&gguf.header).with_context(|| model.display().to_string())?;
+    let n_vocab = tokenizer.n_tokens();
+    let template = chat_template(&gguf);
+    let model_name = args.alias.unwrap_or_else(|| {
+        model.file_stem().map_or_else(|| model.display().to_string(), |n| n.to_string_lossy().into())
+    });
+    let options = gemma::serve::ServeOptions {
+        host: args.host,
+        port: args.port,
+        api_key: args.api_key,
+        engine,
+        sampling: args.sampling.config(),
+        n_predict: args.n_predict,
+        think: args.think,
+        queue: args.queue,
+        max_body: args.max_body_mib << 20,
+        model_name,
+        quiet: args.quiet,
+    };
+    let quiet = args.quiet;
+    let path = model.display().to_string();
+    let load_model = move || load(gguf, false, &offload, quiet).map_err(|e| format!("{path}: {e}"));
+    Ok(gemma::serve::serve(options, tokenizer, n_vocab, template, load_model)?)
 }
 
 /// Loads the model, with a spinner on stderr while it loads when `progress` and stderr is a

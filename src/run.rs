@@ -162,11 +162,7 @@ impl Generator {
     /// The ids of a prompt text: BOS first where the model wants one, and only one (a chat
     /// template writes `<bos>` itself; GEMMA4.md pitfall 11).
     pub fn tokenize_prompt(&self, text: &str, parse_special: bool) -> Vec<u32> {
-        let mut prompt = self.tokenizer.encode(text, true, parse_special);
-        if prompt.len() >= 2 && self.tokenizer.bos() == Some(prompt[0]) && prompt[1] == prompt[0] {
-            prompt.remove(0);
-        }
-        prompt
+        prompt_ids(&self.tokenizer, text, parse_special)
     }
 
     /// Generates from `options.prompt` and streams the completion's text to `out` as it is
@@ -216,6 +212,16 @@ impl Generator {
             timings,
         })
     }
+}
+
+/// The ids of a prompt text: BOS first where the model wants one, and only one (a chat
+/// template writes `<bos>` itself; GEMMA4.md pitfall 11).
+pub fn prompt_ids(tokenizer: &Tokenizer, text: &str, parse_special: bool) -> Vec<u32> {
+    let mut prompt = tokenizer.encode(text, true, parse_special);
+    if prompt.len() >= 2 && tokenizer.bos() == Some(prompt[0]) && prompt[1] == prompt[0] {
+        prompt.remove(0);
+    }
+    prompt
 }
 
 /// Loads `gguf` and generates once: `gemma run`.
