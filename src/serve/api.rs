@@ -438,13 +438,8 @@ pub async fn chat_completions(State(state): Shared, body: Result<Bytes, BytesRej
     let id = state.response_id("chatcmpl");
     if req.sampling.stream == Some(true) {
         let usage = req.sampling.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
-        Ok(stream(
-            state,
-            events,
-            started,
-            "/v1/chat/completions",
-            ChatChunks::new(id, state.options.model_name.clone(), usage),
-        ))
+        let chunks = ChatChunks::new(id, state.options.model_name.clone(), usage);
+        Ok(stream(state, events, started, "/v1/chat/completions", chunks))
     } else {
         let (text, done) = collect(events).await?;
         let mut parser = ReplyParser::default();
@@ -522,13 +517,8 @@ pub async fn completions(State(state): Shared, body: Result<Bytes, BytesRejectio
     let id = state.response_id("cmpl");
     if req.sampling.stream == Some(true) {
         let usage = req.sampling.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
-        Ok(stream(
-            state,
-            events,
-            started,
-            "/v1/completions",
-            TextChunks { id, model: state.options.model_name.clone(), usage },
-        ))
+        let chunks = TextChunks { id, model: state.options.model_name.clone(), usage };
+        Ok(stream(state, events, started, "/v1/completions", chunks))
     } else {
         let (text, done) = collect(events).await?;
         let body = json!({
