@@ -20,12 +20,13 @@ fi
 
 venv="$root/.venv"
 # numpy is pinned too: the tiny models' weights come from its seeded random streams.
-# tokenizers writes the tiny checkpoints' tokenizer.json (scripts/tiny-gemma4-hf.py).
-if ! "$venv/bin/python" -c 'import gguf, numpy, tokenizers; assert numpy.__version__ == "2.4.6"; assert tokenizers.__version__ == "0.23.3"' 2>/dev/null; then
-    echo "setup: creating $venv with gguf, numpy and tokenizers"
+# tokenizers writes the tiny checkpoints' tokenizer.json (scripts/tiny-gemma4-hf.py); openai
+# is the official client the `gemma serve` tests drive the server with (tests/serve_openai.py).
+if ! "$venv/bin/python" -c 'import gguf, numpy, tokenizers, openai; assert numpy.__version__ == "2.4.6"; assert tokenizers.__version__ == "0.23.3"; assert openai.__version__ == "3.63.0"' 2>/dev/null; then
+    echo "setup: creating $venv with gguf, numpy, tokenizers and openai"
     python3 -m venv "$venv"
     "$venv/bin/pip" install --quiet --upgrade pip
-    "$venv/bin/pip" install --quiet "gguf==0.19.0" "numpy==2.4.6" "tokenizers==0.23.3"
+    "$venv/bin/pip" install --quiet "gguf==0.19.0" "numpy==2.4.6" "tokenizers==0.23.3" "openai==3.63.0"
 fi
 
 PYTHON="$venv/bin/python" "$root/scripts/fetch-test-models.sh"

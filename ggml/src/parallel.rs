@@ -72,26 +72,6 @@ unsafe impl<T: Send> Sync for SendPtr<T> {}
 thread_local! {
     /// Set on the pool's workers, and on a caller while its job runs.
     static IN_POOL: Cell<bool> = const { Cell::new(false) };
-    /// The caller's [`batch_invariant`] setting, carried to the threads running its tasks.
-    static BATCH_INVARIANT: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Whether the kernels called from this thread must give every token the same bits whatever
-/// else is in its batch ([`with_batch_invariant`]).
-pub fn batch_invariant() -> bool {
-    BATCH_INVARIANT.get()
-}
-
-/// Runs `f` with [`batch_invariant`] set to `on` on this thread and on every pool thread that
-/// runs its tasks. A server batching several users' tokens into one pass wants this: a
-/// user's reply must not depend on who else was served at the time. The kernels then take
-/// the same path for one token as for many (the matmuls' row-group tiles even for a matvec:
-/// a little slower for one token alone, the same speed in a batch).
-pub fn with_batch_invariant<R>(on: bool, f: impl FnOnce() -> R) -> R {
-    let before = BATCH_INVARIANT.replace(on);
-    let out = catch_unwind(AssertUnwindSafe(f));
-    BATCH_INVARIANT.set(before);
-    out.unwrap_or_else(|panic| resume_unwind(panic))
 }
 
 /// The pool, built on first use and rebuilt when the wanted thread count changes.
@@ -102,9 +82,6 @@ fn run(n_tasks: usize, f: &(dyn Fn(usize) + Sync)) {
     if n_tasks <= 1 || n_threads <= 1 || IN_POOL.get() {
         return (0..n_tasks).for_each(f);
     }
-    // Tasks on other threads see the caller's setting.
-    let invariant_task = |i: usize| with_batch_invariant(true, || f(i));
-    let f: &(dyn Fn(usize) + Sync) = if batch_invariant() { &invariant_task } else { f };
     let mut guard = match POOL.try_lock() {
         Ok(guard) => guard,
         Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),

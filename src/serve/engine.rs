@@ -10,10 +10,10 @@
 //! Every step is one forward pass ([`Decoder::forward_seqs`]) over the work of all busy slots:
 //! the next token of each generating slot, then prompt chunks of the prefilling ones while
 //! the batch (`-b`) has room, so users share the weight reads and a long prompt does not stall
-//! the others' replies. The pass runs with batch-invariant kernels
-//! ([`ggml::parallel::with_batch_invariant`]), so a reply at temperature 0 is the same whoever
-//! else is being served. A prompt chunk is never a lone token when more follow (one query row
-//! takes another attention path than several).
+//! the others' replies. A token's logits do not depend on what else is in its pass (the matmuls
+//! take the same kernels for any token count), so a reply at temperature 0 is the same whoever
+//! else is being served, and the same as `gemma run`'s. A prompt chunk is never a lone token
+//! when more follow (one query row takes another attention path than several).
 //!
 //! Before each step, a slot whose client has gone (its event receiver dropped) is freed: a
 //! disconnect cancels a request within one step.
@@ -130,11 +130,11 @@ enum Work {
     Token(u32),
 }
 
-/// Runs requests from `jobs` until every sender is gone. Batch-invariant kernels throughout.
+/// Runs requests from `jobs` until every sender is gone.
 pub fn run(generator: Generator, jobs: Receiver<Job>, options: EngineOptions, metrics: Arc<Metrics>) {
     let Generator { model, tokenizer } = generator;
     let mut engine = Engine { model, options, metrics };
-    ggml::parallel::with_batch_invariant(true, || engine.serve(jobs, &tokenizer))
+    engine.serve(jobs, &tokenizer)
 }
 
 struct Engine {

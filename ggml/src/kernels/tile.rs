@@ -3,7 +3,8 @@
 //! buffer (L1/L2-resident), then runs [`TOKENS`] tokens at a time against them (the rest one
 //! by one), so each weight block is decoded once per matmul rather than once per token, each
 //! activation chunk is loaded once for every row, and the accumulators stay in registers. A
-//! matvec has little reuse to gain and stays on the plain dot kernels.
+//! matvec has little reuse to gain, but takes the same kernels, so that a token's results never
+//! depend on how many tokens share its matmul.
 //!
 //! So far on AVX-512 VNNI: for the weight types whose dot type is Q8_0 and whose blocks decode
 //! to 32 signed bytes and one f16 scale (Q8_0, Q5_0: [`group_q8_avx512`]), and for Q4_K and
