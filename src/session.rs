@@ -150,8 +150,9 @@ impl<'g> Session<'g> {
 
     /// Brings the cache to hold exactly `prompt`, running only the tokens it does not hold yet
     /// (see the module docs), and keeps the logits after its last token for
-    /// [`generate`](Self::generate). The last token always runs, even when the cache already
-    /// held the whole prompt, because its logits are what the first sample needs.
+    /// [`generate`](Self::generate). The last two tokens always run, even when the cache already
+    /// held the whole prompt: the last one's logits are what the first sample needs
+    /// ([`reusable`]).
     ///
     /// `cancel` is checked before every layer; a cancelled prefill leaves the cache holding the
     /// batches that ran whole (none of the one it stopped) and nothing to sample from.
@@ -192,7 +193,7 @@ impl<'g> Session<'g> {
         }
         let start = Instant::now();
         // Scoring needs every position's logits, so it reuses nothing.
-        let keep = if scores.is_some() { 0 } else { common_prefix(&self.ids, prompt).min(prompt.len() - 1) };
+        let keep = if scores.is_some() { 0 } else { reusable(&self.ids, prompt) };
         let held = self.ids.len();
         if keep < held {
             // `keep`, or 0 where a sliding ring no longer holds what position `keep` must see.
@@ -203,8 +204,9 @@ impl<'g> Session<'g> {
         self.logits.clear();
         let which = if scores.is_some() { Logits::All } else { Logits::Last };
         let mut cancelled = false;
-        for chunk in prompt[reused..].chunks(self.batch) {
+        while self.ids.len() < prompt.len() {
             let pos = self.ids.len();
+            let chunk = &prompt[pos..pos + prompt_chunk(prompt.len() - pos, self.batch)];
             // [chunk.len()][n_vocab] for `Logits::All`, [n_vocab] for `Logits::Last`
             let mut logits = match self.generator.model.forward_cancellable(chunk, pos, &mut self.cache, which, cancel)
             {
@@ -302,6 +304,31 @@ impl<'g> Session<'g> {
     }
 }
 
+/// How many leading tokens of `prompt` a cache holding `cached` can keep: their common prefix,
+/// less whatever would leave fewer than two prompt tokens to run. The last token must run (its
+/// logits are what the first sample needs), and it runs beside the one before it so that it
+/// takes the same attention path as in a prompt run from scratch (one query row alone goes
+/// another way, whose sums round differently): so a prompt's logits do not depend on what the
+/// cache held before.
+pub fn reusable(cached: &[u32], prompt: &[u32]) -> usize {
+    common_prefix(cached, prompt).min(prompt.len().saturating_sub(2))
+}
+
+/// Prompt tokens to run in the next pass, of `left` still to run, at most `room`: never a lone
+/// token while more follow, nor a remainder of one (see [`reusable`]), unless a pass holds only
+/// one token. 0: wait for more room.
+pub fn prompt_chunk(left: usize, room: usize) -> usize {
+    if left <= room || room < 2 {
+        return left.min(room);
+    }
+    let n = if left - room == 1 { room - 1 } else { room };
+    if n < 2 {
+        0
+    } else {
+        n
+    }
+}
+
 /// Length of the longest common prefix of `a` and `b`.
 pub fn common_prefix(a: &[u32], b: &[u32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
@@ -354,6 +381,27 @@ mod tests {
     fn greedy(session: &mut Session, n: usize) -> Generation {
         let mut sampler = Sampler::new(SamplerConfig::greedy()).unwrap();
         session.generate(&mut sampler, Some(n), &[], &NEVER, &mut |_| Ok(())).unwrap()
+    }
+
+    #[test]
+    fn prompt_chunks_never_leave_a_lone_token() {
+        // (left, room) -> tokens now
+        for (left, room, n) in [
+            (10, 512, 10),
+            (513, 512, 511),
+            (514, 512, 512),
+            (1, 512, 1),
+            (5, 4, 3),
+            (3, 2, 0),
+            (4, 2, 2),
+            (7, 1, 1),
+            (2, 1, 1),
+        ] {
+            assert_eq!(prompt_chunk(left, room), n, "left {left}, room {room}");
+        }
+        assert_eq!(reusable(&[1, 2, 3, 4], &[1, 2, 3, 4]), 2);
+        assert_eq!(reusable(&[1, 2, 3, 4], &[1, 2, 9, 9, 9]), 2);
+        assert_eq!(reusable(&[1], &[1]), 0);
     }
 
     #[test]
@@ -448,7 +496,8 @@ mod tests {
         }
     }
 
-    /// The same prompt again reuses all but its last token, whose logits are needed.
+    /// The same prompt again reuses all but its last two tokens (the last one's logits are
+    /// needed, and it runs beside the one before it, as in a fresh prefill).
     #[test]
     fn an_identical_prompt_reruns_only_its_last_token() {
         let mut gen = generator("tiny-gemma4-moe.gguf");
@@ -457,7 +506,7 @@ mod tests {
         session.prefill(&p, &NEVER).unwrap();
         let first = greedy(&mut session, 4).ids;
         let again = session.prefill(&p, &NEVER).unwrap();
-        assert_eq!((again.reused, again.prefilled), (p.len() - 1, 1));
+        assert_eq!((again.reused, again.prefilled), (p.len() - 2, 2));
         assert_eq!(greedy(&mut session, 4).ids, first);
     }
 

@@ -52,7 +52,7 @@ class Raw:
         r = conn.getresponse()
         payload = r.read()
         conn.close()
-        return r.status, dict(r.getheaders()), payload
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, payload
 
     def json(self, method, path, body=None, **kw):
         status, headers, payload = self.request(method, path, body, **kw)
@@ -97,8 +97,9 @@ def check_api(args):
     check(finishes == [r.choices[0].finish_reason], f"one finish_reason, {finishes}")
     check(chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == r.usage.completion_tokens,
           f"usage chunk last: {chunks[-1]}")
-    # The second identical request found all but its last prompt token in a slot's cache.
-    check(chunks[-1].usage.prompt_tokens_details.cached_tokens == r.usage.prompt_tokens - 1,
+    # The second identical request found all but its last two prompt tokens in a slot's cache
+    # (the last runs beside the one before it, as in a fresh prompt).
+    check(chunks[-1].usage.prompt_tokens_details.cached_tokens == r.usage.prompt_tokens - 2,
           f"cached tokens {chunks[-1].usage}")
 
     # The same conversation through `gemma run --chat` gives the same tokens.
@@ -157,9 +158,10 @@ def check_tools(args):
     cmd = [args.gemma, "run", "-m", args.model, "-q", "--jsonl", "-t", "2"]
     ran = json.loads(subprocess.run(cmd, input=line + "\n", capture_output=True, text=True, check=True).stdout)
     check(r.usage.prompt_tokens == ran["prompt_tokens"], f"prompt {r.usage.prompt_tokens} vs jsonl {ran['prompt_tokens']}")
-    got = (r.choices[0].message.content or "") + "".join(
-        f"<|tool_call>call:{t.function.name}{{...}}<tool_call|>" for t in (r.choices[0].message.tool_calls or []))
-    check(r.choices[0].message.tool_calls or got == ran["text"], f"reply {got!r} vs jsonl {ran['text']!r}")
+    check(r.usage.completion_tokens == ran["completion_tokens"], f"{r.usage} vs jsonl {ran}")
+    markers = ("<|channel>", "<channel|>", "<|tool_call>", "<tool_call|>")
+    if not any(m in ran["text"] for m in markers):
+        check(r.choices[0].message.content == ran["text"], f"{r.choices[0].message.content!r} vs {ran['text']!r}")
     # The prompt ends inside the model's turn, right after the tool's answer (no new turn).
     status, _, tok = Raw(args.base, args.key).json("POST", "/tokenize", {"content": "<tool_response|>", "with_pieces": True})
     check(status == 200 and len(tok["tokens"]) == 1, f"<tool_response|> is one special token: {tok}")
@@ -219,7 +221,7 @@ def check_busy(args):
         second = pool.submit(raw.json, "POST", "/v1/completions", body)
         time.sleep(0.5)
         h = expect_error(raw, "POST", "/v1/completions", body, 503)
-        check(h.get("Retry-After") == "1", f"Retry-After: {h}")
+        check(h.get("retry-after") == "1", f"Retry-After: {h}")
         a, b = first.result(), second.result()
     check(a[0] == 200 and b[0] == 200 and a[2]["choices"][0]["text"] == b[2]["choices"][0]["text"], f"{a} {b}")
     print("busy ok")

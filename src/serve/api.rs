@@ -40,8 +40,24 @@ type Shared = State<Arc<AppState>>;
 
 /// A request body as JSON of type `T`, or the 400/413 that says what is wrong with it.
 fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
-    let bytes = body.map_err(|r| ApiError::new(r.status(), format!("reading the request body: {}", r.body_text())))?;
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
+    parse(&read_body(body)?)
+}
+
+/// The body's bytes, or the 413 (too large) or 400 that says why not.
+fn read_body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|r| ApiError::new(r.status(), format!("reading the request body: {}", r.body_text())))
+}
+
+/// JSON of type `T`; an error names the field where it went wrong (`messages[0].content: ...`).
+fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let json = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(json).map_err(|e| {
+        let path = e.path().to_string();
+        match path.as_str() {
+            "." => ApiError::bad_request(format!("invalid request body: {}", e.inner())),
+            _ => ApiError::bad_request(format!("invalid request body: {path}: {}", e.inner())),
+        }
+    })
 }
 
 fn unix_now() -> u64 {
@@ -246,8 +262,6 @@ struct ChatRequest {
     #[serde(default, rename = "model")]
     _model: Option<String>,
     messages: Vec<ChatMessage>,
-    #[serde(flatten)]
-    sampling: Sampling,
     tools: Option<Vec<Value>>,
     tool_choice: Option<Value>,
     reasoning_effort: Option<String>,
@@ -401,9 +415,12 @@ fn thinking(req: &ChatRequest, default: bool) -> bool {
 
 pub async fn chat_completions(State(state): Shared, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
     let started = Instant::now();
-    let mut req: ChatRequest = parse_body(body)?;
-    let (sampling, max_tokens) = req.sampling.config(&state)?;
-    let stop = Stop::list(req.sampling.stop.take())?;
+    let body = read_body(body)?;
+    // The sampling fields, read on their own so that an error names its field.
+    let mut knobs: Sampling = parse(&body)?;
+    let req: ChatRequest = parse(&body)?;
+    let (sampling, max_tokens) = knobs.config(&state)?;
+    let stop = Stop::list(knobs.stop.take())?;
     match req.response_format.as_ref().and_then(|f| f.get("type")).and_then(Value::as_str) {
         None | Some("text") => {}
         Some(other) => {
@@ -436,8 +453,8 @@ pub async fn chat_completions(State(state): Shared, body: Result<Bytes, BytesRej
     let prompt = prompt_ids(&state.tokenizer, &text, true);
     let events = start(&state, prompt, sampling, max_tokens, stop)?;
     let id = state.response_id("chatcmpl");
-    if req.sampling.stream == Some(true) {
-        let usage = req.sampling.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
+    if knobs.stream == Some(true) {
+        let usage = knobs.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
         let chunks = ChatChunks::new(id, state.options.model_name.clone(), usage);
         Ok(stream(state, events, started, "/v1/chat/completions", chunks))
     } else {
@@ -480,8 +497,6 @@ struct CompletionRequest {
     #[serde(default, rename = "model")]
     _model: Option<String>,
     prompt: PromptIn,
-    #[serde(flatten)]
-    sampling: Sampling,
     echo: Option<bool>,
     suffix: Option<String>,
     best_of: Option<u64>,
@@ -499,9 +514,11 @@ enum PromptIn {
 
 pub async fn completions(State(state): Shared, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
     let started = Instant::now();
-    let mut req: CompletionRequest = parse_body(body)?;
-    let (sampling, max_tokens) = req.sampling.config(&state)?;
-    let stop = Stop::list(req.sampling.stop.take())?;
+    let body = read_body(body)?;
+    let mut knobs: Sampling = parse(&body)?;
+    let req: CompletionRequest = parse(&body)?;
+    let (sampling, max_tokens) = knobs.config(&state)?;
+    let stop = Stop::list(knobs.stop.take())?;
     if req.echo == Some(true) || req.suffix.is_some() || req.best_of.is_some_and(|n| n != 1) {
         return Err(ApiError::bad_request("echo, suffix and best_of are not supported"));
     }
@@ -515,8 +532,8 @@ pub async fn completions(State(state): Shared, body: Result<Bytes, BytesRejectio
     check_ids(&prompt, state.n_vocab)?;
     let events = start(&state, prompt, sampling, max_tokens, stop)?;
     let id = state.response_id("cmpl");
-    if req.sampling.stream == Some(true) {
-        let usage = req.sampling.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
+    if knobs.stream == Some(true) {
+        let usage = knobs.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
         let chunks = TextChunks { id, model: state.options.model_name.clone(), usage };
         Ok(stream(state, events, started, "/v1/completions", chunks))
     } else {

@@ -12,8 +12,9 @@
 //! the batch (`-b`) has room, so users share the weight reads and a long prompt does not stall
 //! the others' replies. A token's logits do not depend on what else is in its pass (the matmuls
 //! take the same kernels for any token count), so a reply at temperature 0 is the same whoever
-//! else is being served, and the same as `gemma run`'s. A prompt chunk is never a lone token
-//! when more follow (one query row takes another attention path than several).
+//! else is being served, and the same as `gemma run`'s. Prompt chunks are cut as `gemma run`
+//! cuts them ([`prompt_chunk`], [`reusable`]): never a lone token, whose attention would take
+//! another path than in a chunk of several.
 //!
 //! Before each step, a slot whose client has gone (its event receiver dropped) is freed: a
 //! disconnect cancels a request within one step.
@@ -29,7 +30,7 @@ use crate::kv_cache::{KvCache, KvTypes};
 use crate::model::{Logits, Model, Seq};
 use crate::run::{Generator, StopReason};
 use crate::sample::{Sampler, SamplerConfig};
-use crate::session::common_prefix;
+use crate::session::{common_prefix, prompt_chunk, reusable};
 use crate::stop::StopStrings;
 use crate::tokenizer::{Detokenizer, Tokenizer};
 
@@ -200,7 +201,7 @@ impl Engine {
         let slot = (slots.iter_mut().filter(|s| s.task.is_none()))
             .max_by_key(|s| (common_prefix(&s.ids, &job.prompt), std::cmp::Reverse(s.last_used)))
             .expect("a free slot");
-        let keep = common_prefix(&slot.ids, &job.prompt).min(job.prompt.len() - 1);
+        let keep = reusable(&slot.ids, &job.prompt);
         let kept = slot.cache.truncate(keep);
         slot.ids.truncate(kept);
         slot.last_used = step;
@@ -250,8 +251,8 @@ impl Engine {
         for (slot, w) in slots.iter().zip(work.iter_mut()) {
             let Some(task) = slot.task.as_ref().filter(|t| t.next.is_none()) else { continue };
             let (from, left) = (slot.ids.len(), task.job.prompt.len() - slot.ids.len());
-            let n = left.min(room);
-            if n == 0 || (n == 1 && left > 1) {
+            let n = prompt_chunk(left, room);
+            if n == 0 {
                 continue;
             }
             room -= n;
