@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds one of llama.cpp's tools (llama-bench, llama-perplexity, ...) once, from the
+# Builds one of llama.cpp's tools (llama-bench, llama-perplexity, llama-server, ...) once, from the
 # llama-cpp-python==0.3.36 sdist's vendored llama.cpp (cmake, -DGGML_NATIVE=ON), into
 # ~/.cache/gemma.rs/llama-bench/build/bin, and prints its path. The oracle for our speed and
 # perplexity comparisons; not part of the runtime.
@@ -25,7 +25,7 @@ if [ ! -x "$bin" ]; then
         tar xzf "$sdist" -C "$src" --strip-components=3 llama_cpp_python-0.3.36/vendor/llama.cpp
     fi
     cmake -S "$src" -B "$src/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
-        -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF >/dev/null
+        -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON >/dev/null
     cmake --build "$src/build" --target "$tool" -j "$(nproc)" >/dev/null 2>&1
 fi
 echo "$bin"

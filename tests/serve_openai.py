@@ -116,6 +116,11 @@ def check_api(args):
     parts = list(c.completions.create(model=name, prompt=ids, temperature=0, max_tokens=12, stream=True))
     check("".join(p.choices[0].text for p in parts if p.choices) == by_ids.choices[0].text, "streamed completion")
 
+    # llama-server's ignore_eos: exactly max_tokens, whatever the model would end with.
+    long = c.chat.completions.create(model=name, messages=messages, temperature=0, max_tokens=40,
+                                     extra_body={"ignore_eos": True})
+    check(long.usage.completion_tokens == 40 and long.choices[0].finish_reason == "length", f"ignore_eos: {long.usage}")
+
     raw = Raw(args.base, args.key)
     status, _, health = raw.json("GET", "/health")
     check(status == 200 and health == {"status": "ok"}, f"health {status} {health}")

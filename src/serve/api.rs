@@ -217,6 +217,8 @@ struct Sampling {
     presence_penalty: Option<f32>,
     frequency_penalty: Option<f32>,
     repeat_penalty: Option<f32>,
+    /// llama-server's extension: generate exactly `max_tokens`.
+    ignore_eos: Option<bool>,
     n: Option<u64>,
     logprobs: Option<Value>,
     top_logprobs: Option<Value>,
@@ -451,7 +453,7 @@ pub async fn chat_completions(State(state): Shared, body: Result<Bytes, BytesRej
     };
     let text = template.render(&messages, &opts).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let prompt = prompt_ids(&state.tokenizer, &text, true);
-    let events = start(&state, prompt, sampling, max_tokens, stop)?;
+    let events = start(&state, prompt, &knobs, sampling, max_tokens, stop)?;
     let id = state.response_id("chatcmpl");
     if knobs.stream == Some(true) {
         let usage = knobs.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
@@ -530,7 +532,7 @@ pub async fn completions(State(state): Shared, body: Result<Bytes, BytesRejectio
         _ => return Err(ApiError::bad_request("prompt: one prompt per request (a list must hold exactly one)")),
     };
     check_ids(&prompt, state.n_vocab)?;
-    let events = start(&state, prompt, sampling, max_tokens, stop)?;
+    let events = start(&state, prompt, &knobs, sampling, max_tokens, stop)?;
     let id = state.response_id("cmpl");
     if knobs.stream == Some(true) {
         let usage = knobs.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
@@ -556,6 +558,7 @@ pub async fn completions(State(state): Shared, body: Result<Bytes, BytesRejectio
 fn start(
     state: &AppState,
     prompt: Vec<u32>,
+    knobs: &Sampling,
     sampling: SamplerConfig,
     max_tokens: Option<usize>,
     stop: Vec<String>,
@@ -571,7 +574,8 @@ fn start(
         )));
     }
     let (tx, rx) = unbounded_channel();
-    state.submit(Job { prompt, sampling, max_tokens, stop, events: tx })?;
+    let ignore_eos = knobs.ignore_eos.unwrap_or(false);
+    state.submit(Job { prompt, sampling, max_tokens, stop, ignore_eos, events: tx })?;
     state.metrics.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Ok(rx)
 }

@@ -43,6 +43,9 @@ pub struct Job {
     /// Tokens to generate at most (`None`: until the slot's context is full).
     pub max_tokens: Option<usize>,
     pub stop: Vec<String>,
+    /// Never end at an end-of-generation token (llama-server's `ignore_eos`: benchmarks ask
+    /// for exactly `max_tokens`).
+    pub ignore_eos: bool,
     /// Where the reply goes; dropping the receiver cancels the request.
     pub events: UnboundedSender<Event>,
 }
@@ -302,7 +305,7 @@ impl Engine {
         let mut logits = logits.into_iter();
         for (slot, w) in slots.iter_mut().zip(work) {
             let Some(w) = w else { continue };
-            let row = logits.next().expect("one row per sequence");
+            let mut row = logits.next().expect("one row per sequence");
             let task = slot.task.as_mut().expect("work only for busy slots");
             match w {
                 Work::Prompt(range) => {
@@ -320,7 +323,7 @@ impl Engine {
                 }
                 Work::Token(token) => slot.ids.push(token),
             }
-            if let Some(reason) = self.sample(task, &row, slot.ids.len(), tokenizer) {
+            if let Some(reason) = self.sample(task, &mut row, slot.ids.len(), tokenizer) {
                 let mut task = slot.task.take().expect("busy");
                 m.busy_slots.fetch_sub(1, Ordering::Relaxed);
                 finish(&mut task, reason, m);
@@ -330,9 +333,14 @@ impl Engine {
 
     /// Samples the next token from `logits` and streams its text; `Some` when the request
     /// ends here.
-    fn sample(&self, task: &mut Task, logits: &[f32], cached: usize, tokenizer: &Tokenizer) -> Option<StopReason> {
+    fn sample(&self, task: &mut Task, logits: &mut [f32], cached: usize, tokenizer: &Tokenizer) -> Option<StopReason> {
         task.next = None;
         task.first_token.get_or_insert_with(Instant::now);
+        if task.job.ignore_eos {
+            for &id in tokenizer.eog() {
+                logits[id as usize] = f32::NEG_INFINITY;
+            }
+        }
         let token = task.sampler.sample(logits);
         if tokenizer.is_eog(token) {
             return Some(StopReason::Eog);
