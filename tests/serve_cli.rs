@@ -125,7 +125,7 @@ fn openai_client_chat_completions_and_utility_endpoints() {
     // One line per request: method, path, status, tokens, ms.
     let chat: Vec<String> =
         server.log().into_iter().filter(|l| l.starts_with("POST /v1/chat/completions 200 ")).collect();
-    assert_eq!(chat.len(), 2, "{chat:?}");
+    assert_eq!(chat.len(), 3, "{chat:?}");
     assert!(chat.iter().all(|l| l.ends_with(" ms") && l.contains(" tokens ")), "{chat:?}");
 }
 
