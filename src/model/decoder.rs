@@ -41,7 +41,8 @@ use ggml::ops::softmax::softmax_top_k;
 use super::gpu::GpuDecoder;
 use super::offload::{Offload, Resolved};
 use super::{
-    norm_rows, norm_rows_inplace, Cancel, Cancelled, ExpertStack, Input, Logits, Matrix, ModelError, Never, Stopped,
+    norm_rows, norm_rows_inplace, prompt_rows, Cancel, Cancelled, ExpertStack, Input, Logits, Matrix, ModelError,
+    Never, Stopped,
 };
 use crate::kv_cache::{KvCache, KvCacheError, KvTypes, LayerSpec};
 
@@ -390,13 +391,14 @@ impl Decoder {
         let (rope_full, rope_swa) =
             (self.rope_full.angles(pos..pos + n_tokens), self.rope_swa.angles(pos..pos + n_tokens));
         let mut x = self.embed(tokens);
-        self.cpu_layers(&mut x, &spans, &rope_full, &rope_swa, &mut [cache], cancel)?;
+        self.cpu_layers(&mut x, &spans, prompt_rows(n_tokens), &rope_full, &rope_swa, &mut [cache], cancel)?;
 
         #[cfg(feature = "vulkan")]
         if let Some(g) = &mut self.gpu {
             let (isa, file, layers) = (self.isa, self.gguf.bytes(), &self.layers);
             let cpu_experts = |il: usize, h: &[f32], choices: &[(usize, f32)]| {
-                expert_ffn(isa, file, layers[il].moe.as_ref().expect("an MoE layer"), h, choices)
+                let prompt = prompt_rows(h.len() / layers[il].attn_norm.len());
+                expert_ffn(isa, file, layers[il].moe.as_ref().expect("an MoE layer"), h, choices, prompt)
             };
             match g.forward(&x, pos, cache, &rope_full, &rope_swa, which, file, &cpu_experts, cancel)? {
                 super::gpu::Out::Logits(logits) => return Ok(logits),
@@ -410,7 +412,11 @@ impl Decoder {
     /// slots: decode tokens of some, prompt chunks of others): every projection and expert runs
     /// once over all their tokens, so they share the weight reads, and only the cache writes and
     /// attention go sequence by sequence. Returns each sequence's logits as
-    /// [`forward`](Self::forward) would. Layers on a GPU run the sequences one after another.
+    /// [`forward`](Self::forward) would, to the bit: a sequence of one token is a generated
+    /// token and one of several a prompt chunk, as in `gemma run`, and each token takes the
+    /// kernels of its role whatever else is in the pass
+    /// ([`ggml::kernels::matmul::QuantizedActs`]). Layers on a GPU
+    /// run the sequences one after another.
     pub fn forward_seqs(&mut self, seqs: &mut [Seq<'_>]) -> Result<Vec<Vec<f32>>, Stopped> {
         #[cfg(feature = "vulkan")]
         if self.gpu.is_some() {
@@ -418,38 +424,50 @@ impl Decoder {
                 .map(|s| self.forward_cancellable(s.tokens, s.pos, s.cache, s.which, &Never))
                 .collect();
         }
-        let mut spans = Vec::with_capacity(seqs.len());
+        // In the stream: prompt chunks whose every row wants logits, then the other prompt
+        // chunks, then generated tokens, so that the prompt rows (of the stream, and of the
+        // output head's input) come first.
+        let class = |s: &Seq| match (s.tokens.len() >= 2, s.which) {
+            (true, Logits::All) => 0,
+            (true, Logits::Last) => 1,
+            (false, _) => 2,
+        };
+        let mut order: Vec<usize> = (0..seqs.len()).collect();
+        order.sort_by_key(|&i| class(&seqs[i]));
+        let mut spans = vec![Span { rows: 0..0, pos: 0 }; seqs.len()];
         let (mut tokens, mut rope_full, mut rope_swa) = (Vec::new(), Vec::new(), Vec::new());
-        for s in seqs.iter() {
+        for &i in &order {
+            let s = &seqs[i];
             let start = tokens.len();
             tokens.extend_from_slice(s.tokens);
-            spans.push(Span { rows: start..tokens.len(), pos: s.pos });
+            spans[i] = Span { rows: start..tokens.len(), pos: s.pos };
             rope_full.extend(self.rope_full.angles(s.pos..s.pos + s.tokens.len()));
             rope_swa.extend(self.rope_swa.angles(s.pos..s.pos + s.tokens.len()));
         }
+        let prompt: usize = seqs.iter().filter(|s| class(s) < 2).map(|s| s.tokens.len()).sum();
         let mut x = self.embed(&tokens);
         let mut caches: Vec<&mut KvCache> = seqs.iter_mut().map(|s| &mut *s.cache).collect();
-        self.cpu_layers(&mut x, &spans, &rope_full, &rope_swa, &mut caches, &Never)?;
+        self.cpu_layers(&mut x, &spans, prompt, &rope_full, &rope_swa, &mut caches, &Never)?;
 
-        // The rows each sequence wants logits of, through the output head together.
+        // The rows each sequence wants logits of, through the output head together (in stream
+        // order: the rows of `Logits::All` chunks first, the head's prompt rows).
         let n_embd = self.n_embd;
-        let wanted = |s: &Seq, span: &Span| match s.which {
-            Logits::All => span.rows.clone(),
-            Logits::Last => span.rows.end - 1..span.rows.end,
+        let wanted = |i: usize| match seqs[i].which {
+            Logits::All => spans[i].rows.clone(),
+            Logits::Last => spans[i].rows.end - 1..spans[i].rows.end,
         };
-        let rows: Vec<usize> = seqs.iter().zip(&spans).flat_map(|(s, span)| wanted(s, span)).collect();
+        let rows: Vec<usize> = order.iter().flat_map(|&i| wanted(i)).collect();
+        let head_prompt: usize = order.iter().filter(|&&i| class(&seqs[i]) == 0).map(|&i| wanted(i).len()).sum();
         let picked: Vec<f32> = rows.iter().flat_map(|&r| x[r * n_embd..(r + 1) * n_embd].iter().copied()).collect();
-        let logits = self.output_head(picked, rows.len(), Logits::All);
+        let logits = self.head(picked, head_prompt);
+        let mut by_seq = vec![Vec::new(); seqs.len()];
         let mut rest = &logits[..];
-        Ok(seqs
-            .iter()
-            .zip(&spans)
-            .map(|(s, span)| {
-                let (mine, after) = rest.split_at(wanted(s, span).len() * self.n_vocab);
-                rest = after;
-                mine.to_vec()
-            })
-            .collect())
+        for &i in &order {
+            let (mine, after) = rest.split_at(wanted(i).len() * self.n_vocab);
+            by_seq[i] = mine.to_vec();
+            rest = after;
+        }
+        Ok(by_seq)
     }
 
     /// The input stream of `tokens`: `[n_tokens][n_embd]`, each row the token's embedding
@@ -468,16 +486,24 @@ impl Decoder {
     /// The layers the CPU runs, on the stream `x: [n_tokens][n_embd]` of the sequences `spans`
     /// (one cache each; `rope_*`: one angle set per row). A cancel rewinds every cache to its
     /// span's first position.
+    #[allow(clippy::too_many_arguments)]
     fn cpu_layers(
         &self,
         x: &mut [f32],
         spans: &[Span],
+        prompt: usize,
         rope_full: &[RopeCache],
         rope_swa: &[RopeCache],
         caches: &mut [&mut KvCache],
         cancel: &dyn Cancel,
     ) -> Result<(), Stopped> {
-        let q_pos: Vec<usize> = spans.iter().flat_map(|s| s.pos..s.pos + s.rows.len()).collect();
+        // The position of every row of the stream (the spans may list the rows out of order).
+        let mut q_pos = vec![0; x.len() / self.n_embd];
+        for s in spans {
+            for (k, r) in s.rows.clone().enumerate() {
+                q_pos[r] = s.pos + k;
+            }
+        }
         #[cfg(feature = "vulkan")]
         let n_cpu = self.gpu.as_ref().map_or(self.layers.len(), |g| g.first_layer());
         #[cfg(not(feature = "vulkan"))]
@@ -491,13 +517,14 @@ impl Decoder {
                 return Err(kept.into());
             }
             let rope = if layer.full_rope { rope_full } else { rope_swa };
-            self.layer(il, layer, x, &q_pos, rope, spans, caches);
+            self.layer(il, layer, x, &q_pos, rope, spans, prompt, caches);
         }
         Ok(())
     }
 
     /// Layer `il` on the CPU, on the stream `x: [n_tokens][n_embd]` in place: the rows of
-    /// each of `spans` are one sequence, at positions `q_pos`, with its cache in `caches`.
+    /// each of `spans` are one sequence, at positions `q_pos`, with its cache in `caches`; the
+    /// first `prompt` rows are prompt tokens.
     #[allow(clippy::too_many_arguments)]
     fn layer(
         &self,
@@ -507,6 +534,7 @@ impl Decoder {
         q_pos: &[usize],
         rope: &[RopeCache],
         spans: &[Span],
+        prompt: usize,
         caches: &mut [&mut KvCache],
     ) {
         let (n_embd, eps, isa) = (self.n_embd, self.eps, self.isa);
@@ -515,7 +543,7 @@ impl Decoder {
 
         // Attention. h: [n_tokens][n_embd]
         let h = norm_rows(x, n_embd, Some(&layer.attn_norm), eps);
-        let mut input = Input::new(&h, n_embd);
+        let mut input = Input::with_prompt_rows(&h, n_embd, prompt);
         // q: [n_tokens][n_head][hd]; k, v: [n_tokens][n_head_kv][hd]
         let mut q = input.project(isa, file, &layer.attn_q);
         let mut k = input.project(isa, file, &layer.attn_k);
@@ -546,21 +574,21 @@ impl Decoder {
             own.update(span.pos, &k[kv.clone()], &v[kv]);
             cache.layer(il).attend(isa, &shape, &q[qr.clone()], &q_pos[r], &mut a[qr]);
         }
-        let mut out = Input::new(&a, q_row).project(isa, file, &layer.attn_output);
+        let mut out = Input::with_prompt_rows(&a, q_row, prompt).project(isa, file, &layer.attn_output);
         norm_rows_inplace(&mut out, n_embd, Some(&layer.post_attention_norm), eps);
         add(x, &out);
 
         // Feed-forward: the dense MLP, then the experts beside it. gate, up: [n_tokens][n_ff]
         let h = norm_rows(x, n_embd, Some(&layer.ffn_norm), eps);
-        let mut input = Input::new(&h, n_embd);
+        let mut input = Input::with_prompt_rows(&h, n_embd, prompt);
         let mut gate = input.project(isa, file, &layer.ffn_gate);
         let up = input.project(isa, file, &layer.ffn_up);
         gelu_mul(&mut gate, &up);
         // m: [n_tokens][n_embd]
-        let mut m = Input::new(&gate, layer.ffn_gate.n_out).project(isa, file, &layer.ffn_down);
+        let mut m = Input::with_prompt_rows(&gate, layer.ffn_gate.n_out, prompt).project(isa, file, &layer.ffn_down);
         if let Some(moe) = &layer.moe {
             norm_rows_inplace(&mut m, n_embd, Some(&moe.post_ffw_norm_1), eps);
-            let mut e = self.experts(moe, x);
+            let mut e = self.experts(moe, x, prompt);
             norm_rows_inplace(&mut e, n_embd, Some(&moe.post_ffw_norm_2), eps);
             add(&mut m, &e);
         }
@@ -573,7 +601,7 @@ impl Decoder {
 
     /// The experts' output for the post-attention stream `x_mid: [n_tokens][n_embd]`: each token
     /// routed to its top experts (GEMMA4.md 2.5-2.6). Returns `[n_tokens][n_embd]`.
-    fn experts(&self, moe: &Moe, x_mid: &[f32]) -> Vec<f32> {
+    fn experts(&self, moe: &Moe, x_mid: &[f32], prompt: usize) -> Vec<f32> {
         let (n_embd, k) = (self.n_embd, moe.n_expert_used);
         let file = self.gguf.bytes();
         let n_expert = moe.down_exps.n_expert;
@@ -584,7 +612,7 @@ impl Decoder {
             scale(row, 1.0 / (n_embd as f32).sqrt());
         }
         // router_logits: [n_tokens][n_expert]
-        let router_logits = Input::new(&r, n_embd).project(self.isa, file, &moe.gate_inp);
+        let router_logits = Input::with_prompt_rows(&r, n_embd, prompt).project(self.isa, file, &moe.gate_inp);
         // choices: [n_tokens][k] of (expert, weight)
         let mut choices = Vec::with_capacity(x_mid.len() / n_embd * k);
         for row in router_logits.chunks_exact(n_expert) {
@@ -592,19 +620,26 @@ impl Decoder {
             choices.extend(experts.into_iter().zip(weights).map(|(e, w)| (e, w * moe.down_exps_scale[e])));
         }
         let h = norm_rows(x_mid, n_embd, Some(&moe.pre_ffw_norm_2), self.eps);
-        expert_ffn(self.isa, file, moe, &h, &choices)
+        expert_ffn(self.isa, file, moe, &h, &choices, prompt)
     }
 
     /// `softcap(output · (rmsnorm(x) * output_norm))` of the rows of `x: [n_tokens][n_embd]`
     /// that `which` asks for: `[n_rows][n_vocab]`.
     fn output_head(&self, mut x: Vec<f32>, n_tokens: usize, which: Logits) -> Vec<f32> {
-        let n_embd = self.n_embd;
         if which == Logits::Last {
-            x.drain(..(n_tokens - 1) * n_embd);
+            x.drain(..(n_tokens - 1) * self.n_embd);
         }
+        let n_rows = x.len() / self.n_embd;
+        self.head(x, prompt_rows(n_rows))
+    }
+
+    /// The output head of every row of `x: [n_rows][n_embd]`, the first `prompt` of them prompt
+    /// rows: `[n_rows][n_vocab]`.
+    fn head(&self, mut x: Vec<f32>, prompt: usize) -> Vec<f32> {
+        let n_embd = self.n_embd;
         norm_rows_inplace(&mut x, n_embd, Some(&self.output_norm), self.eps);
         // logits: [n_rows][n_vocab]
-        let mut logits = Input::new(&x, n_embd).project(self.isa, self.gguf.bytes(), &self.output);
+        let mut logits = Input::with_prompt_rows(&x, n_embd, prompt).project(self.isa, self.gguf.bytes(), &self.output);
         if let Some(c) = self.softcap {
             softcap(&mut logits, c);
         }
@@ -622,6 +657,7 @@ pub struct Seq<'a> {
 }
 
 /// Where one sequence's rows are in a pass's stream, and the position of its first row.
+#[derive(Clone)]
 struct Span {
     rows: std::ops::Range<usize>,
     pos: usize,
@@ -630,13 +666,13 @@ struct Span {
 /// The experts' weighted sum for their input `h: [n_tokens][n_embd]` (`pre_ffw_norm_2` applied)
 /// and each token's `k` (expert, weight) choices: `[n_tokens][n_embd]`. The CPU's experts,
 /// for its own layers and for GPU layers that keep their experts in RAM.
-fn expert_ffn(isa: Isa, file: &[u8], moe: &Moe, h: &[f32], choices: &[(usize, f32)]) -> Vec<f32> {
+fn expert_ffn(isa: Isa, file: &[u8], moe: &Moe, h: &[f32], choices: &[(usize, f32)], prompt: usize) -> Vec<f32> {
     let gate_up = match &moe.gate_up {
         ExpertGateUp::Fused(gu) => GateUp::Fused(gu.view(file)),
         ExpertGateUp::Split { gate, up } => GateUp::Split { gate: gate.view(file), up: up.view(file) },
     };
     let mut out = vec![0.0f32; h.len()];
-    moe_ffn(isa, gate_up, moe.down_exps.view(file), h, choices, moe.n_expert_used, &mut out)
+    moe_ffn(isa, gate_up, moe.down_exps.view(file), h, choices, moe.n_expert_used, prompt, &mut out)
         .expect("shapes checked at load");
     out
 }

@@ -335,12 +335,15 @@ fn find_tensor<'h>(header: &'h GgufHeader, name: &str, dims: &[u64]) -> Result<&
 pub(crate) struct Input<'a> {
     x: &'a [f32],
     n: usize,
+    /// Leading rows that are prompt tokens (which kernels run them: [`QuantizedActs`]).
+    prompt_rows: usize,
     quantized: Vec<QuantizedActs>,
 }
 
 impl<'a> Input<'a> {
-    pub fn new(x: &'a [f32], n: usize) -> Input<'a> {
-        Input { x, n, quantized: Vec::new() }
+    /// Rows of which the first `prompt_rows` are prompt tokens and the rest generated ones.
+    pub fn with_prompt_rows(x: &'a [f32], n: usize, prompt_rows: usize) -> Input<'a> {
+        Input { x, n, prompt_rows, quantized: Vec::new() }
     }
 
     /// `W · x` for every token: `[n_tokens][w.n_out]`.
@@ -350,7 +353,8 @@ impl<'a> Input<'a> {
         let i = match self.quantized.iter().position(|q| q.ty == ty) {
             Some(i) => i,
             None => {
-                self.quantized.push(QuantizedActs::new(w.ty, self.x, self.n).expect("widths checked at load"));
+                let acts = QuantizedActs::new(w.ty, self.x, self.n).expect("widths checked at load");
+                self.quantized.push(acts.with_tiled(self.prompt_rows));
                 self.quantized.len() - 1
             }
         };
@@ -358,6 +362,17 @@ impl<'a> Input<'a> {
         let mut out = vec![0.0; acts.n_rows * w.n_out];
         matmul(w.ty, isa, &file[w.bytes.clone()], w.n_out, acts, &mut out).expect("shapes checked at load");
         out
+    }
+}
+
+/// The prompt tokens among a single sequence's pass of `n_tokens`: a pass of one token is a
+/// generated token (`gemma run` decodes one at a time, and never runs a prompt chunk of one
+/// token beside more: `session::prompt_chunk`), any other pass is prompt.
+pub(crate) fn prompt_rows(n_tokens: usize) -> usize {
+    if n_tokens >= 2 {
+        n_tokens
+    } else {
+        0
     }
 }
 

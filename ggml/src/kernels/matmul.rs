@@ -13,11 +13,21 @@ use crate::quants::{quantize_row, QuantError};
 use crate::types::GgmlType;
 
 /// Activation rows quantized to a dot type, in a buffer aligned for every block struct.
+///
+/// Rows `0..tiled` are prompt tokens, the rest generated tokens. A prompt token goes through the
+/// row-group tiles and a generated one through the plain dot kernels, whatever else is in the
+/// matmul, so a token's results depend on its role and never on its batch: `gemma run` decodes
+/// one token at a time and reads a prompt in chunks, `gemma serve` runs several users' decode
+/// tokens and prompt chunks in one pass, and both give a token the same bits. (The tiles pay
+/// off from a few tokens on; for one token they are about twice slower than the dot kernels.)
 pub struct QuantizedActs {
     pub ty: GgmlType,
     /// Elements per row.
     pub n: usize,
     pub n_rows: usize,
+    /// Leading rows that take the tiles (see above). [`QuantizedActs::new`]: every row when
+    /// there are several (a prompt chunk), none for one row alone (a generated token).
+    pub tiled: usize,
     row_bytes: usize,
     buf: Vec<u64>,
 }
@@ -30,7 +40,9 @@ impl QuantizedActs {
             ty.row_bytes(n as u64).ok_or(QuantError::PartialBlock { ty, n, block: ty.block_size() })? as usize;
         assert!(n > 0 && x.len().is_multiple_of(n), "{} activations are not whole rows of {n}", x.len());
         let n_rows = x.len() / n;
-        let mut acts = QuantizedActs { ty, n, n_rows, row_bytes, buf: vec![0u64; (row_bytes * n_rows).div_ceil(8)] };
+        let tiled = if n_rows >= 2 { n_rows } else { 0 };
+        let mut acts =
+            QuantizedActs { ty, n, n_rows, tiled, row_bytes, buf: vec![0u64; (row_bytes * n_rows).div_ceil(8)] };
         let bytes = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut acts.buf)[..row_bytes * n_rows];
         // Rows in parallel, a few per task (a prompt batch is thousands of rows of experts).
         const ROWS_PER_TASK: usize = 8;
@@ -49,20 +61,33 @@ impl QuantizedActs {
         }
     }
 
+    /// `self` with its first `tiled` rows taken as prompt tokens and the rest as generated ones.
+    pub fn with_tiled(mut self, tiled: usize) -> QuantizedActs {
+        assert!(tiled <= self.n_rows, "{tiled} prompt rows of {}", self.n_rows);
+        self.tiled = tiled;
+        self
+    }
+
     /// The rows `which` of `self`, in that order: activations quantized once and shared by
-    /// several products (the experts of a token).
+    /// several products (the experts of a token). Each keeps its role; the prompt rows among
+    /// them must come first.
     pub fn gather(&self, which: impl ExactSizeIterator<Item = usize>) -> QuantizedActs {
         let n_rows = which.len();
         let mut acts = QuantizedActs {
             ty: self.ty,
             n: self.n,
             n_rows,
+            tiled: 0,
             row_bytes: self.row_bytes,
             buf: vec![0u64; (self.row_bytes * n_rows).div_ceil(8)],
         };
         let bytes = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut acts.buf)[..self.row_bytes * n_rows];
-        for (out, t) in bytes.chunks_exact_mut(self.row_bytes).zip(which) {
+        for (i, (out, t)) in bytes.chunks_exact_mut(self.row_bytes).zip(which).enumerate() {
             out.copy_from_slice(self.row(t));
+            if t < self.tiled {
+                assert_eq!(acts.tiled, i, "the prompt rows come first");
+                acts.tiled += 1;
+            }
         }
         acts
     }
@@ -83,16 +108,13 @@ impl QuantizedActs {
 const ROWS_PER_TASK: usize = 16;
 
 /// `by_row[r * n_tokens + t] = dot(W[r], a[t])`, over threads by blocks of rows. With `tiles`,
-/// whole groups of [`ROWS`] rows go through the type's
-/// row-group kernel (each weight block decoded once for several tokens), on a copy of the
-/// activations in its layout. The rest, and everything without tile kernels, goes pair by
-/// pair with each weight row dotted with every token while it is in L1.
-///
-/// Every token count takes the tiles, one token included, so a token's results are the same
-/// bits whatever else is in its batch: `gemma serve` batches several users' tokens into one
-/// pass, and a reply must not depend on who else was served (nor differ from `gemma run`'s).
-/// One-token tiles cost nothing measurable on 26B-A4B's generation (30-layer synthetic Q4_K_M,
-/// 2 threads, tg64 interleaved: 20.1, 20.7, 20.3 tok/s against 20.5, 19.8 pair by pair).
+/// the first `tiled` tokens (prompt tokens, see [`QuantizedActs`]) go through the type's
+/// row-group kernel for whole groups of [`ROWS`] rows (each weight block decoded once for
+/// several tokens), on a copy of their activations in its layout. The rest (generated tokens,
+/// the rows left over after the groups, and everything of a type without tile kernels) goes
+/// pair by pair, each weight row dotted with every such token while it is in L1. Which path a
+/// (row, token) pair takes depends only on the row count and the token's role.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn dot_rows_with<W: Sync, A: Sync + Copy>(
     dot: DotFn<W, A>,
     tiles: Option<Tiles<W, A>>,
@@ -100,32 +122,47 @@ pub(crate) fn dot_rows_with<W: Sync, A: Sync + Copy>(
     rows: usize,
     a: &[A],
     n_tokens: usize,
+    tiled: usize,
     by_row: &mut [f32],
 ) {
     let stride = n_tokens.max(1);
     let (w_blocks, a_blocks) = (w.len() / rows.max(1), a.len() / stride);
     let w_row = |r: usize| &w[r * w_blocks..(r + 1) * w_blocks];
     let a_row = |t: usize| &a[t * a_blocks..(t + 1) * a_blocks];
+    let tiles = tiles.filter(|_| tiled > 0);
+    let tiled = if tiles.is_some() { tiled.min(n_tokens) } else { 0 };
     let prepared: Option<Vec<A>> = tiles.as_ref().and_then(|tiles| tiles.prepare).map(|prepare| {
-        let mut copy = a.to_vec();
+        let mut copy = a[..tiled * a_blocks].to_vec();
         prepare(&mut copy, a_blocks);
         copy
     });
-    let tile_acts = prepared.as_deref().unwrap_or(a);
+    let tile_acts = prepared.as_deref().unwrap_or(&a[..tiled * a_blocks]);
     for_each_chunk_mut(by_row, ROWS_PER_TASK * stride, |task, chunk| {
         let first = task * ROWS_PER_TASK;
         let mut tiled_rows = 0;
         if let Some(tiles) = tiles.as_ref() {
             tiled_rows = chunk.len() / stride / ROWS * ROWS;
+            // The group kernel writes `[ROWS][tiled]`; beside generated tokens that is a
+            // scratch copied into the rows' first `tiled` places.
+            let mut scratch = vec![0f32; if tiled < n_tokens { ROWS * tiled } else { 0 }];
             for r0 in (0..tiled_rows).step_by(ROWS) {
                 let w_group: [&[W]; ROWS] = std::array::from_fn(|i| w_row(first + r0 + i));
                 let out = &mut chunk[r0 * n_tokens..(r0 + ROWS) * n_tokens];
-                // SAFETY: `group` came from `pick_tile!`, which checked the CPU's features.
-                unsafe { (tiles.group)(&w_group, tile_acts, n_tokens, out) };
+                if tiled == n_tokens {
+                    // SAFETY: `group` came from `pick_tile!`, which checked the CPU's features.
+                    unsafe { (tiles.group)(&w_group, tile_acts, tiled, out) };
+                } else {
+                    // SAFETY: as above.
+                    unsafe { (tiles.group)(&w_group, tile_acts, tiled, &mut scratch) };
+                    for (row, got) in out.chunks_exact_mut(n_tokens).zip(scratch.chunks_exact(tiled)) {
+                        row[..tiled].copy_from_slice(got);
+                    }
+                }
             }
         }
-        for (r, per_token) in chunk.chunks_mut(stride).enumerate().skip(tiled_rows) {
-            for (t, y) in per_token.iter_mut().enumerate().take(n_tokens) {
+        for (r, per_token) in chunk.chunks_mut(stride).enumerate() {
+            let from = if r < tiled_rows { tiled } else { 0 };
+            for (t, y) in per_token.iter_mut().enumerate().take(n_tokens).skip(from) {
                 // SAFETY: `dot` came from `pick!`, which checked the CPU's features.
                 *y = unsafe { dot(w_row(first + r), a_row(t)) };
             }
@@ -151,11 +188,11 @@ pub fn matmul(
     assert_eq!(out.len(), rows * acts.n_rows, "output holds rows x tokens floats");
     if acts.n_rows == 1 {
         // One token: row-major and token-major are the same layout.
-        return super::dot_rows(ty, isa, w, rows, acts.bytes(), 1, out);
+        return super::dot_rows(ty, isa, w, rows, acts, out);
     }
     // Rows-major scratch, transposed into the token-major output afterwards.
     let mut by_row = vec![0f32; rows * acts.n_rows];
-    super::dot_rows(ty, isa, w, rows, acts.bytes(), acts.n_rows, &mut by_row)?;
+    super::dot_rows(ty, isa, w, rows, acts, &mut by_row)?;
     transpose(&by_row, rows, acts.n_rows, out);
     Ok(())
 }
@@ -231,25 +268,34 @@ mod tests {
     }
 
     #[test]
-    fn a_tokens_results_do_not_depend_on_the_batch() {
-        // Continuous batching runs one slot's token beside others': its logits must be the bits
-        // it gets alone. (With one token on the plain dot kernels and five on the row-group
-        // tiles, which sum in another order, this failed.)
+    fn a_tokens_results_depend_on_its_role_not_its_batch() {
+        // Continuous batching runs one slot's token beside others': its results must be the bits
+        // it gets alone. A generated token alone (one row, the dot kernels) equals it among two
+        // prompt rows and two other generated ones; a prompt token in a chunk of two equals it
+        // in a chunk of five.
         let rows = 37;
         let types = [GgmlType::Q8_0, GgmlType::Q5_0, GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::F16, GgmlType::Q4_0];
         for (ty, n) in types.into_iter().zip([96, 96, 512, 512, 96, 96]) {
             let mut w = vec![0u8; rows * ty.row_bytes(n as u64).unwrap() as usize];
             quantize_row(ty, &values(rows * n, 3), &mut w).unwrap();
             let x = values(5 * n, 4);
-            let batch = QuantizedActs::new(ty, &x, n).unwrap();
-            let mut together = vec![0f32; rows * 5];
-            matmul(ty, Isa::best(), &w, rows, &batch, &mut together).unwrap();
+            let run = |acts: &QuantizedActs| {
+                let mut out = vec![0f32; rows * acts.n_rows];
+                matmul(ty, Isa::best(), &w, rows, acts, &mut out).unwrap();
+                out.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            };
+            let mixed = run(&QuantizedActs::new(ty, &x, n).unwrap().with_tiled(2));
+            let prompt = run(&QuantizedActs::new(ty, &x, n).unwrap());
             for t in 0..5 {
-                let alone_acts = QuantizedActs::new(ty, &x[t * n..(t + 1) * n], n).unwrap();
-                let mut alone = vec![0f32; rows];
-                matmul(ty, Isa::best(), &w, rows, &alone_acts, &mut alone).unwrap();
-                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                assert_eq!(bits(&alone), bits(&together[t * rows..(t + 1) * rows]), "{ty:?} token {t}");
+                let alone = QuantizedActs::new(ty, &x[t * n..(t + 1) * n], n).unwrap();
+                let got = &mixed[t * rows..(t + 1) * rows];
+                if t < 2 {
+                    let pair = run(&QuantizedActs::new(ty, &x[..2 * n], n).unwrap());
+                    assert_eq!(pair[t * rows..(t + 1) * rows], *got, "{ty:?} prompt token {t}");
+                    assert_eq!(prompt[t * rows..(t + 1) * rows], *got, "{ty:?} prompt token {t}");
+                } else {
+                    assert_eq!(run(&alone), got, "{ty:?} generated token {t}");
+                }
             }
         }
     }

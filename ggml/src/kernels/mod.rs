@@ -79,26 +79,26 @@ macro_rules! dot_kernels {
             }
         }
 
-        /// `by_row[r * n_tokens + t] = W[r] · acts[t]` for `rows` weight rows and `n_tokens`
-        /// activation rows: the kernel is chosen and the operands are cast once, then rows
-        /// are split across threads.
+        /// `by_row[r * n_tokens + t] = W[r] · acts[t]` for `rows` weight rows and the
+        /// `n_tokens` rows of `acts` (its prompt rows on the tiles): the kernel is chosen and the
+        /// operands are cast once, then rows are split across threads.
         pub(crate) fn dot_rows(
             ty: GgmlType,
             isa: Isa,
             w: &[u8],
             rows: usize,
-            acts: &[u8],
-            n_tokens: usize,
+            acts: &matmul::QuantizedActs,
             by_row: &mut [f32],
         ) -> Result<(), QuantError> {
+            let (n_tokens, tiled) = (acts.n_rows, acts.tiled);
             match ty {
                 $( GgmlType::$ty => {
                     let w: &[$w] = cast_blocks(ty, w)?;
                     let a_ty = dot_type(ty).expect("listed types have a dot type");
-                    let a: &[$a] = cast_blocks(a_ty, acts)?;
+                    let a: &[$a] = cast_blocks(a_ty, acts.bytes())?;
                     check_pair(ty, w.len() / rows.max(1), a_ty, a.len() / n_tokens.max(1))?;
                     let tiles: Option<tile::Tiles<$w, $a>> = pick_tile!($module, isa $(, $tiled)?);
-                    matmul::dot_rows_with(pick!($module, isa), tiles, w, rows, a, n_tokens, by_row);
+                    matmul::dot_rows_with(pick!($module, isa), tiles, w, rows, a, n_tokens, tiled, by_row);
                     Ok(())
                 } )*
                 _ => Err(QuantError::Unsupported(ty)),

@@ -81,7 +81,10 @@ impl GateUp<'_> {
 /// `out[t] += Σ_k weight * expert_ffn(x[t])` over each token's `(expert, weight)` choices.
 /// `x` is `n_tokens × H` (the experts' input, already normed), `choices` is `n_tokens × k`,
 /// `out` is `n_tokens × H`. A choice of weight 0 is skipped (its expert is not run for that
-/// token): how a caller hands the CPU only the choices another device does not run.
+/// token): how a caller hands the CPU only the choices another device does not run. The first
+/// `prompt_tokens` rows of `x` are prompt tokens, the rest generated ones (which kernels run
+/// them: [`QuantizedActs`]).
+#[allow(clippy::too_many_arguments)]
 pub fn moe_ffn(
     isa: Isa,
     gate_up: GateUp,
@@ -89,6 +92,7 @@ pub fn moe_ffn(
     x: &[f32],
     choices: &[(usize, f32)],
     k: usize,
+    prompt_tokens: usize,
     out: &mut [f32],
 ) -> Result<(), QuantError> {
     let h = down.rows;
@@ -117,9 +121,11 @@ pub fn moe_ffn(
     }
 
     // Each token's input quantized once, for all of its experts.
-    let x_acts = QuantizedActs::new(gate_up.input_type(), x, h)?;
+    let x_acts = QuantizedActs::new(gate_up.input_type(), x, h)?.with_tiled(prompt_tokens);
     let x_up_acts = match gate_up {
-        GateUp::Split { gate, up } if up.ty != gate.ty => Some(QuantizedActs::new(up.ty, x, h)?),
+        GateUp::Split { gate, up } if up.ty != gate.ty => {
+            Some(QuantizedActs::new(up.ty, x, h)?.with_tiled(prompt_tokens))
+        }
         _ => None,
     };
     // With at least as many chosen experts as threads, the experts run side by side, each
@@ -191,7 +197,7 @@ fn expert_ffn(
         }
     }
     gelu_mul_with(isa, &mut gate, &up);
-    let hidden_acts = QuantizedActs::new(down.ty, &gate, width)?;
+    let hidden_acts = QuantizedActs::new(down.ty, &gate, width)?.with_tiled(acts.tiled);
     let mut y = vec![0f32; m * h];
     matmul(down.ty, isa, down.expert(e), h, &hidden_acts, &mut y)?;
     Ok(y)
@@ -269,6 +275,7 @@ mod tests {
             &x,
             &choices,
             k,
+            n_tokens,
             &mut out,
         )
         .unwrap();
@@ -292,7 +299,7 @@ mod tests {
         };
         let mut split = vec![0f32; n_tokens * h];
         let split_gu = GateUp::Split { gate: experts(&gate_q, width, h), up: experts(&up_q, width, h) };
-        moe_ffn(Isa::best(), split_gu, experts(&down_q, h, width), &x, &choices, k, &mut split).unwrap();
+        moe_ffn(Isa::best(), split_gu, experts(&down_q, h, width), &x, &choices, k, n_tokens, &mut split).unwrap();
         assert_eq!(split, out);
     }
 
@@ -313,7 +320,7 @@ mod tests {
         let run = |choices: &[(usize, f32)], k: usize| {
             let mut out = vec![0f32; n_tokens * h];
             let gate_up = GateUp::Fused(experts(&gu, 2 * width, h));
-            moe_ffn(Isa::best(), gate_up, experts(&down, h, width), &x, choices, k, &mut out).unwrap();
+            moe_ffn(Isa::best(), gate_up, experts(&down, h, width), &x, choices, k, n_tokens, &mut out).unwrap();
             out
         };
         let with_zeros = run(&[(0, 0.6), (2, 0.0), (2, 0.0), (1, 0.3)], k);

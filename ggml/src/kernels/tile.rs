@@ -2,9 +2,9 @@
 //! takes [`ROWS`] weight rows and every token: it unpacks the rows' blocks once into a small
 //! buffer (L1/L2-resident), then runs [`TOKENS`] tokens at a time against them (the rest one
 //! by one), so each weight block is decoded once per matmul rather than once per token, each
-//! activation chunk is loaded once for every row, and the accumulators stay in registers. A
-//! matvec has little reuse to gain, but takes the same kernels, so that a token's results never
-//! depend on how many tokens share its matmul.
+//! activation chunk is loaded once for every row, and the accumulators stay in registers. They
+//! run the prompt tokens of a matmul, however few; generated tokens, which gain little from
+//! them, stay on the plain dot kernels ([`super::matmul::QuantizedActs`]).
 //!
 //! So far on AVX-512 VNNI: for the weight types whose dot type is Q8_0 and whose blocks decode
 //! to 32 signed bytes and one f16 scale (Q8_0, Q5_0: [`group_q8_avx512`]), and for Q4_K and
