@@ -186,6 +186,7 @@ fn a_load_of_200_requests_from_16_clients() {
     let server = Server::start("gemma-3-270m-q4_k_m.gguf", &["--parallel", "4", "-c", "8192", "--queue", "16"]);
     let out = server.check("load", &[]);
     assert!(out.contains("load ok"), "{out}");
+    println!("{out}");
     // 499: a client that went away mid-stream.
     server.assert_clean_log(&[200, 499, 503]);
     let statuses = server.statuses();

@@ -219,12 +219,13 @@ def check_busy(args):
     """One slot, a queue of one: a third request at once is turned away with 503 and
     Retry-After, and the other two are served."""
     raw = Raw(args.base, args.key)
-    body = {"prompt": "Once upon a time", "max_tokens": 48, "temperature": 0}
+    # Long enough (several seconds) that the first is still running when the third comes.
+    body = {"prompt": "Once upon a time", "max_tokens": 300, "temperature": 0, "ignore_eos": True}
     with futures.ThreadPoolExecutor(4) as pool:
         first = pool.submit(raw.json, "POST", "/v1/completions", body)
-        time.sleep(0.5)
+        time.sleep(0.3)
         second = pool.submit(raw.json, "POST", "/v1/completions", body)
-        time.sleep(0.5)
+        time.sleep(0.3)
         h = expect_error(raw, "POST", "/v1/completions", body, 503)
         check(h.get("retry-after") == "1", f"Retry-After: {h}")
         a, b = first.result(), second.result()
