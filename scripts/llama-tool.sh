@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Builds one of llama.cpp's tools (llama-bench, llama-perplexity, llama-server, ...) once, from the
-# llama-cpp-python==0.3.36 sdist's vendored llama.cpp (cmake, -DGGML_NATIVE=ON), into
-# ~/.cache/gemma.rs/llama-bench/build/bin, and prints its path. The oracle for our speed and
-# perplexity comparisons; not part of the runtime.
+# Builds one of llama.cpp's tools (llama-bench, llama-perplexity, llama-server, llama-mtmd-cli,
+# ...) once, from the llama-cpp-python==0.3.36 sdist's vendored llama.cpp (cmake,
+# -DGGML_NATIVE=ON), into ~/.cache/gemma.rs/llama-bench/build/bin, and prints its path. The oracle
+# for our speed and perplexity comparisons; not part of the runtime.
 #
 #   scripts/llama-tool.sh llama-perplexity
 set -euo pipefail

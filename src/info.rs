@@ -27,6 +27,9 @@ pub struct ModelInfo {
     /// Bytes and tensors per tensor type, largest first.
     pub type_mix: Vec<TypeShare>,
     pub hparams: Hparams,
+    /// An mmproj's vision encoder (`general.architecture = "clip"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vision: Option<VisionInfo>,
     pub tokenizer: Option<TokenizerInfo>,
     /// Length in bytes of `tokenizer.chat_template`, if the file has one.
     pub chat_template_bytes: Option<usize>,
@@ -279,6 +282,7 @@ impl ModelInfo {
                 split: None,
             },
             hparams,
+            vision: VisionInfo::read(h),
             tokenizer: TokenizerInfo::read(h),
             chat_template_bytes: h.get("tokenizer.chat_template").and_then(Value::as_str).map(str::len),
             metadata: h.metadata.iter().map(|(k, v)| (k.clone(), value_json(v))).collect(),
@@ -395,6 +399,9 @@ impl ModelInfo {
             );
         }
         self.hparams.describe(&mut line);
+        if let Some(v) = &self.vision {
+            v.describe(&mut line);
+        }
         match &self.tokenizer {
             Some(t) => t.describe(&mut line),
             None => line("tokenizer", "none".into()),
@@ -418,6 +425,9 @@ impl ModelInfo {
                     human_bytes(kv),
                     human_bytes(m.weights_bytes + kv)
                 ),
+                None if self.vision.is_some() => {
+                    format!("weights {} (an image encoder: no KV cache)", human_bytes(m.weights_bytes))
+                }
                 None => format!("weights {} (KV cache: unknown layer shapes)", human_bytes(m.weights_bytes)),
             },
         );
@@ -459,6 +469,78 @@ impl ModelInfo {
             }
         }
         s
+    }
+}
+
+/// What an mmproj's header says about its vision encoder.
+#[derive(Debug, Serialize)]
+pub struct VisionInfo {
+    pub projector_type: Option<String>,
+    pub n_block: Option<u64>,
+    pub n_embd: Option<u64>,
+    pub n_head: Option<u64>,
+    pub n_ff: Option<u64>,
+    pub patch_size: Option<u64>,
+    /// The text model's hidden size it projects to (a model with another is refused).
+    pub projection_dim: Option<u64>,
+    /// Entries of each position table: the longest side, in patches.
+    pub n_pos: Option<u64>,
+    /// Projections with clamp bounds (`Gemma4ClippableLinear`).
+    pub n_clamped: usize,
+}
+
+impl VisionInfo {
+    fn read(h: &GgufHeader) -> Option<VisionInfo> {
+        if h.architecture() != Some("clip") {
+            return None;
+        }
+        let u = |k: &str| h.get(k).and_then(Value::as_u64);
+        let projector = h.get("clip.vision.projector_type").or_else(|| h.get("clip.projector_type"));
+        Some(VisionInfo {
+            projector_type: projector.and_then(Value::as_str).map(str::to_string),
+            n_block: u("clip.vision.block_count"),
+            n_embd: u("clip.vision.embedding_length"),
+            n_head: u("clip.vision.attention.head_count"),
+            n_ff: u("clip.vision.feed_forward_length"),
+            patch_size: u("clip.vision.patch_size"),
+            projection_dim: u("clip.vision.projection_dim"),
+            n_pos: h.tensor("v.position_embd.weight").and_then(|t| t.dims.get(1).copied()),
+            n_clamped: h.tensors.iter().filter(|t| t.name.ends_with(".input_min")).count(),
+        })
+    }
+
+    fn describe(&self, line: &mut impl FnMut(&str, String)) {
+        let n = |v: Option<u64>| v.map_or_else(|| "?".to_string(), |v| v.to_string());
+        line(
+            "vision",
+            format!(
+                "{} encoder: {} blocks, hidden {}, {} heads, feed-forward {}, {}-pixel patches",
+                self.projector_type.as_deref().unwrap_or("(no projector type)"),
+                n(self.n_block),
+                n(self.n_embd),
+                n(self.n_head),
+                n(self.n_ff),
+                n(self.patch_size)
+            ),
+        );
+        line(
+            "projector",
+            format!(
+                "to a hidden size of {} (the text model's); positions up to {} patches a side; {} clamped projections",
+                n(self.projection_dim),
+                n(self.n_pos),
+                self.n_clamped
+            ),
+        );
+        if self.projector_type.as_deref() == Some("gemma4v") {
+            line(
+                "images",
+                format!(
+                    "70, 140, 280 (default), 560 or 1120 soft tokens each (--image-tokens): one per {0}x{0} pixels",
+                    3 * self.patch_size.unwrap_or(16)
+                ),
+            );
+        }
     }
 }
 

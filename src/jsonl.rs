@@ -18,6 +18,7 @@
 //! system message, a conversation grown by one turn) runs only its new tokens.
 
 use std::io::{self, BufRead, Write};
+use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
 use serde::{Deserialize, Serialize};
@@ -28,6 +29,8 @@ use crate::chat::{ChatTemplate, Message, RenderOptions};
 use crate::run::{StopReason, Timings};
 use crate::sample::{Sampler, SamplerConfig};
 use crate::session::Session;
+use crate::vision::prompt::{expand, ImageTokens};
+use crate::vision::Images;
 
 #[derive(Debug, Error)]
 pub enum JsonlError {
@@ -114,6 +117,7 @@ pub fn serve(
     session: &mut Session,
     template: &Template,
     options: &JsonlOptions,
+    mut images: Option<&mut Images>,
     input: &mut dyn BufRead,
     output: &mut dyn Write,
 ) -> Result<Summary, JsonlError> {
@@ -129,7 +133,7 @@ pub fn serve(
         }
         summary.requests += 1;
         let mut id = Value::Null;
-        let json = match answer(session, template, options, &line, &mut id) {
+        let json = match answer(session, template, options, images.as_deref_mut(), &line, &mut id) {
             Ok(response) => serde_json::to_string(&response),
             Err(error) => {
                 summary.errors += 1;
@@ -146,6 +150,7 @@ fn answer(
     session: &mut Session,
     template: &Template,
     options: &JsonlOptions,
+    images: Option<&mut Images>,
     line: &[u8],
     id: &mut Value,
 ) -> Result<Response, String> {
@@ -167,10 +172,15 @@ fn answer(
         };
         template.render(messages, &opts).map_err(|e| e.to_string())
     };
+    // The image parts of the messages, in order: where the template writes <|image|>.
+    let mut parts = Vec::new();
     let (text, parse_special) = match (request.prompt, request.messages) {
         (Some(_), Some(_)) => return Err("give either \"prompt\" or \"messages\", not both".into()),
         (None, None) => return Err("missing \"prompt\" or \"messages\"".into()),
-        (None, Some(messages)) => (render(&messages, request.tools)?, true),
+        (None, Some(messages)) => {
+            parts = messages.iter().flat_map(|m| m.content.images().into_iter().cloned()).collect();
+            (render(&messages, request.tools)?, true)
+        }
         (Some(prompt), None) if options.chat => {
             let messages: Vec<Message> =
                 options.system.clone().map(Message::system).into_iter().chain([Message::user(prompt)]).collect();
@@ -183,6 +193,24 @@ fn answer(
     if prompt.is_empty() {
         return Err("the prompt is empty".into());
     }
+    let (prompt, chunks) = match (parts.is_empty(), images) {
+        (true, _) => (prompt, Vec::new()),
+        (false, None) => {
+            return Err("the messages hold images: start with --mmproj (or an mmproj*.gguf beside the model)".into())
+        }
+        (false, Some(images)) => {
+            let encoded = (parts.iter())
+                .enumerate()
+                .map(|(i, p)| images.encode_part(p, Path::new(".")).map_err(|e| format!("image {}: {e}", i + 1)))
+                .collect::<Result<Vec<_>, String>>()?;
+            let generator = session.generator();
+            let ids = ImageTokens::find(&generator.tokenizer).map_err(|e| e.to_string())?;
+            if generator.model.vram_bytes().is_some() {
+                return Err("images need every layer on the CPU for now: use -ngl 0".into());
+            }
+            expand(&prompt, &encoded, ids, generator.tokenizer.bos())?
+        }
+    };
     let n_predict = request.n_predict.unwrap_or(options.n_predict);
     if prompt.len() + n_predict > session.context() {
         return Err(format!(
@@ -206,7 +234,7 @@ fn answer(
     };
 
     let never = AtomicBool::new(false);
-    let prefill = session.prefill(&prompt, &never).map_err(|e| e.to_string())?;
+    let prefill = session.prefill_images(&prompt, &chunks, &never).map_err(|e| e.to_string())?;
     let done =
         (session.generate(&mut sampler, Some(n_predict), &stop, &never, &mut |_| Ok(()))).map_err(|e| e.to_string())?;
     Ok(Response {

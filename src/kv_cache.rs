@@ -57,7 +57,7 @@ use std::fmt;
 use std::mem::size_of;
 
 use ggml::attention::rotation::{k_rotation, rotate, v_rotation};
-use ggml::attention::{attention, AttnShape, KvData, KvElem, KvSlots};
+use ggml::attention::{attention_to, AttnShape, KvData, KvElem, KvSlots};
 pub use ggml::attention::{KvType, ParseKvTypeError};
 use ggml::kernels::Isa;
 use ggml::quants::q4_0::BlockQ4_0;
@@ -551,6 +551,20 @@ impl LayerCache {
     /// into `out` ([`attention`] at instruction-set level `isa`), with the queries rotated as
     /// the stored keys are and the output rotated back from the stored values' rotation.
     pub fn attend(&self, isa: Isa, shape: &AttnShape, q: &[f32], q_pos: &[usize], out: &mut [f32]) {
+        self.attend_to(isa, shape, q, q_pos, q_pos, out)
+    }
+
+    /// [`attend`](Self::attend) where query `t` sees keys up to position `q_last[t]`
+    /// ([`AttnShape::visible_to`]: an image's soft tokens on a sliding layer).
+    pub fn attend_to(
+        &self,
+        isa: Isa,
+        shape: &AttnShape,
+        q: &[f32],
+        q_pos: &[usize],
+        q_last: &[usize],
+        out: &mut [f32],
+    ) {
         let q = match self.rot_k {
             Some(n) => {
                 let mut q = q.to_vec();
@@ -559,7 +573,7 @@ impl LayerCache {
             }
             None => std::borrow::Cow::Borrowed(q),
         };
-        attention(isa, shape, &q, q_pos, self.slots(), out);
+        attention_to(isa, shape, &q, q_pos, q_last, self.slots(), out);
         if let Some(n) = self.rot_v {
             rotate(out, n);
         }

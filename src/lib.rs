@@ -15,3 +15,4 @@ pub mod serve;
 pub mod session;
 pub mod stop;
 pub mod tokenizer;
+pub mod vision;

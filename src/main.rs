@@ -20,6 +20,7 @@ use gemma::run::{Generator, Prompt, RunError, RunOptions};
 use gemma::sample::SamplerConfig;
 use gemma::session::Session;
 use gemma::tokenizer::Tokenizer;
+use gemma::vision::{Images, PromptImage, VisionError, VisionTower};
 use ggml::gguf::GgufFile;
 use ggml::output::PendingFile;
 use indicatif::ProgressBar;
@@ -105,6 +106,15 @@ enum Command {
         /// Value cache types to time (-ctv)
         #[arg(long = "cache-type-v", value_name = "TYPES", value_delimiter = ',', default_value = "f16")]
         cache_type_v: Vec<KvType>,
+        /// Also time encoding an image with this mmproj (ms per image, after one warm-up)
+        #[arg(long, value_name = "FILE")]
+        mmproj: Option<PathBuf>,
+        /// The image to encode with --mmproj (default: a generated 640x640 gradient)
+        #[arg(long, value_name = "FILE", requires = "mmproj")]
+        image: Option<PathBuf>,
+        /// Soft tokens per image for --mmproj: 70, 140, 280, 560 or 1120
+        #[arg(long = "image-tokens", value_name = "N", default_value_t = 280)]
+        image_tokens: usize,
         #[command(flatten)]
         gpu: GpuArgs,
     },
@@ -379,6 +389,16 @@ struct RunArgs {
     n_predict: usize,
     #[command(flatten)]
     sampling: SamplingArgs,
+    /// An image for the prompt (repeatable): where the prompt says <|image|>, in order, or
+    /// before the text. Needs --mmproj, or an mmproj*.gguf beside the model
+    #[arg(long = "image", value_name = "FILE", conflicts_with = "jsonl")]
+    images: Vec<PathBuf>,
+    /// The vision encoder (an mmproj GGUF, as llama.cpp's converter writes it)
+    #[arg(long, value_name = "FILE")]
+    mmproj: Option<PathBuf>,
+    /// Soft tokens per image: 70, 140, 280, 560 or 1120
+    #[arg(long = "image-tokens", value_name = "N", default_value_t = 280)]
+    image_tokens: usize,
     /// Treat special-token text in the prompt as plain text
     #[arg(long)]
     no_special: bool,
@@ -426,6 +446,12 @@ struct ChatArgs {
     /// Keep no input history (by default it is kept in the user's data directory)
     #[arg(long)]
     no_history: bool,
+    /// The vision encoder for /image (an mmproj GGUF; default: the mmproj*.gguf beside the model)
+    #[arg(long, value_name = "FILE")]
+    mmproj: Option<PathBuf>,
+    /// Soft tokens per image: 70, 140, 280, 560 or 1120
+    #[arg(long = "image-tokens", value_name = "N", default_value_t = 280)]
+    image_tokens: usize,
     /// No banner and no stats line after each reply
     #[arg(short = 'q', long)]
     quiet: bool,
@@ -577,6 +603,9 @@ fn run(cli: Cli) -> Result<()> {
             output,
             cache_type_k,
             cache_type_v,
+            mmproj,
+            image,
+            image_tokens,
             gpu,
         } => {
             let threads = if threads.is_empty() { vec![num_cpus::get_physical()] } else { threads };
@@ -608,13 +637,28 @@ fn run(cli: Cli) -> Result<()> {
                 if !lines.is_empty() {
                     println!("\n{}", lines.join("\n"));
                 }
+                if let Some(path) = &mmproj {
+                    let timing = bench_image(path, image.as_deref(), image_tokens, options.threads[0], repetitions)?;
+                    println!("\n{timing}");
+                }
                 let rss = report.peak_rss.map_or("unknown".to_string(), gemma::info::human_bytes);
                 let vram =
                     report.peak_vram.map(|v| format!(", VRAM {}", gemma::info::human_bytes(v))).unwrap_or_default();
                 println!("\nload {:.0} ms, peak RSS {rss}{vram}", report.load_ms);
                 Ok(())
             } else {
-                print(&(serde_json::to_string_pretty(&report.to_llama_bench_json())? + "\n"))
+                let mut json = report.to_llama_bench_json();
+                if let Some(path) = &mmproj {
+                    let timing = bench_image(path, image.as_deref(), image_tokens, options.threads[0], repetitions)?;
+                    // One more entry of llama-bench's array of results.
+                    let mut entry = serde_json::to_value(&timing)?;
+                    entry["test"] = format!("image{}", timing.n_soft).into();
+                    match json.as_array_mut() {
+                        Some(results) => results.push(entry),
+                        None => json = serde_json::json!([json, entry]),
+                    }
+                }
+                print(&(serde_json::to_string_pretty(&json)? + "\n"))
             }
         }
         Command::Tokenize { model, text, no_bos, no_special, json } => {
@@ -651,9 +695,20 @@ fn run_command(args: RunArgs) -> Result<()> {
         let gguf = GgufFile::open(&model)?;
         let template = chat_template(&gguf);
         let interactive = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+        // Messages may hold images: the mmproj given, or the one beside the model, if any.
+        let tower = match (&args.mmproj, beside(&model)?) {
+            (None, None) => None,
+            (mmproj, _) => Some(load_vision(mmproj.as_deref(), &model, args.image_tokens, args.quiet)?),
+        };
         let mut generator = load(gguf, !args.quiet && interactive, &offload, args.quiet)
             .with_context(|| model.display().to_string())?;
-        let mut session = Session::new(&mut generator, ctx_size, kv_types, batch_size)?;
+        let mut images = tower.map(|t| Images::new(t, generator.model.n_embd(), args.image_tokens)).transpose()?;
+        let mut session = Session::new(
+            &mut generator,
+            ctx_size,
+            kv_types,
+            image_batch(batch_size, images.is_some(), args.image_tokens),
+        )?;
         let options = JsonlOptions {
             n_predict: args.n_predict,
             sampling: args.sampling.config(),
@@ -664,7 +719,7 @@ fn run_command(args: RunArgs) -> Result<()> {
             think: args.think,
         };
         let (mut input, mut output) = (std::io::stdin().lock(), std::io::stdout().lock());
-        let summary = match jsonl::serve(&mut session, &template, &options, &mut input, &mut output) {
+        let summary = match jsonl::serve(&mut session, &template, &options, images.as_mut(), &mut input, &mut output) {
             Err(JsonlError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
             r => r?,
         };
@@ -689,6 +744,13 @@ fn run_command(args: RunArgs) -> Result<()> {
         Prompt::Text(text) if args.chat => Prompt::Text(chat_prompt(&gguf, args.system, text, args.think)?),
         prompt => prompt,
     };
+    if !args.images.is_empty() && args.chat {
+        return Err(UsageError("--image with --chat is not supported yet: put <|image|> in a raw prompt".into()).into());
+    }
+    let vision = match args.images.is_empty() {
+        true => None,
+        false => Some(load_vision(args.mmproj.as_deref(), &model, args.image_tokens, args.quiet)?),
+    };
     // Created before the model loads, so that a bad path fails at once.
     let mut logits = (args.logits_out.as_ref())
         .map(|path| {
@@ -700,17 +762,26 @@ fn run_command(args: RunArgs) -> Result<()> {
         prompt,
         n_predict: args.n_predict,
         context: ctx_size,
-        batch: batch_size,
+        batch: image_batch(batch_size, vision.is_some(), args.image_tokens),
         parse_special: !args.no_special,
         sampling: args.sampling.config(),
         stop: args.stop,
         kv_types,
+        images: Vec::new(),
     };
+    let mut options = options;
     let mut stdout = std::io::stdout().lock();
     let mut sink = std::io::sink();
     let out: &mut dyn Write = if args.json { &mut sink } else { &mut stdout };
     let loaded = load(gguf, !args.quiet && std::io::stdout().is_terminal(), &offload, args.quiet);
     let logits_out = logits.as_mut().map(|f| f as &mut dyn Write);
+    let loaded = loaded.and_then(|g| {
+        if let Some(tower) = vision {
+            let mut images = Images::new(tower, g.model.n_embd(), args.image_tokens)?;
+            options.images = encode_images(&mut images, &args.images, args.quiet)?;
+        }
+        Ok(g)
+    });
     let done = match loaded.and_then(|mut g| g.generate(&options, out, logits_out)) {
         // A closed pipe (`gemma run ... | head -c 100`) ends the run quietly; the logits,
         // written before the first token, are complete.
@@ -864,20 +935,25 @@ fn chat_command(args: ChatArgs) -> Result<()> {
     let gguf = GgufFile::open(&model)?;
     let template = ChatTemplate::from_gguf(&gguf.header).with_context(|| model.display().to_string())?;
     let bos_eos = ChatTemplate::bos_eos(&gguf.header).with_context(|| model.display().to_string())?;
+    let tower = match (&args.mmproj, beside(&model)?) {
+        (None, None) => None,
+        (mmproj, _) => Some(load_vision(mmproj.as_deref(), &model, args.image_tokens, args.quiet)?),
+    };
     let mut generator = load(gguf, !args.quiet, &offload, args.quiet).with_context(|| model.display().to_string())?;
+    let images = tower.map(|t| Images::new(t, generator.model.n_embd(), args.image_tokens)).transpose()?;
     let options = ChatOptions {
         model_name: model.file_name().map_or_else(|| model.display().to_string(), |n| n.to_string_lossy().into()),
         system: args.system,
         think: args.think,
         context: ctx_size,
-        batch: batch_size,
+        batch: image_batch(batch_size, images.is_some(), args.image_tokens),
         kv_types,
         n_predict: args.n_predict,
         sampling: args.sampling.config(),
         quiet: args.quiet,
         history: if args.no_history { None } else { repl::default_history_path() },
     };
-    Ok(repl::run(&mut generator, template, bos_eos, options)?)
+    Ok(repl::run(&mut generator, template, bos_eos, options, images)?)
 }
 
 /// `-c` when not given (per slot, for serve).
@@ -946,6 +1022,173 @@ fn load(gguf: GgufFile, progress: bool, offload: &Offload, quiet: bool) -> Resul
         }
     }
     generator
+}
+
+/// The vision encoder for `--image`: `mmproj`, or the one mmproj*.gguf beside `model` (said on
+/// stderr).
+fn load_vision(
+    mmproj: Option<&std::path::Path>,
+    model: &std::path::Path,
+    budget: usize,
+    quiet: bool,
+) -> Result<VisionTower> {
+    if !gemma::vision::BUDGETS.contains(&budget) {
+        return Err(VisionError::Budget(budget).into());
+    }
+    let path = match mmproj {
+        Some(p) => p.to_path_buf(),
+        None => match beside(model)? {
+            Some(p) => {
+                if !quiet {
+                    eprintln!("gemma: using the vision encoder {} (beside the model)", p.display());
+                }
+                p
+            }
+            None => {
+                let dir = model.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+                return Err(UsageError(format!("images need --mmproj (no mmproj*.gguf in {})", dir.display())).into());
+            }
+        },
+    };
+    let gguf = GgufFile::open(&path).with_context(|| path.display().to_string())?;
+    VisionTower::load(gguf).with_context(|| path.display().to_string())
+}
+
+/// The prompt batch: `-b`, raised where images are taken to hold one image and the token before
+/// it (an image's soft tokens run in one pass, and the sliding layers' rings hold one batch).
+fn image_batch(batch: usize, images: bool, budget: usize) -> usize {
+    if images {
+        batch.max(budget + 1)
+    } else {
+        batch
+    }
+}
+
+/// The one `mmproj*.gguf` in the model's folder; an error when there are several.
+fn beside(model: &std::path::Path) -> Result<Option<PathBuf>> {
+    let dir = model.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(None) };
+    let mut found: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            name.starts_with("mmproj") && name.ends_with(".gguf")
+        })
+        .collect();
+    match found.len() {
+        0 | 1 => Ok(found.pop()),
+        _ => Err(UsageError(format!("several mmproj*.gguf in {}; name one with --mmproj", dir.display())).into()),
+    }
+}
+
+/// Each image file decoded, resized to its budget and encoded, with a line on stderr each.
+fn encode_images(
+    images: &mut Images,
+    paths: &[PathBuf],
+    quiet: bool,
+) -> Result<Vec<std::sync::Arc<PromptImage>>, RunError> {
+    paths
+        .iter()
+        .map(|path| {
+            let start = std::time::Instant::now();
+            let bytes = std::fs::read(path)
+                .map_err(|e| VisionError::Image { file: path.display().to_string(), problem: e.to_string() })?;
+            let image = images.encode(&path.display().to_string(), &bytes)?;
+            if !quiet {
+                eprintln!(
+                    "gemma: {}: {}x{} -> {}x{}, {} soft tokens, encoded in {:.0} ms",
+                    path.display(),
+                    image.size.0,
+                    image.size.1,
+                    image.resized.0,
+                    image.resized.1,
+                    image.n_soft,
+                    start.elapsed().as_secs_f64() * 1e3
+                );
+            }
+            Ok(image)
+        })
+        .collect()
+}
+
+/// How long the vision encoder takes on one image (`gemma bench --mmproj`).
+#[derive(serde::Serialize)]
+struct ImageTiming {
+    mmproj: String,
+    image: String,
+    width: usize,
+    height: usize,
+    n_patches: usize,
+    n_soft: usize,
+    n_threads: usize,
+    samples_ms: Vec<f64>,
+    avg_ms: f64,
+    stddev_ms: f64,
+}
+
+impl std::fmt::Display for ImageTiming {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "image encode: {:.1} ± {:.1} ms/image ({}: {}x{} px, {} patches -> {} soft tokens, {} threads)",
+            self.avg_ms,
+            self.stddev_ms,
+            self.image,
+            self.width,
+            self.height,
+            self.n_patches,
+            self.n_soft,
+            self.n_threads
+        )
+    }
+}
+
+/// Times `repetitions` encodes of `image` (or a generated gradient) with the mmproj at `path`,
+/// after one warm-up, on `threads` threads.
+fn bench_image(
+    path: &std::path::Path,
+    image: Option<&std::path::Path>,
+    budget: usize,
+    threads: usize,
+    repetitions: usize,
+) -> Result<ImageTiming> {
+    if !gemma::vision::BUDGETS.contains(&budget) {
+        return Err(VisionError::Budget(budget).into());
+    }
+    let vision = VisionTower::load(GgufFile::open(path)?).with_context(|| path.display().to_string())?;
+    let (name, img) = match image {
+        Some(p) => (p.display().to_string(), gemma::vision::image::load(p)?),
+        None => {
+            let img = image::RgbImage::from_fn(640, 640, |x, y| {
+                image::Rgb([(x % 256) as u8, (y % 256) as u8, ((x + y) % 256) as u8])
+            });
+            ("a 640x640 gradient".to_string(), img)
+        }
+    };
+    let s = vision.shape;
+    let pixels = gemma::vision::image::preprocess(&img, s.patch_size, s.pool, budget);
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads.max(1)).build()?;
+    let mut samples = Vec::new();
+    for i in 0..=repetitions.max(1) {
+        let start = std::time::Instant::now();
+        pool.install(|| vision.encode(&pixels))?;
+        if i > 0 {
+            samples.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    let (avg_ms, stddev_ms) = bench::mean_stddev(&samples);
+    Ok(ImageTiming {
+        mmproj: path.display().to_string(),
+        image: name,
+        width: pixels.width,
+        height: pixels.height,
+        n_patches: (pixels.width / s.patch_size) * (pixels.height / s.patch_size),
+        n_soft: pixels.n_soft(s.pool),
+        n_threads: threads,
+        samples_ms: samples,
+        avg_ms,
+        stddev_ms,
+    })
 }
 
 /// The model's chat template for `--jsonl` requests, or why it has none.

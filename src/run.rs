@@ -4,6 +4,7 @@
 
 use std::io::Write;
 use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ggml::gguf::GgufFile;
@@ -15,6 +16,8 @@ use crate::model::{Model, ModelError, Offload, Stopped};
 use crate::sample::{Sampler, SamplerConfig, SamplerError};
 use crate::session::Session;
 use crate::tokenizer::{Tokenizer, TokenizerError};
+use crate::vision::prompt::{expand, ImageTokens};
+use crate::vision::PromptImage;
 
 #[derive(Debug, Error)]
 pub enum RunError {
@@ -42,6 +45,10 @@ pub enum RunError {
     Logits(std::io::Error),
     #[error("the GPU failed during a forward pass: {0}")]
     Device(String),
+    #[error(transparent)]
+    Vision(#[from] crate::vision::VisionError),
+    #[error("{0}")]
+    Images(String),
 }
 
 /// The logits of a pass that nothing cancels (its [`crate::model::Cancel`] is `Never`): it
@@ -78,6 +85,8 @@ pub struct RunOptions {
     pub stop: Vec<String>,
     /// Element type of the KV cache.
     pub kv_types: KvTypes,
+    /// Encoded images: where the prompt says `<|image|>`, in order, or before the text.
+    pub images: Vec<Arc<PromptImage>>,
 }
 
 /// Why generation ended.
@@ -182,6 +191,19 @@ impl Generator {
             Prompt::Text(text) => self.tokenize_prompt(text, options.parse_special),
             Prompt::Ids(ids) => ids.clone(),
         };
+        let (prompt, images) = match options.images.is_empty() {
+            true => (prompt, Vec::new()),
+            false => {
+                if self.model.vram_bytes().is_some() {
+                    return Err(RunError::Images(
+                        "images need every layer on the CPU for now (the GPU's attention has no image mask): use -ngl 0"
+                            .into(),
+                    ));
+                }
+                let ids = ImageTokens::find(&self.tokenizer)?;
+                expand(&prompt, &options.images, ids, self.tokenizer.bos()).map_err(RunError::Images)?
+            }
+        };
         if prompt.is_empty() {
             return Err(RunError::EmptyPrompt);
         }
@@ -196,8 +218,8 @@ impl Generator {
         let mut session = Session::new(self, options.context, options.kv_types, options.batch)?;
         let never = AtomicBool::new(false);
         let prefill = match logits {
-            None => session.prefill(&prompt, &never)?,
-            Some(w) => session.prefill_scored(&prompt, &never, &mut |rows| write_f32_le(w, rows))?,
+            None => session.prefill_images(&prompt, &images, &never)?,
+            Some(w) => session.prefill_scored_images(&prompt, &images, &never, &mut |rows| write_f32_le(w, rows))?,
         };
         let done = session.generate(&mut sampler, Some(options.n_predict), &options.stop, &never, &mut |piece| {
             out.write_all(piece.as_bytes())?;

@@ -24,11 +24,12 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::kv_cache::{KvCache, KvTypes};
-use crate::model::{Cancel, Cancelled, Logits, Never, Stopped};
+use crate::model::{Cancel, Cancelled, ImageRows, Logits, Never, Stopped};
 use crate::run::{uncancelled, Generator, RunError, StopReason, Timings};
 use crate::sample::Sampler;
 use crate::stop::StopStrings;
 use crate::tokenizer::Tokenizer;
+use crate::vision::ImageChunk;
 
 /// A model's cache and what is in it.
 pub struct Session<'g> {
@@ -36,6 +37,9 @@ pub struct Session<'g> {
     cache: KvCache,
     /// The tokens whose keys and values are in `cache`, one per position.
     ids: Vec<u32>,
+    /// The images among `ids` (their soft tokens are all alike; the content hash tells them
+    /// apart when a prompt is matched against the cache).
+    images: Vec<ImageChunk>,
     /// `[n_vocab]` logits after the last of `ids`, when it was the last token of a finished
     /// prefill or a generated token; empty otherwise (nothing to sample from).
     logits: Vec<f32>,
@@ -110,7 +114,15 @@ impl<'g> Session<'g> {
         batch: usize,
     ) -> Result<Self, RunError> {
         let cache = generator.model.new_cache_for(context, types, Some(batch.max(1)))?;
-        Ok(Session { generator, cache, ids: Vec::new(), logits: Vec::new(), context, batch: batch.max(1) })
+        Ok(Session {
+            generator,
+            cache,
+            ids: Vec::new(),
+            images: Vec::new(),
+            logits: Vec::new(),
+            context,
+            batch: batch.max(1),
+        })
     }
 
     pub fn tokenizer(&self) -> &Tokenizer {
@@ -145,6 +157,7 @@ impl<'g> Session<'g> {
     pub fn reset(&mut self) {
         self.cache.clear();
         self.ids.clear();
+        self.images.clear();
         self.logits.clear();
     }
 
@@ -157,7 +170,19 @@ impl<'g> Session<'g> {
     /// `cancel` is checked before every layer; a cancelled prefill leaves the cache holding the
     /// batches that ran whole (none of the one it stopped) and nothing to sample from.
     pub fn prefill(&mut self, prompt: &[u32], cancel: &dyn Cancel) -> Result<Prefill, RunError> {
-        self.run_prompt(prompt, cancel, None)
+        self.run_prompt(prompt, &[], cancel, None)
+    }
+
+    /// [`prefill`](Self::prefill) of a prompt with images ([`crate::vision::prompt::expand`]
+    /// made it): an image's soft tokens run whole in one pass, and a cached image is reused only
+    /// where the prompt has the same image (by content) at the same place.
+    pub fn prefill_images(
+        &mut self,
+        prompt: &[u32],
+        images: &[ImageChunk],
+        cancel: &dyn Cancel,
+    ) -> Result<Prefill, RunError> {
+        self.run_prompt(prompt, images, cancel, None)
     }
 
     /// Teacher-forced scoring: runs all of `prompt` from an empty cache as
@@ -170,12 +195,24 @@ impl<'g> Session<'g> {
         cancel: &dyn Cancel,
         scores: &mut dyn FnMut(&[f32]) -> io::Result<()>,
     ) -> Result<Prefill, RunError> {
-        self.run_prompt(prompt, cancel, Some(scores))
+        self.run_prompt(prompt, &[], cancel, Some(scores))
+    }
+
+    /// [`prefill_scored`](Self::prefill_scored) of a prompt with images.
+    pub fn prefill_scored_images(
+        &mut self,
+        prompt: &[u32],
+        images: &[ImageChunk],
+        cancel: &dyn Cancel,
+        scores: &mut dyn FnMut(&[f32]) -> io::Result<()>,
+    ) -> Result<Prefill, RunError> {
+        self.run_prompt(prompt, images, cancel, Some(scores))
     }
 
     fn run_prompt(
         &mut self,
         prompt: &[u32],
+        images: &[ImageChunk],
         cancel: &dyn Cancel,
         mut scores: Option<ScoreSink<'_>>,
     ) -> Result<Prefill, RunError> {
@@ -191,25 +228,40 @@ impl<'g> Session<'g> {
         if let Some(&id) = prompt.iter().find(|&&id| id as usize >= n_vocab) {
             return Err(RunError::TokenOutOfRange { id, n_vocab });
         }
+        if let Some(big) = images.iter().find(|c| c.image.n_soft + 1 > self.batch) {
+            return Err(RunError::Images(format!(
+                "an image of {} soft tokens runs in one pass with the token before it, more than the batch of {} (-b): use -b {} or more, or fewer --image-tokens",
+                big.image.n_soft,
+                self.batch,
+                big.image.n_soft + 1
+            )));
+        }
         let start = Instant::now();
         // Scoring needs every position's logits, so it reuses nothing.
         let keep = if scores.is_some() { 0 } else { reusable(&self.ids, prompt) };
+        let keep = images_reusable(&self.images, images, keep);
         let held = self.ids.len();
         if keep < held {
             // `keep`, or 0 where a sliding ring no longer holds what position `keep` must see.
             let kept = self.cache.truncate(keep);
             self.ids.truncate(kept);
         }
+        self.images.retain(|c| c.rows().end <= self.ids.len());
         let reused = self.ids.len();
         self.logits.clear();
         let which = if scores.is_some() { Logits::All } else { Logits::Last };
         let mut cancelled = false;
         while self.ids.len() < prompt.len() {
             let pos = self.ids.len();
-            let chunk = &prompt[pos..pos + prompt_chunk(prompt.len() - pos, self.batch)];
+            let end = image_chunk_end(images, pos, pos + prompt_chunk(prompt.len() - pos, self.batch));
+            let chunk = &prompt[pos..end];
+            let rows: Vec<ImageRows> = (images.iter())
+                .filter(|c| c.start >= pos && c.start < end)
+                .map(|c| ImageRows { rows: c.start - pos..c.rows().end - pos, embd: &c.image.embd })
+                .collect();
             // [chunk.len()][n_vocab] for `Logits::All`, [n_vocab] for `Logits::Last`
-            let mut logits = match self.generator.model.forward_cancellable(chunk, pos, &mut self.cache, which, cancel)
-            {
+            let pass = self.generator.model.forward_images(chunk, &rows, pos, &mut self.cache, which, cancel);
+            let mut logits = match pass {
                 Ok(logits) => logits,
                 Err(Stopped::Cancelled(Cancelled { kept })) => {
                     self.ids.truncate(kept);
@@ -220,6 +272,7 @@ impl<'g> Session<'g> {
                 Err(Stopped::Device(e)) => return Err(RunError::Device(e)),
             };
             self.ids.extend_from_slice(chunk);
+            self.images.extend(images.iter().filter(|c| c.start >= pos && c.start < end).cloned());
             if let Some(scores) = scores.as_mut() {
                 scores(&logits).map_err(RunError::Logits)?;
                 logits.drain(..logits.len() - n_vocab);
@@ -327,6 +380,42 @@ pub fn prompt_chunk(left: usize, room: usize) -> usize {
     } else {
         n
     }
+}
+
+/// How much of a reusable prefix of `keep` positions survives the images: a cached image is
+/// kept only if the prompt has the same image at the same place; otherwise the prefix ends
+/// before its soft tokens. A prefix never ends inside an image of the prompt (its soft tokens
+/// run together).
+pub fn images_reusable(cached: &[ImageChunk], prompt: &[ImageChunk], keep: usize) -> usize {
+    let mut keep = keep;
+    for c in cached {
+        let same =
+            |p: &ImageChunk| p.start == c.start && p.image.hash == c.image.hash && p.image.n_soft == c.image.n_soft;
+        if c.start < keep && !prompt.iter().any(same) {
+            keep = c.start;
+        }
+    }
+    for p in prompt {
+        if p.start < keep && keep < p.rows().end {
+            keep = p.start;
+        }
+    }
+    keep
+}
+
+/// Where a prompt pass from `pos` that would end at `end` ends so that no image is cut: before
+/// an image it would cut, or, when the pass starts at that image (or one token before it), after
+/// it, which may be past the batch size ([`Session::run_prompt`] refuses an image larger than
+/// the batch: the sliding rings hold one batch beside the window).
+fn image_chunk_end(images: &[ImageChunk], pos: usize, end: usize) -> usize {
+    let mut end = end;
+    for c in images {
+        let rows = c.rows();
+        if rows.start < end && end < rows.end {
+            end = if rows.start > pos + 1 { rows.start } else { rows.end };
+        }
+    }
+    end
 }
 
 /// Length of the longest common prefix of `a` and `b`.

@@ -17,6 +17,7 @@ pub mod gemma4;
 pub mod gguf_in;
 pub mod gguf_out;
 pub mod meta;
+pub mod mmproj;
 pub mod plan;
 pub mod safetensors;
 pub mod spm;
@@ -99,6 +100,23 @@ pub fn prepare(dir: &Path, ftype: FileType) -> Result<Job, ConvertError> {
         _ => return Err(ConvertError::UnknownArchitecture { config: config.path.clone(), arch: architecture }),
     };
     let plan = Plan::new(conversion, ftype).map_err(ConvertError::Plan)?;
+    Ok(Job { input: Input::Checkpoint(weights), plan, architecture })
+}
+
+/// Reads the checkpoint in `dir` and plans its vision tower's mmproj of `ftype` (one of
+/// [`mmproj::TYPES`]), as llama.cpp's converter writes it with `--mmproj`.
+pub fn prepare_mmproj(dir: &Path, ftype: FileType) -> Result<Job, ConvertError> {
+    let config = Config::read(dir)?;
+    let architecture = config.architecture()?;
+    if architecture != "Gemma4ForConditionalGeneration" {
+        return Err(ConvertError::Plan(format!(
+            "{}: {architecture} has no vision tower quantize can write (Gemma4ForConditionalGeneration has)",
+            config.path.display()
+        )));
+    }
+    let weights = Weights::open(dir)?;
+    let conversion = mmproj::convert(gemma4::model_name(dir), &config, &weights, ftype)?;
+    let plan = Plan::as_converted(conversion, ftype).map_err(ConvertError::Plan)?;
     Ok(Job { input: Input::Checkpoint(weights), plan, architecture })
 }
 

@@ -33,9 +33,16 @@ struct Cli {
     /// Print the tensor plan and the output size; write nothing
     #[arg(long)]
     dry_run: bool,
-    /// Overwrite OUT if it exists
+    /// Overwrite OUT (and the --mmproj file) if it exists
     #[arg(short = 'f', long)]
     force: bool,
+    /// Also write the checkpoint's vision tower to this mmproj GGUF, as llama.cpp's converter
+    /// does with --mmproj (Gemma 4 checkpoints with a vision tower)
+    #[arg(long, value_name = "FILE")]
+    mmproj: Option<PathBuf>,
+    /// The mmproj's type: F32, F16, BF16 or Q8_0 (default: TYPE when it is one of them, else F16)
+    #[arg(long = "mmproj-type", value_name = "TYPE", requires = "mmproj")]
+    mmproj_type: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -58,11 +65,50 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         let names: Vec<&str> = FileType::ALL.iter().map(|t| t.name()).collect();
         bail!("unknown type {:?} (one of {})", cli.ty, names.join(", "));
     };
-    if !cli.dry_run && !cli.force && cli.output.exists() {
-        bail!("{} exists (use --force to overwrite it)", cli.output.display());
+    for out in std::iter::once(&cli.output).chain(&cli.mmproj) {
+        if !cli.dry_run && !cli.force && out.exists() {
+            bail!("{} exists (use --force to overwrite it)", out.display());
+        }
     }
-    let start = Instant::now();
+    // The mmproj is planned first, so that a checkpoint without a vision tower fails before
+    // anything is written.
+    let mmproj = match &cli.mmproj {
+        None => None,
+        Some(path) => {
+            let ty = match &cli.mmproj_type {
+                Some(name) => FileType::parse(name).with_context(|| format!("--mmproj-type: unknown type {name:?}"))?,
+                None if quantize::mmproj::TYPES.contains(&ftype) => ftype,
+                None => FileType::F16,
+            };
+            Some((path, quantize::prepare_mmproj(&cli.input, ty)?))
+        }
+    };
+    let cancel = Arc::new(AtomicBool::new(false));
+    let flag = cancel.clone();
+    ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed)).context("installing the Ctrl-C handler")?;
+    let mut pool = rayon::ThreadPoolBuilder::new();
+    if let Some(n) = cli.threads {
+        pool = pool.num_threads(n.max(1));
+    }
+    let pool = pool.build().context("starting the threads")?;
     let job = quantize::prepare(&cli.input, ftype)?;
+    write(cli, &job, &cli.output, &pool, &cancel)?;
+    if let Some((path, job)) = mmproj {
+        write(cli, &job, path, &pool, &cancel)?;
+    }
+    Ok(())
+}
+
+/// Plans are printed (`--dry-run`) or written to `output`.
+fn write(
+    cli: &Cli,
+    job: &quantize::Job,
+    output: &std::path::Path,
+    pool: &rayon::ThreadPool,
+    cancel: &AtomicBool,
+) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let ftype = job.plan.ftype;
     let plan = &job.plan;
     let (n_in, n_out) = (plan.input_bytes(), plan.output_size());
     eprintln!(
@@ -93,15 +139,6 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         }
     }
 
-    let cancel = Arc::new(AtomicBool::new(false));
-    let flag = cancel.clone();
-    ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed)).context("installing the Ctrl-C handler")?;
-
-    let mut pool = rayon::ThreadPoolBuilder::new();
-    if let Some(n) = cli.threads {
-        pool = pool.num_threads(n.max(1));
-    }
-    let pool = pool.build().context("starting the threads")?;
     let n_tensors = plan.tensors.len();
     let bar = std::io::stderr().is_terminal().then(|| {
         let bar = ProgressBar::new(n_in);
@@ -132,7 +169,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             }
         }
     };
-    let result = pool.install(|| convert::write(plan, &job.input, &cli.output, &cancel, &mut report));
+    let result = pool.install(|| convert::write(plan, &job.input, output, cancel, &mut report));
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }
@@ -140,7 +177,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     let secs = start.elapsed().as_secs_f64();
     eprintln!(
         "quantize: wrote {} ({}) in {secs:.1} s, {}/s of input",
-        cli.output.display(),
+        output.display(),
         human_bytes(n_out),
         human_bytes((n_in as f64 / secs) as u64)
     );

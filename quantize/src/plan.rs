@@ -142,6 +142,23 @@ impl Plan {
         Ok(Plan { ftype, tensors, metadata: metadata.into_vec(), skipped, n_fallback })
     }
 
+    /// A plan whose tensors' types were chosen by the conversion itself (an mmproj, where the
+    /// converter's own rules decide and llama-quantize has no part), in its order.
+    pub fn as_converted(conv: Conversion, ftype: FileType) -> Result<Plan, String> {
+        for t in &conv.tensors {
+            if !ggml::quants::supports(t.ty) {
+                return Err(format!("tensor {}: type {} cannot be written by this build", t.name, t.ty));
+            }
+        }
+        Ok(Plan {
+            ftype,
+            tensors: conv.tensors,
+            metadata: conv.metadata.into_vec(),
+            skipped: conv.skipped,
+            n_fallback: 0,
+        })
+    }
+
     /// llama-quantize on a GGUF: its order, its choices from each tensor's current type.
     fn requantize(
         mut tensors: Vec<PlannedTensor>,

@@ -63,6 +63,57 @@ fn float_outputs_are_the_converters() {
     }
 }
 
+/// `--mmproj` writes what llama.cpp's converter writes with `--mmproj` (fixture
+/// `tiny-gemma4-vision.mmproj.convert.json`, F32, F16, BF16 and Q8_0; the converter quantizes
+/// Q8_0 itself): the same metadata in the same order (the name aside) and the same tensors,
+/// byte for byte, beside the text model of the same checkpoint; `--mmproj-type` picks another.
+#[test]
+fn mmproj_outputs_are_the_converters() {
+    let dir = tempfile::tempdir().unwrap();
+    let fx = fixture("tiny-gemma4-vision.mmproj");
+    let input = checkpoint("tiny-gemma4-vision");
+    for ty in ["F32", "F16", "BF16", "Q8_0"] {
+        let (text, mmproj) = (dir.path().join(format!("text-{ty}.gguf")), dir.path().join(format!("mmproj-{ty}.gguf")));
+        let out = quantize(&[&input, &text, &ty, &"--mmproj", &mmproj]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let ours = read(&mmproj);
+        let want: Vec<(String, (String, serde_json::Value))> = (fx["metadata"].as_array().unwrap().iter())
+            .filter(|m| !is_provenance(m[0].as_str().unwrap()))
+            .map(|m| (m[0].as_str().unwrap().to_string(), (m[1].as_str().unwrap().to_string(), m[2].clone())))
+            .collect();
+        let got: Vec<(String, (String, serde_json::Value))> = (ours.metadata.iter())
+            .filter(|(k, _)| !is_provenance(k) && k != "general.file_type")
+            .map(|(k, v)| (k.clone(), to_json(v)))
+            .collect();
+        assert_eq!(got, want, "{ty}: metadata");
+        let file_type = ours.metadata.iter().find(|(k, _)| k == "general.file_type").unwrap().1.clone();
+        assert_eq!(to_json(&file_type).1, fx["outputs"][ty]["file_type"], "{ty}: general.file_type");
+        assert_eq!(ours.tensors, fixture_tensors(&fx["outputs"][ty]), "{ty}: tensors");
+        // The text model beside it has no vision tensor.
+        assert!(read(&text).tensors.iter().all(|t| !t.name.starts_with("v.") && !t.name.starts_with("mm.")));
+    }
+    // A Q4_K_M text model gets an F16 mmproj unless asked otherwise.
+    let (text, mmproj) = (dir.path().join("q4.gguf"), dir.path().join("mm.gguf"));
+    let out = quantize(&[&input, &text, &"Q4_K_M", &"--mmproj", &mmproj, &"--mmproj-type", &"Q8_0"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(read(&mmproj).tensors, fixture_tensors(&fx["outputs"]["Q8_0"]));
+    // A checkpoint without a vision tower is refused before anything is written.
+    let out = quantize(&[
+        &checkpoint("tiny-gemma4-dense"),
+        &dir.path().join("d.gguf"),
+        &"F16",
+        &"--mmproj",
+        &dir.path().join("d-mm.gguf"),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("has no vision tower"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!dir.path().join("d.gguf").exists());
+}
+
 /// The moe checkpoint holds the weights of `models/tiny-gemma4-moe.gguf`: our F32 is that file's
 /// tensors byte for byte, and its metadata plus the keys scripts/tiny-gemma4.py leaves out
 /// (llama.cpp's converter writes them).

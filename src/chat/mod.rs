@@ -40,7 +40,7 @@ pub struct Message {
     pub role: String,
     /// Empty when absent in JSON (an assistant message with only tool calls).
     #[serde(default)]
-    pub content: String,
+    pub content: Content,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_calls: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -51,20 +51,106 @@ pub struct Message {
     pub tool_call_id: Option<String>,
 }
 
+/// What a message says: text, or parts (text and images, in order) as OpenAI's API writes them.
+/// A chat template sees the parts as `{"type": "text", "text"}` and `{"type": "image"}`, which
+/// Gemma 4's template renders as the `<|image|>` placeholder.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Content {
+    Text(String),
+    Parts(Vec<Part>),
+}
+
+impl Default for Content {
+    fn default() -> Content {
+        Content::Text(String::new())
+    }
+}
+
+impl From<String> for Content {
+    fn from(s: String) -> Content {
+        Content::Text(s)
+    }
+}
+
+impl From<&str> for Content {
+    fn from(s: &str) -> Content {
+        Content::Text(s.to_string())
+    }
+}
+
+impl Content {
+    /// The text: all of it, or the text parts joined.
+    pub fn text(&self) -> String {
+        match self {
+            Content::Text(t) => t.clone(),
+            Content::Parts(parts) => (parts.iter())
+                .filter_map(|p| match p {
+                    Part::Text { text } => Some(text.as_str()),
+                    _ => None,
+                })
+                .collect(),
+        }
+    }
+
+    /// The image parts, in order.
+    pub fn images(&self) -> Vec<&Part> {
+        match self {
+            Content::Text(_) => Vec::new(),
+            Content::Parts(parts) => parts.iter().filter(|p| !matches!(p, Part::Text { .. })).collect(),
+        }
+    }
+
+    /// What a chat template sees: the text, or the parts with each image as `{"type": "image"}`.
+    fn for_template(&self) -> serde_json::Value {
+        match self {
+            Content::Text(t) => serde_json::Value::String(t.clone()),
+            Content::Parts(parts) => (parts.iter())
+                .map(|p| match p {
+                    Part::Text { text } => serde_json::json!({"type": "text", "text": text}),
+                    _ => serde_json::json!({"type": "image"}),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// One part of a message's content.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Part {
+    Text {
+        text: String,
+    },
+    /// OpenAI's image part: `{"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}}`.
+    ImageUrl {
+        image_url: ImageUrl,
+    },
+    /// An image file: `{"type": "image", "path": "photo.jpg"}`.
+    Image {
+        path: String,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ImageUrl {
+    pub url: String,
+}
+
 impl Message {
-    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Message {
+    pub fn new(role: impl Into<String>, content: impl Into<Content>) -> Message {
         Message { role: role.into(), content: content.into(), ..Message::default() }
     }
 
-    pub fn system(content: impl Into<String>) -> Message {
+    pub fn system(content: impl Into<Content>) -> Message {
         Message::new("system", content)
     }
 
-    pub fn user(content: impl Into<String>) -> Message {
+    pub fn user(content: impl Into<Content>) -> Message {
         Message::new("user", content)
     }
 
-    pub fn assistant(content: impl Into<String>) -> Message {
+    pub fn assistant(content: impl Into<Content>) -> Message {
         Message::new("assistant", content)
     }
 }
@@ -205,6 +291,14 @@ impl ChatTemplate {
     /// The prompt text for `messages`.
     pub fn render(&self, messages: &[Message], opts: &RenderOptions) -> Result<String, ChatError> {
         let tools = opts.tools.as_ref().map_or(Value::from(()), |t| Value::from(Serde(t)));
+        // Image parts as the template knows them.
+        let messages: Vec<serde_json::Value> = (messages.iter())
+            .map(|m| {
+                let mut v = serde_json::to_value(m).expect("messages serialize");
+                v["content"] = m.content.for_template();
+                v
+            })
+            .collect();
         let context = minijinja::context! {
             messages => Serde(messages),
             tools => tools,

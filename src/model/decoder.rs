@@ -299,6 +299,11 @@ impl Decoder {
     }
 
     /// Tokens in the vocabulary: the width of a row of logits.
+    /// The hidden size: the width of a token's (or a soft token's) embedding.
+    pub fn n_embd(&self) -> usize {
+        self.n_embd
+    }
+
     pub fn n_vocab(&self) -> usize {
         self.n_vocab
     }
@@ -380,6 +385,29 @@ impl Decoder {
         which: Logits,
         cancel: &dyn Cancel,
     ) -> Result<Vec<f32>, Stopped> {
+        self.forward_images(tokens, &[], pos, cache, which, cancel)
+    }
+
+    /// [`forward_cancellable`](Self::forward_cancellable) with some rows an image's soft
+    /// tokens: their input is the image's embeddings instead of the tokens', and on sliding
+    /// layers they also see the later soft tokens of their image (GEMMA4.md 1.3). Each image
+    /// must be whole in the pass. Images need every layer on the CPU (the GPU's attention has
+    /// no such mask yet): the callers refuse images with `-ngl` before they get here.
+    pub fn forward_images(
+        &mut self,
+        tokens: &[u32],
+        images: &[ImageRows<'_>],
+        pos: usize,
+        cache: &mut KvCache,
+        which: Logits,
+        cancel: &dyn Cancel,
+    ) -> Result<Vec<f32>, Stopped> {
+        for image in images {
+            assert!(image.rows.end <= tokens.len(), "image rows {:?} past a pass of {}", image.rows, tokens.len());
+            assert_eq!(image.embd.len(), image.rows.len() * self.n_embd, "one embedding row per soft token");
+        }
+        #[cfg(feature = "vulkan")]
+        assert!(images.is_empty() || self.gpu.is_none(), "images with GPU layers are refused before the pass");
         if let Some(max) = cache.max_batch().filter(|&m| tokens.len() > m) {
             // A GPU layer's ring holds one batch of at most `max` beside its window.
             return in_pieces(tokens, pos, cache, which, max, |t, p, c, w| {
@@ -391,7 +419,11 @@ impl Decoder {
         let (rope_full, rope_swa) =
             (self.rope_full.angles(pos..pos + n_tokens), self.rope_swa.angles(pos..pos + n_tokens));
         let mut x = self.embed(tokens);
-        self.cpu_layers(&mut x, &spans, prompt_rows(n_tokens), &rope_full, &rope_swa, &mut [cache], cancel)?;
+        for image in images {
+            x[image.rows.start * self.n_embd..image.rows.end * self.n_embd].copy_from_slice(image.embd);
+        }
+        let prompt = prompt_rows(n_tokens);
+        self.cpu_layers(&mut x, &spans, images, prompt, &rope_full, &rope_swa, &mut [cache], cancel)?;
 
         #[cfg(feature = "vulkan")]
         if let Some(g) = &mut self.gpu {
@@ -447,7 +479,7 @@ impl Decoder {
         let prompt: usize = seqs.iter().filter(|s| class(s) < 2).map(|s| s.tokens.len()).sum();
         let mut x = self.embed(&tokens);
         let mut caches: Vec<&mut KvCache> = seqs.iter_mut().map(|s| &mut *s.cache).collect();
-        self.cpu_layers(&mut x, &spans, prompt, &rope_full, &rope_swa, &mut caches, &Never)?;
+        self.cpu_layers(&mut x, &spans, &[], prompt, &rope_full, &rope_swa, &mut caches, &Never)?;
 
         // The rows each sequence wants logits of, through the output head together (in stream
         // order: the rows of `Logits::All` chunks first, the head's prompt rows).
@@ -484,13 +516,14 @@ impl Decoder {
     }
 
     /// The layers the CPU runs, on the stream `x: [n_tokens][n_embd]` of the sequences `spans`
-    /// (one cache each; `rope_*`: one angle set per row). A cancel rewinds every cache to its
-    /// span's first position.
+    /// (one cache each; `rope_*`: one angle set per row; `images`: rows that are soft tokens,
+    /// of a single sequence). A cancel rewinds every cache to its span's first position.
     #[allow(clippy::too_many_arguments)]
     fn cpu_layers(
         &self,
         x: &mut [f32],
         spans: &[Span],
+        images: &[ImageRows],
         prompt: usize,
         rope_full: &[RopeCache],
         rope_swa: &[RopeCache],
@@ -503,6 +536,12 @@ impl Decoder {
             for (k, r) in s.rows.clone().enumerate() {
                 q_pos[r] = s.pos + k;
             }
+        }
+        // The last position each row sees on sliding layers: its own, or its image's last.
+        let mut q_last = q_pos.clone();
+        for image in images {
+            let last = q_pos[image.rows.end - 1];
+            q_last[image.rows.clone()].fill(last);
         }
         #[cfg(feature = "vulkan")]
         let n_cpu = self.gpu.as_ref().map_or(self.layers.len(), |g| g.first_layer());
@@ -517,14 +556,15 @@ impl Decoder {
                 return Err(kept.into());
             }
             let rope = if layer.full_rope { rope_full } else { rope_swa };
-            self.layer(il, layer, x, &q_pos, rope, spans, prompt, caches);
+            let sees = if layer.window.is_some() { &q_last } else { &q_pos };
+            self.layer(il, layer, x, &q_pos, sees, rope, spans, prompt, caches);
         }
         Ok(())
     }
 
     /// Layer `il` on the CPU, on the stream `x: [n_tokens][n_embd]` in place: the rows of
-    /// each of `spans` are one sequence, at positions `q_pos`, with its cache in `caches`; the
-    /// first `prompt` rows are prompt tokens.
+    /// each of `spans` are one sequence, at positions `q_pos` and seeing keys up to `q_last`,
+    /// with its cache in `caches`; the first `prompt` rows are prompt tokens.
     #[allow(clippy::too_many_arguments)]
     fn layer(
         &self,
@@ -532,6 +572,7 @@ impl Decoder {
         layer: &Layer,
         x: &mut [f32],
         q_pos: &[usize],
+        q_last: &[usize],
         rope: &[RopeCache],
         spans: &[Span],
         prompt: usize,
@@ -572,7 +613,7 @@ impl Decoder {
             let (kv, qr) = (r.start * kv_row..r.end * kv_row, r.start * q_row..r.end * q_row);
             let own = cache.layer_mut(il).expect("Gemma 3 and 4 26B/31B layers own their caches");
             own.update(span.pos, &k[kv.clone()], &v[kv]);
-            cache.layer(il).attend(isa, &shape, &q[qr.clone()], &q_pos[r], &mut a[qr]);
+            cache.layer(il).attend_to(isa, &shape, &q[qr.clone()], &q_pos[r.clone()], &q_last[r], &mut a[qr]);
         }
         let mut out = Input::with_prompt_rows(&a, q_row, prompt).project(isa, file, &layer.attn_output);
         norm_rows_inplace(&mut out, n_embd, Some(&layer.post_attention_norm), eps);
@@ -654,6 +695,16 @@ pub struct Seq<'a> {
     pub pos: usize,
     pub cache: &'a mut KvCache,
     pub which: Logits,
+}
+
+/// Rows of a pass that are one image's soft tokens ([`Decoder::forward_images`]).
+#[derive(Clone, Debug)]
+pub struct ImageRows<'a> {
+    /// The rows, consecutive: the whole image.
+    pub rows: std::ops::Range<usize>,
+    /// `[rows.len()][n_embd]`: the projector's output, taken as it is (soft tokens are not
+    /// scaled by `sqrt(n_embd)` as token embeddings are).
+    pub embd: &'a [f32],
 }
 
 /// Where one sequence's rows are in a pass's stream, and the position of its first row.

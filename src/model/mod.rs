@@ -15,7 +15,7 @@ pub mod gemma4;
 pub mod gpu;
 pub mod offload;
 
-pub use decoder::{Decoder, Seq};
+pub use decoder::{Decoder, ImageRows, Seq};
 pub use gemma3::Gemma3;
 pub use gemma4::Gemma4;
 
@@ -251,7 +251,15 @@ pub struct Matrix {
 impl Matrix {
     /// The tensor `name` with ggml dims `{n_in, n_out}`.
     pub(crate) fn find(header: &GgufHeader, name: &str, n_in: usize, n_out: usize) -> Result<Matrix, ModelError> {
-        let t = find_tensor(header, name, &[n_in as u64, n_out as u64])?;
+        Matrix::find_dims(header, name, &[n_in as u64, n_out as u64])
+    }
+
+    /// The tensor `name` with ggml dims `dims`, read as a matrix of `dims[..last]` columns
+    /// (flattened) and `dims[last]` rows: a conv kernel `{kw, kh, c, n_out}` is one.
+    pub(crate) fn find_dims(header: &GgufHeader, name: &str, dims: &[u64]) -> Result<Matrix, ModelError> {
+        let (&n_out, inner) = dims.split_last().expect("a matrix has dims");
+        let (n_in, n_out) = (inner.iter().product::<u64>() as usize, n_out as usize);
+        let t = find_tensor(header, name, dims)?;
         let start = (header.data_offset + t.offset) as usize;
         let quant = |source| ModelError::Quant { name: name.to_string(), source };
         let dot = dot_type(t.ty).ok_or_else(|| quant(QuantError::Unsupported(t.ty)))?;
@@ -261,6 +269,14 @@ impl Matrix {
             }
         }
         Ok(Matrix { ty: t.ty, n_in, n_out, bytes: start..start + t.n_bytes() as usize })
+    }
+
+    /// The same bytes read as rows of `n_in` elements (a `{n_embd, n_pos, 2}` table as
+    /// `2 · n_pos` rows of `n_embd`). `n_in` must divide the rows' elements.
+    pub(crate) fn with_rows_of(self, n_in: usize) -> Matrix {
+        let total = self.n_in * self.n_out;
+        assert!(total.is_multiple_of(n_in), "{total} elements are not rows of {n_in}");
+        Matrix { n_in, n_out: total / n_in, ..self }
     }
 
     /// Row `r` dequantized into `out: [n_in]` (the embedding lookup: one row, never the matrix).

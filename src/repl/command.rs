@@ -11,6 +11,7 @@ pub const HELP: &str = "\
 /set temp|top-k|top-p|min-p|seed VALUE   change sampling (seed: a number or 'random')
 /save FILE         write the conversation as JSON ({\"messages\": [...]})
 /load FILE         read a conversation written by /save
+/image FILE        attach an image to the next message (--mmproj); dropping a file in does too
 /stats             context, cache and speed of the session
 /exit              leave (so does Ctrl-D)
 Multi-line input: end a line with \\ to continue it, or put the text between \"\"\" lines.
@@ -27,6 +28,8 @@ pub enum Command {
     Set(Setting),
     Save(PathBuf),
     Load(PathBuf),
+    /// Attach an image to the next message.
+    Image(PathBuf),
     Stats,
     Exit,
 }
@@ -72,6 +75,7 @@ pub fn parse(line: &str) -> Option<Result<Command, String>> {
         "set" => parse_setting(arg).map(Command::Set),
         "save" => path(Command::Save),
         "load" => path(Command::Load),
+        "image" | "img" => path(Command::Image),
         "stats" => no_arg(Command::Stats),
         "exit" | "quit" | "bye" => no_arg(Command::Exit),
         _ => Err(format!("unknown command /{name}: /help lists them")),
@@ -131,6 +135,8 @@ mod tests {
         assert_eq!(parse("/set think on"), Some(Ok(Command::Set(Setting::Thinking(true)))));
         assert_eq!(parse("/save my chat.json"), Some(Ok(Command::Save("my chat.json".into()))));
         assert_eq!(parse("/load a.json"), Some(Ok(Command::Load("a.json".into()))));
+        assert_eq!(parse("/image cat.png"), Some(Ok(Command::Image("cat.png".into()))));
+        assert_eq!(parse("/image"), Some(Err("/image needs a file name".into())));
         assert_eq!(parse("/stats"), Some(Ok(Command::Stats)));
         assert_eq!(parse("/exit"), Some(Ok(Command::Exit)));
     }

@@ -26,8 +26,8 @@ impl Conversation {
         Conversation { messages: system.map(Message::system).into_iter().collect() }
     }
 
-    pub fn system(&self) -> Option<&str> {
-        self.messages.first().filter(|m| m.role == "system").map(|m| m.content.as_str())
+    pub fn system(&self) -> Option<String> {
+        self.messages.first().filter(|m| m.role == "system").map(|m| m.content.text())
     }
 
     /// Sets or (with `None`) removes the system message; the turns stay.
@@ -100,10 +100,10 @@ mod tests {
     #[test]
     fn system_message_is_first_and_replaceable() {
         let mut c = chat();
-        assert_eq!(c.system(), Some("Be brief."));
+        assert_eq!(c.system().as_deref(), Some("Be brief."));
         assert_eq!(c.turns().len(), 4);
         c.set_system(Some("Be kind.".into()));
-        assert_eq!((c.system(), c.messages.len()), (Some("Be kind."), 5));
+        assert_eq!((c.system().as_deref(), c.messages.len()), (Some("Be kind."), 5));
         c.set_system(None);
         assert_eq!((c.system(), c.messages.len()), (None, 4));
         c.clear();
@@ -115,7 +115,7 @@ mod tests {
         let mut c = chat();
         c.messages.push(Message::user("e"));
         assert!(c.drop_oldest_exchange());
-        let contents: Vec<&str> = c.messages.iter().map(|m| m.content.as_str()).collect();
+        let contents: Vec<String> = c.messages.iter().map(|m| m.content.text()).collect();
         assert_eq!(contents, ["Be brief.", "c", "d", "e"]);
         assert!(c.drop_oldest_exchange());
         assert!(!c.drop_oldest_exchange(), "the last user message stays");

@@ -22,7 +22,7 @@ pub mod input;
 
 use std::borrow::Cow;
 use std::io::{self, IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -35,11 +35,13 @@ use rustyline::{
 };
 use thiserror::Error;
 
-use crate::chat::{ChatError, ChatTemplate, Message, RenderOptions};
+use crate::chat::{ChatError, ChatTemplate, Content, Message, Part, RenderOptions};
 use crate::kv_cache::KvTypes;
 use crate::run::{Generator, RunError, StopReason};
 use crate::sample::{Sampler, SamplerConfig};
 use crate::session::{Session, TurnStats};
+use crate::vision::prompt::{expand, ImageTokens};
+use crate::vision::{ImageChunk, Images};
 use command::{Command, Setting};
 use conversation::Conversation;
 use display::ReplyWriter;
@@ -79,6 +81,19 @@ pub struct ChatOptions {
     pub history: Option<PathBuf>,
 }
 
+/// An image file dropped into the input (a terminal pastes its path, maybe quoted): the path,
+/// when the line is nothing else and names an image file that exists.
+fn dropped_image(line: &str) -> Option<PathBuf> {
+    let t = line.trim();
+    let t = t.strip_prefix('\'').and_then(|t| t.strip_suffix('\'')).unwrap_or(t);
+    let t = t.strip_prefix('"').and_then(|t| t.strip_suffix('"')).unwrap_or(t);
+    let t = t.strip_prefix("file://").unwrap_or(t);
+    let lower = t.to_lowercase();
+    let image = [".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp"].iter().any(|e| lower.ends_with(e));
+    let path = PathBuf::from(t.replace("\\ ", " "));
+    (image && path.is_file()).then_some(path)
+}
+
 /// The default history file: `chat-history.txt` in the user's data dir (`$XDG_DATA_HOME/gemma`
 /// or `~/.local/share/gemma` on Linux).
 pub fn default_history_path() -> Option<PathBuf> {
@@ -91,6 +106,7 @@ pub fn run(
     template: ChatTemplate,
     (bos_token, eos_token): (String, String),
     options: ChatOptions,
+    images: Option<Images>,
 ) -> Result<(), ReplError> {
     let interrupt = Interrupt::install(!io::stdin().is_terminal())?;
     let color = io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
@@ -115,6 +131,8 @@ pub fn run(
         last: None,
         totals: (0, 0),
         options,
+        images,
+        attached: Vec::new(),
     };
     chat.run()
 }
@@ -209,6 +227,9 @@ struct Chat<'g> {
     /// Tokens prefilled and generated since the start.
     totals: (usize, usize),
     options: ChatOptions,
+    /// The vision encoder (`--mmproj`), and the images attached to the next message.
+    images: Option<Images>,
+    attached: Vec<PathBuf>,
 }
 
 impl Chat<'_> {
@@ -322,6 +343,7 @@ impl Chat<'_> {
                 Err(e) => self.note(&e),
             },
             Command::Stats => self.stats(),
+            Command::Image(path) => self.attach(path),
         }
         Ok(Flow::Continue)
     }
@@ -395,6 +417,48 @@ impl Chat<'_> {
         self.note(&lines.join("\n"));
     }
 
+    /// Attaches the image at `path` to the next message, once it decodes and encodes.
+    fn attach(&mut self, path: PathBuf) {
+        let Some(images) = &mut self.images else {
+            self.note("Images need a vision encoder: start gemma chat with --mmproj FILE (or an mmproj*.gguf beside the model).");
+            return;
+        };
+        let part = Part::Image { path: path.display().to_string() };
+        match images.encode_part(&part, Path::new(".")) {
+            Ok(image) => {
+                self.attached.push(path.clone());
+                self.note(&format!(
+                    "Attached {} ({}x{}, {} soft tokens): it goes with your next message.",
+                    path.display(),
+                    image.size.0,
+                    image.size.1,
+                    image.n_soft
+                ));
+            }
+            Err(e) => self.note(&format!("error: {e}")),
+        }
+    }
+
+    /// The conversation's prompt: ids with each image expanded, and where the images are.
+    fn prompt(&mut self) -> Result<(Vec<u32>, Vec<ImageChunk>), String> {
+        let ids = self.prompt_ids().map_err(|e| e.to_string())?;
+        let parts: Vec<Part> =
+            self.conversation.messages.iter().flat_map(|m| m.content.images().into_iter().cloned()).collect();
+        if parts.is_empty() {
+            return Ok((ids, Vec::new()));
+        }
+        let images =
+            self.images.as_mut().ok_or("the conversation holds images but there is no vision encoder (--mmproj)")?;
+        let encoded = parts
+            .iter()
+            .map(|p| images.encode_part(p, Path::new(".")))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
+        let generator = self.session.generator();
+        let tokens = ImageTokens::find(&generator.tokenizer).map_err(|e| e.to_string())?;
+        expand(&ids, &encoded, tokens, generator.tokenizer.bos())
+    }
+
     /// The prompt ids of the conversation with the model's turn opened.
     fn prompt_ids(&self) -> Result<Vec<u32>, ChatError> {
         let text = self.template.render(&self.conversation.messages, &self.render)?;
@@ -403,8 +467,20 @@ impl Chat<'_> {
 
     /// One user message and the model's reply.
     fn turn(&mut self, text: String, editor: &mut LineEditor) -> Result<Flow, ReplError> {
-        self.conversation.messages.push(Message::user(text));
-        let prompt = match self.prompt_ids() {
+        if let Some(path) = dropped_image(&text) {
+            self.attach(path);
+            return Ok(Flow::Continue);
+        }
+        let content = match self.attached.is_empty() {
+            true => Content::Text(text),
+            false => Content::Parts(
+                (self.attached.iter().map(|p| Part::Image { path: p.display().to_string() }))
+                    .chain([Part::Text { text }])
+                    .collect(),
+            ),
+        };
+        self.conversation.messages.push(Message::user(content));
+        let (prompt, chunks) = match self.prompt() {
             Ok(p) => p,
             Err(e) => {
                 self.conversation.messages.pop();
@@ -412,21 +488,33 @@ impl Chat<'_> {
                 return Ok(Flow::Continue);
             }
         };
-        let prompt = if prompt.len() >= self.session.context() {
+        if !chunks.is_empty() && self.session.generator().model.vram_bytes().is_some() {
+            self.conversation.messages.pop();
+            self.note("error: images need every layer on the CPU for now: use -ngl 0");
+            return Ok(Flow::Continue);
+        }
+        let (prompt, chunks) = if prompt.len() >= self.session.context() {
             match self.make_room(prompt.len(), editor)? {
-                Some(p) => p,
+                Some(_) => match self.prompt() {
+                    Ok(p) => p,
+                    Err(e) => {
+                        self.conversation.messages.pop();
+                        self.note(&format!("error: {e}"));
+                        return Ok(Flow::Continue);
+                    }
+                },
                 None => {
                     self.conversation.messages.pop();
                     return Ok(Flow::Continue);
                 }
             }
         } else {
-            prompt
+            (prompt, chunks)
         };
 
         self.interrupt.cancel.store(false, Ordering::SeqCst);
         self.interrupt.replying.store(true, Ordering::SeqCst);
-        let result = self.reply(&prompt);
+        let result = self.reply(&prompt, &chunks);
         self.interrupt.replying.store(false, Ordering::SeqCst);
         let (stats, text, stop) = match result {
             Ok(done) => done,
@@ -445,6 +533,7 @@ impl Chat<'_> {
             self.conversation.messages.pop();
         } else {
             self.conversation.messages.push(Message::assistant(text));
+            self.attached.clear();
         }
         if !self.options.quiet {
             self.note(&format!("[{}]", footer(&stats, stop)));
@@ -457,9 +546,9 @@ impl Chat<'_> {
     }
 
     /// Prefills `prompt` and streams the reply to stdout.
-    fn reply(&mut self, prompt: &[u32]) -> Result<(TurnStats, String, StopReason), RunError> {
+    fn reply(&mut self, prompt: &[u32], images: &[ImageChunk]) -> Result<(TurnStats, String, StopReason), RunError> {
         let cancel = &self.interrupt.cancel;
-        let prefill = self.session.prefill(prompt, cancel)?;
+        let prefill = self.session.prefill_images(prompt, images, cancel)?;
         let mut writer = ReplyWriter::new(self.color, self.show_thoughts);
         let mut stdout = io::stdout();
         let done = self.session.generate(&mut self.sampler, self.options.n_predict, &[], cancel, &mut |piece| {

@@ -83,7 +83,15 @@ impl AttnShape {
     /// Whether a query at position `q_pos` attends to a key at position `k_pos`.
     #[inline(always)]
     pub fn visible(&self, q_pos: usize, k_pos: usize) -> bool {
-        k_pos <= q_pos && self.window.is_none_or(|w| q_pos - k_pos < w)
+        self.visible_to(q_pos, q_pos, k_pos)
+    }
+
+    /// Whether a query at position `q_pos` that sees up to `q_last` (itself, or the last
+    /// position of its image on a sliding layer: GEMMA4.md 1.3) attends to a key at `k_pos`:
+    /// `k_pos <= q_last`, and within the window below `q_pos`.
+    #[inline(always)]
+    pub fn visible_to(&self, q_pos: usize, q_last: usize, k_pos: usize) -> bool {
+        k_pos <= q_last && self.window.is_none_or(|w| k_pos + w > q_pos)
     }
 
     /// Panics unless the buffers fit the shape; returns the cache capacity (slots per head).
@@ -120,6 +128,7 @@ impl AttnShape {
 struct Pair<'a, K, V> {
     q: &'a [f32],
     q_pos: usize,
+    q_last: usize,
     k: &'a [K],
     v: &'a [V],
     pos: &'a [usize],
@@ -131,6 +140,7 @@ fn for_each_pair<K: KvElem, V: KvElem>(
     shape: &AttnShape,
     q: &[f32],
     q_pos: &[usize],
+    q_last: &[usize],
     kv: &KvRows<K, V>,
     out: &mut [f32],
     f: impl Fn(&Pair<K, V>, &mut [f32]) + Sync,
@@ -144,6 +154,7 @@ fn for_each_pair<K: KvElem, V: KvElem>(
         let pair = Pair {
             q: &q[i * d..(i + 1) * d],
             q_pos: q_pos[t],
+            q_last: q_last[t],
             k: &kv.k[kv_head * k_head..(kv_head + 1) * k_head],
             v: &kv.v[kv_head * v_head..(kv_head + 1) * v_head],
             pos: kv.pos,
@@ -156,7 +167,20 @@ fn for_each_pair<K: KvElem, V: KvElem>(
 /// positions `q_pos`. Scores, softmax and the weighted sum are in f64, rounded to f32 at the
 /// end, so the tests measure the fast path's rounding alone. A query that sees no key gets 0.
 pub fn attention_reference(shape: &AttnShape, q: &[f32], q_pos: &[usize], kv: KvSlots, out: &mut [f32]) {
-    match_kv_slots!(kv, rows => reference_rows(shape, q, q_pos, rows, out))
+    attention_reference_to(shape, q, q_pos, q_pos, kv, out)
+}
+
+/// [`attention_reference`] where query `t` sees keys up to `q_last[t]` ([`AttnShape::visible_to`]).
+pub fn attention_reference_to(
+    shape: &AttnShape,
+    q: &[f32],
+    q_pos: &[usize],
+    q_last: &[usize],
+    kv: KvSlots,
+    out: &mut [f32],
+) {
+    assert_eq!(q_pos.len(), q_last.len(), "one last position per query");
+    match_kv_slots!(kv, rows => reference_rows(shape, q, q_pos, q_last, rows, out))
 }
 
 /// [`attention_reference`] for one pair of element types.
@@ -164,16 +188,17 @@ fn reference_rows<K: KvElem, V: KvElem>(
     shape: &AttnShape,
     q: &[f32],
     q_pos: &[usize],
+    q_last: &[usize],
     kv: KvRows<K, V>,
     out: &mut [f32],
 ) {
     let d = shape.head_dim;
     let (kr, vr) = (K::units(d), V::units(d));
-    for_each_pair(shape, q, q_pos, &kv, out, |pair, out| {
+    for_each_pair(shape, q, q_pos, q_last, &kv, out, |pair, out| {
         let mut row = vec![0.0f64; d];
         // (slot, score) for every visible key.
         let scores: Vec<(usize, f64)> = (pair.pos.iter().enumerate())
-            .filter(|&(_, &k_pos)| shape.visible(pair.q_pos, k_pos))
+            .filter(|&(_, &k_pos)| shape.visible_to(pair.q_pos, pair.q_last, k_pos))
             .map(|(slot, _)| {
                 K::to_f64_row(&pair.k[slot * kr..(slot + 1) * kr], &mut row);
                 let mut dot = 0.0f64;
@@ -209,18 +234,33 @@ fn reference_rows<K: KvElem, V: KvElem>(
 /// sliding layers, 8 on full ones). In decode, where that gives too few units for the threads,
 /// the keys are also split into chunks whose partial results are merged at the end.
 pub fn attention(isa: Isa, shape: &AttnShape, q: &[f32], q_pos: &[usize], kv: KvSlots, out: &mut [f32]) {
+    attention_to(isa, shape, q, q_pos, q_pos, kv, out)
+}
+
+/// [`attention`] where query `t` sees keys up to `q_last[t]` ([`AttnShape::visible_to`]): an
+/// image's soft tokens see each other both ways on sliding layers.
+pub fn attention_to(
+    isa: Isa,
+    shape: &AttnShape,
+    q: &[f32],
+    q_pos: &[usize],
+    q_last: &[usize],
+    kv: KvSlots,
+    out: &mut [f32],
+) {
+    assert_eq!(q_pos.len(), q_last.len(), "one last position per query");
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512 && crate::kernels::cpu::detected().avx512 && tiled::usable(shape, q_pos.len()) {
         match_kv_slots!(kv, rows => {
             let capacity = shape.check(q, q_pos, &rows, out);
             // SAFETY: the guard checked that this CPU has AVX2, FMA, F16C and AVX-512
             // F/BW/VL/VNNI.
-            unsafe { tiled::attention(shape, q, q_pos, &rows, capacity, out) }
+            unsafe { tiled::attention(shape, q, q_pos, q_last, &rows, capacity, out) }
         });
         return;
     }
     let n_chunks = key_chunks(q_pos.len() * shape.n_kv_head, kv.pos().len());
-    match_kv_slots!(kv, rows => attention_split(isa, shape, q, q_pos, rows, out, n_chunks))
+    match_kv_slots!(kv, rows => attention_split(isa, shape, q, q_pos, q_last, rows, out, n_chunks))
 }
 
 /// Shortest key chunk worth a unit of work of its own.
@@ -250,6 +290,7 @@ impl Running {
 struct Unit<'a, K, V> {
     q: &'a [f32],
     q_pos: usize,
+    q_last: usize,
     k: &'a [K],
     v: &'a [V],
     pos: &'a [usize],
@@ -264,6 +305,7 @@ fn attention_split<K: KvElem, V: KvElem>(
     shape: &AttnShape,
     q: &[f32],
     q_pos: &[usize],
+    q_last: &[usize],
     kv: KvRows<K, V>,
     out: &mut [f32],
     n_chunks: usize,
@@ -281,6 +323,7 @@ fn attention_split<K: KvElem, V: KvElem>(
         let unit = Unit {
             q: &q[u * unit_len..(u + 1) * unit_len],
             q_pos: q_pos[t],
+            q_last: q_last[t],
             k: &kv.k[kv_head * k_head..(kv_head + 1) * k_head],
             v: &kv.v[kv_head * v_head..(kv_head + 1) * v_head],
             pos: kv.pos,
@@ -364,7 +407,7 @@ fn stream<K: KvElem, V: KvElem>(
     let d = shape.head_dim;
     let (kr, vr) = (K::units(d), V::units(d));
     for slot in unit.slots.clone() {
-        if !shape.visible(unit.q_pos, unit.pos[slot]) {
+        if !shape.visible_to(unit.q_pos, unit.q_last, unit.pos[slot]) {
             continue;
         }
         let (k, v) = (&unit.k[slot * kr..(slot + 1) * kr], &unit.v[slot * vr..(slot + 1) * vr]);

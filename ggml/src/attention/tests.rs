@@ -184,7 +184,16 @@ fn key_splits_match_the_reference<T: KvElem>() {
             for isa in Isa::available() {
                 for n_chunks in [1, 2, 3, 7, 50] {
                     let mut got = vec![f32::NAN; case.q.len()];
-                    attention_split(isa, &case.shape, &case.q, &case.q_pos, case.rows(), &mut got, n_chunks);
+                    attention_split(
+                        isa,
+                        &case.shape,
+                        &case.q,
+                        &case.q_pos,
+                        &case.q_pos,
+                        case.rows(),
+                        &mut got,
+                        n_chunks,
+                    );
                     let err = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0.0f32, f32::max);
                     assert!(err <= bound, "{isa:?} keys={n_keys} {window:?} chunks={n_chunks}: error {err}");
                 }
@@ -292,6 +301,66 @@ fn the_window_edge_and_the_future_are_masked() {
     check::<bf16>();
     check::<BlockQ8_0>();
     check::<BlockQ4_0>();
+}
+
+/// An image's soft tokens on a sliding layer (`visible_to`): a query sees the later keys of its
+/// image up to `q_last` but not past it, and the window still counts back from its own
+/// position. Query at 2000 seeing up to 2002, window 1024: keys at 976 (outside the window),
+/// 977 (its oldest), 2002 (a later soft token of its image) and 2003 (past the image), all
+/// with score 0: the mean of the two visible values, on every path.
+#[test]
+fn image_tokens_see_their_image_and_no_further() {
+    fn check<T: KvElem>() {
+        let mut case = Case::<T>::random(shape(Some(1024)), 1, 4, 0, 5);
+        case.k.iter_mut().for_each(|k| *k = T::ZERO);
+        case.pos = vec![976, 977, 2002, 2003];
+        case.q_pos = vec![2000];
+        let avg: Vec<f32> = case.v_row(1).iter().zip(case.v_row(2)).map(|(a, b)| (a + b) * 0.5).collect();
+        let want = [avg.clone(), avg].concat();
+        let q_last = [2002];
+        let mut out = vec![f32::NAN; case.q.len()];
+        attention_reference_to(&case.shape, &case.q, &case.q_pos, &q_last, case.rows().into(), &mut out);
+        assert_eq!(out, want, "reference, {}", T::TYPE);
+        for isa in Isa::available() {
+            let mut out = vec![f32::NAN; case.q.len()];
+            attention_to(isa, &case.shape, &case.q, &case.q_pos, &q_last, case.rows().into(), &mut out);
+            assert_eq!(out, want, "{isa:?}, {}", T::TYPE);
+        }
+    }
+    check::<f16>();
+    check::<f32>();
+    check::<BlockQ8_0>();
+}
+
+/// `visible_to` on every path against the f64 reference on random data: 17 queries (blocks of
+/// the tiled path whole and partial) of which a run of 9 in the middle are an image's soft
+/// tokens seeing up to the run's last position, windows of 3 and 1024 and none. Bound as in
+/// [`streaming_matches_reference`].
+#[test]
+fn image_masks_stream_as_the_reference() {
+    for (n_kv_head, group) in [(2, 2), (1, 8)] {
+        let shape = AttnShape { n_head: n_kv_head * group, n_kv_head, head_dim: 64, scale: 1.0, window: None };
+        let mut case = Case::<f16>::random(shape, 17, 40, 13, 77 + group as u64);
+        // Queries at the last 17 of the 40 cached positions (7..47), in order.
+        case.q_pos = (30..47).collect();
+        let q_last: Vec<usize> = case.q_pos.iter().map(|&p| if (34..43).contains(&p) { 42 } else { p }).collect();
+        let bound = 1e-5 * case.max_v();
+        for window in [None, Some(1024), Some(3)] {
+            case.shape.window = window;
+            let mut want = vec![f32::NAN; case.q.len()];
+            attention_reference_to(&case.shape, &case.q, &case.q_pos, &q_last, case.rows().into(), &mut want);
+            // The image rows differ from plain causal attention (the mask matters here).
+            let mut causal = vec![f32::NAN; case.q.len()];
+            attention_reference(&case.shape, &case.q, &case.q_pos, case.rows().into(), &mut causal);
+            assert!(want.iter().zip(&causal).any(|(a, b)| (a - b).abs() > 1e-3), "{window:?}: no row changed");
+            for isa in Isa::available() {
+                let mut got = vec![f32::NAN; case.q.len()];
+                attention_to(isa, &case.shape, &case.q, &case.q_pos, &q_last, case.rows().into(), &mut got);
+                let err = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0.0f32, f32::max);
+                assert!(err <= bound, "{isa:?} group {group} window {window:?}: max error {err} > {bound}");
+            }
+        }
+    }
 }
 
 /// The slots carry K and V of any types unchanged, each its own.

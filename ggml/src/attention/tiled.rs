@@ -50,6 +50,7 @@ pub(super) unsafe fn attention<K: KvElem, V: KvElem>(
     shape: &AttnShape,
     q: &[f32],
     q_pos: &[usize],
+    q_last: &[usize],
     kv: &KvRows<K, V>,
     capacity: usize,
     out: &mut [f32],
@@ -57,7 +58,7 @@ pub(super) unsafe fn attention<K: KvElem, V: KvElem>(
     let tokens_per_block = LANES / shape.group();
     for_each_chunk_mut(out, tokens_per_block * shape.n_head * shape.head_dim, |b, out| {
         // SAFETY: the caller checked the CPU's features.
-        unsafe { block_tokens(shape, q, q_pos, kv, capacity, b * tokens_per_block, out) }
+        unsafe { block_tokens(shape, q, q_pos, q_last, kv, capacity, b * tokens_per_block, out) }
     });
 }
 
@@ -68,7 +69,8 @@ struct Block<'a, K, V> {
     v: &'a [V],
     /// `qᵀ`, `[d][LANES]`: element `e` of every row's query (times the scale), 0 in unused lanes.
     qt: Vec<f32>,
-    /// The position of each row's token; -1 in unused lanes, so that no key is visible there.
+    /// The last position each row's token sees (its own, or its image's last one in a
+    /// sliding layer); -1 in unused lanes, so that no key is visible there.
     q_pos: __m512i,
     /// The lowest visible key position minus one, per lane (`q_pos - window`).
     lowest: __m512i,
@@ -90,10 +92,12 @@ struct Block<'a, K, V> {
 /// # Safety
 /// The CPU must support AVX2, FMA, F16C and AVX-512 F/BW/VL/VNNI.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+#[allow(clippy::too_many_arguments)]
 fn block_tokens<K: KvElem, V: KvElem>(
     shape: &AttnShape,
     q: &[f32],
     q_pos: &[usize],
+    q_last: &[usize],
     kv: &KvRows<K, V>,
     capacity: usize,
     t0: usize,
@@ -119,18 +123,22 @@ fn block_tokens<K: KvElem, V: KvElem>(
         p: vec![0.0; TILE * LANES],
     };
     // Row `i` of a block is token `t0 + i / group`, query head `kv_head · group + i % group`.
-    let lane_pos: [i32; LANES] = std::array::from_fn(|i| {
-        if i < rows {
-            i32::try_from(q_pos[t0 + i / group]).expect("positions fit an i32")
-        } else {
-            -1
-        }
-    });
-    // SAFETY: 16 i32; unaligned load.
-    block.q_pos = unsafe { _mm512_loadu_si512(lane_pos.as_ptr().cast()) };
+    let lanes = |of: &[usize]| -> [i32; LANES] {
+        std::array::from_fn(|i| {
+            if i < rows {
+                i32::try_from(of[t0 + i / group]).expect("positions fit an i32")
+            } else {
+                -1
+            }
+        })
+    };
+    let (lane_pos, lane_last) = (lanes(q_pos), lanes(q_last));
+    // SAFETY: 16 i32 each; unaligned loads.
+    let pos = unsafe { _mm512_loadu_si512(lane_pos.as_ptr().cast()) };
+    block.q_pos = unsafe { _mm512_loadu_si512(lane_last.as_ptr().cast()) };
     let window = shape.window.map_or(i32::MAX, |w| i32::try_from(w).unwrap_or(i32::MAX));
     // q_pos - window, saturating at -1 (below every key).
-    block.lowest = _mm512_max_epi32(_mm512_sub_epi32(block.q_pos, _mm512_set1_epi32(window)), _mm512_set1_epi32(-1));
+    block.lowest = _mm512_max_epi32(_mm512_sub_epi32(pos, _mm512_set1_epi32(window)), _mm512_set1_epi32(-1));
     for kv_head in 0..shape.n_kv_head {
         let row = |i: usize| ((t0 + i / group) * n_head + kv_head * group + i % group) * d;
         block.qt.fill(0.0);
