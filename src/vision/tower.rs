@@ -26,16 +26,12 @@
 //! (`gelu_pytorch_tanh`; llama.cpp's mtmd falls back to `gelu_quick` here, GEMMA4.md 8).
 
 use ggml::gguf::{GgufFile, GgufHeader, Value};
-use ggml::kernels::matmul::{matmul, QuantizedActs};
 use ggml::kernels::Isa;
 use ggml::ops::elementwise::{add, scale};
 use ggml::ops::gelu::gelu_mul;
 use ggml::ops::norm::rms_norm_heads;
 use ggml::ops::rope::{rope_neox_cached, RopeCache};
-use ggml::ops::softmax::softmax;
 use ggml::quants::dequantize_row;
-use ggml::GgmlType;
-use rayon::prelude::*;
 
 use super::image::Pixels;
 use super::VisionError;
@@ -363,12 +359,16 @@ impl VisionTower {
     }
 }
 
-/// Bidirectional attention over every patch, scale 1.0: for each head,
-/// `softmax(q_h k_hᵀ) v_h`. `q`, `k`, `v`, the result: `[n][n_head][hd]`.
-///
-/// The scores of one head (`[n][n]`) and the weighted sum go through the f32 matrix kernels,
-/// with the keys (and the transposed values) as the "weights".
-fn attention(isa: Isa, q: &[f32], k: &[f32], v: &[f32], n_head: usize, hd: usize) -> Vec<f32> {
+/// The reference for [`attention`]: for each head, the scores `q_h k_hᵀ` (`[n][n]`), their
+/// softmax and the weighted sum through the f32 matrix kernels, with the keys (and the
+/// transposed values) as the "weights".
+#[cfg(test)]
+fn attention_reference(isa: Isa, q: &[f32], k: &[f32], v: &[f32], n_head: usize, hd: usize) -> Vec<f32> {
+    use ggml::kernels::matmul::{matmul, QuantizedActs};
+    use ggml::ops::softmax::softmax;
+    use ggml::GgmlType;
+    use rayon::prelude::*;
+
     let n = q.len() / (n_head * hd);
     let head = |x: &[f32], h: usize| -> Vec<f32> {
         x.chunks_exact(n_head * hd).flat_map(|r| r[h * hd..(h + 1) * hd].iter().copied()).collect()
@@ -396,4 +396,61 @@ fn attention(isa: Isa, q: &[f32], k: &[f32], v: &[f32], n_head: usize, hd: usize
         }
     }
     out
+}
+
+/// Bidirectional attention over every patch, scale 1.0: for each head `softmax(q_h k_hᵀ) v_h`.
+/// `q`, `k`, `v`, the result: `[n][n_head][hd]`.
+///
+/// It is the text model's attention ([`ggml::attention::attention_to`], the tiled flash
+/// attention on AVX-512) over the patches as an f32 cache at positions `0..n`, every query seeing
+/// up to the last one; the head size is padded with zeros to a multiple of 16 (72 -> 80), which
+/// changes no dot product. Twice as fast as the two matrix products per head of
+/// [`attention_reference`] on the 26B-A4B tower (2,304 patches).
+fn attention(isa: Isa, q: &[f32], k: &[f32], v: &[f32], n_head: usize, hd: usize) -> Vec<f32> {
+    use ggml::attention::{attention_to, AttnShape, KvRows};
+    let d = hd.next_multiple_of(16);
+    let n = q.len() / (n_head * hd);
+    let (mut kc, mut vc, mut qp) = (vec![0f32; n_head * n * d], vec![0f32; n_head * n * d], vec![0f32; n * n_head * d]);
+    for i in 0..n {
+        for h in 0..n_head {
+            let src = (i * n_head + h) * hd;
+            kc[(h * n + i) * d..][..hd].copy_from_slice(&k[src..src + hd]);
+            vc[(h * n + i) * d..][..hd].copy_from_slice(&v[src..src + hd]);
+            qp[(i * n_head + h) * d..][..hd].copy_from_slice(&q[src..src + hd]);
+        }
+    }
+    let shape = AttnShape { n_head, n_kv_head: n_head, head_dim: d, scale: 1.0, window: None };
+    let pos: Vec<usize> = (0..n).collect();
+    let last = vec![n - 1; n];
+    let mut out = vec![0f32; n * n_head * d];
+    attention_to(isa, &shape, &qp, &pos, &last, KvRows { k: &kc[..], v: &vc[..], pos: &pos }.into(), &mut out);
+    let mut a = vec![0f32; q.len()];
+    for r in 0..n * n_head {
+        a[r * hd..(r + 1) * hd].copy_from_slice(&out[r * d..r * d + hd]);
+    }
+    a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// The flash path against the matrix-product reference on random data: 4 heads of 72 (the
+    /// real head size, padded), 37 and 200 patches; both are f32 with different summation
+    /// orders, so within 1e-5 of the values' scale.
+    #[test]
+    fn attention_matches_the_reference() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        for n in [37, 200] {
+            let (n_head, hd) = (4, 72);
+            let mut x = || (0..n * n_head * hd).map(|_| rng.gen_range(-1.0f32..1.0)).collect::<Vec<f32>>();
+            let (q, k, v) = (x(), x(), x());
+            let isa = Isa::best();
+            let (got, want) =
+                (attention(isa, &q, &k, &v, n_head, hd), attention_reference(isa, &q, &k, &v, n_head, hd));
+            let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            assert!(err <= 1e-5, "{n} patches: {err}");
+        }
+    }
 }
