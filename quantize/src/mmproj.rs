@@ -176,8 +176,7 @@ pub fn convert(name: String, config: &Config, weights: &Weights, ftype: FileType
             checkpoint_source(weights, r, v.n_embd, 0.0)?;
             let hf = read_f32(weights, r);
             let mut conv = vec![0.0f32; hf.len()];
-            for (o, (src, dst)) in hf.chunks_exact(3 * p * p).zip(conv.chunks_exact_mut(3 * p * p)).enumerate() {
-                let _ = o;
+            for (src, dst) in hf.chunks_exact(3 * p * p).zip(conv.chunks_exact_mut(3 * p * p)) {
                 for y in 0..p {
                     for x in 0..p {
                         for c in 0..3 {
