@@ -56,6 +56,50 @@ pub fn for_each_chunk_mut<T: Send>(data: &mut [T], chunk_len: usize, f: impl Fn(
     });
 }
 
+/// Consecutive columns `first..first + len` of a row-major matrix `width` wide: a task's
+/// share of the matrix, disjoint from every other task's ([`for_each_column_block_mut`]).
+pub struct ColumnBlock<'a, T> {
+    base: *mut T,
+    width: usize,
+    first: usize,
+    len: usize,
+    rows: usize,
+    _data: std::marker::PhantomData<&'a mut [T]>,
+}
+
+impl<T> ColumnBlock<'_, T> {
+    /// The first column.
+    pub fn first(&self) -> usize {
+        self.first
+    }
+
+    /// The block's columns of row `r`.
+    pub fn row_mut(&mut self, r: usize) -> &mut [T] {
+        assert!(r < self.rows, "row {r} of {}", self.rows);
+        // SAFETY: `r < rows` and `first + len <= width`, so the run is inside the matrix;
+        // no other block holds these columns, and `&mut self` makes this the only live slice.
+        unsafe { std::slice::from_raw_parts_mut(self.base.add(r * self.width + self.first), self.len) }
+    }
+}
+
+/// `f(i, block)` for every block `i` of `block_len` consecutive columns (the last may be
+/// narrower) of the row-major matrix `data`, `width` columns wide, on all threads of the pool.
+pub fn for_each_column_block_mut<T: Send>(
+    data: &mut [T],
+    width: usize,
+    block_len: usize,
+    f: impl Fn(usize, &mut ColumnBlock<'_, T>) + Sync,
+) {
+    assert!(block_len > 0 && width > 0 && data.len().is_multiple_of(width), "{} is not rows of {width}", data.len());
+    let (rows, base) = (data.len() / width, SendPtr(data.as_mut_ptr()));
+    for_each(width.div_ceil(block_len), |i| {
+        let first = i * block_len;
+        let len = block_len.min(width - first);
+        let mut block = ColumnBlock { base: base.get(), width, first, len, rows, _data: std::marker::PhantomData };
+        f(i, &mut block);
+    });
+}
+
 /// A pointer that tasks on other threads may use (each to its own disjoint elements).
 struct SendPtr<T>(*mut T);
 
@@ -65,8 +109,8 @@ impl<T> SendPtr<T> {
     }
 }
 
-// SAFETY: shared only within `for_each_chunk_mut`, where every task touches its own chunk of a
-// `&mut [T]` with `T: Send`.
+// SAFETY: shared only within `for_each_chunk_mut` and `for_each_column_block_mut`, where every
+// task touches its own chunk or columns of a `&mut [T]` with `T: Send`.
 unsafe impl<T: Send> Sync for SendPtr<T> {}
 
 thread_local! {
@@ -295,6 +339,25 @@ mod tests {
                 assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1), "{n} tasks");
             }
         });
+    }
+
+    #[test]
+    fn column_blocks_cover_the_matrix_once_with_a_narrow_last_block() {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        // 7 rows of 23 columns in blocks of 5: four whole blocks and one of 3.
+        let (rows, width) = (7, 23);
+        let mut data = vec![0usize; rows * width];
+        pool.install(|| {
+            for_each_column_block_mut(&mut data, width, 5, |i, block| {
+                assert_eq!(block.first(), 5 * i);
+                for r in 0..rows {
+                    let cols = block.row_mut(r);
+                    assert!(cols.len() == 5 || (i == 4 && cols.len() == 3), "block {i}: {}", cols.len());
+                    cols.iter_mut().for_each(|x| *x += i + 1);
+                }
+            })
+        });
+        assert!(data.iter().enumerate().all(|(j, &x)| x == (j % width) / 5 + 1));
     }
 
     #[test]

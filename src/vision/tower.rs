@@ -66,28 +66,57 @@ impl Linear {
         };
         Ok(Linear {
             w,
-            input: (bound("input_min", f32::NEG_INFINITY)?, bound("input_max", f32::INFINITY)?),
-            output: (bound("output_min", f32::NEG_INFINITY)?, bound("output_max", f32::INFINITY)?),
+            input: (bound("input_min", UNBOUNDED.0)?, bound("input_max", UNBOUNDED.1)?),
+            output: (bound("output_min", UNBOUNDED.0)?, bound("output_max", UNBOUNDED.1)?),
         })
     }
 
     fn clamps(&self) -> bool {
-        self.input != (f32::NEG_INFINITY, f32::INFINITY) || self.output != (f32::NEG_INFINITY, f32::INFINITY)
+        self.input != UNBOUNDED || self.output != UNBOUNDED
     }
 
     /// `clamp(w · clamp(x))` for every row of `x: [n_rows][w.n_in]`.
     fn apply(&self, isa: Isa, file: &[u8], x: &[f32]) -> Vec<f32> {
-        let clamp = |v: &mut [f32], (lo, hi): (f32, f32)| v.iter_mut().for_each(|e| *e = e.clamp(lo, hi));
-        let mut out = if self.input == (f32::NEG_INFINITY, f32::INFINITY) {
-            Input::with_prompt_rows(x, self.w.n_in, x.len() / self.w.n_in).project(isa, file, &self.w)
-        } else {
-            let mut xc = x.to_vec();
-            clamp(&mut xc, self.input);
-            Input::with_prompt_rows(&xc, self.w.n_in, xc.len() / self.w.n_in).project(isa, file, &self.w)
-        };
-        clamp(&mut out, self.output);
+        let [out] = apply_all(isa, file, x, [self]);
         out
     }
+}
+
+/// No bound.
+const UNBOUNDED: (f32, f32) = (f32::NEG_INFINITY, f32::INFINITY);
+
+/// [`Linear::apply`] of every projection in `ws` to the same `x`: the input is clamped and
+/// converted to the kernels' activation type once for all the projections that share its
+/// bounds (q, k and v; gate and up).
+fn apply_all<const N: usize>(isa: Isa, file: &[u8], x: &[f32], ws: [&Linear; N]) -> [Vec<f32>; N] {
+    use rayon::prelude::*;
+    let clamp = |v: &mut [f32], (lo, hi): (f32, f32)| {
+        if (lo, hi) != UNBOUNDED {
+            v.par_chunks_mut(1 << 14).for_each(|c| c.iter_mut().for_each(|e| *e = e.clamp(lo, hi)));
+        }
+    };
+    let mut out: [Vec<f32>; N] = std::array::from_fn(|_| Vec::new());
+    let mut done = [false; N];
+    for i in 0..N {
+        if done[i] {
+            continue;
+        }
+        let (bounds, n_in) = (ws[i].input, ws[i].w.n_in);
+        let mut clamped = Vec::new();
+        if bounds != UNBOUNDED {
+            clamped = x.to_vec();
+            clamp(&mut clamped, bounds);
+        }
+        let mut input = Input::with_prompt_rows(if clamped.is_empty() { x } else { &clamped }, n_in, x.len() / n_in);
+        for j in i..N {
+            if !done[j] && ws[j].input == bounds {
+                out[j] = input.project(isa, file, &ws[j].w);
+                clamp(&mut out[j], ws[j].output);
+                done[j] = true;
+            }
+        }
+    }
+    out
 }
 
 /// One encoder block's weights.
@@ -326,9 +355,7 @@ impl VisionTower {
         let (isa, file, eps, n_embd, hd) = (self.isa, self.gguf.bytes(), self.eps, s.n_embd, s.head_dim);
         let h = norm_rows(x, n_embd, Some(&b.ln1), eps);
         // q, k, v: [n][n_head][hd]
-        let mut q = b.attn_q.apply(isa, file, &h);
-        let mut k = b.attn_k.apply(isa, file, &h);
-        let mut v = b.attn_v.apply(isa, file, &h);
+        let [mut q, mut k, mut v] = apply_all(isa, file, &h, [&b.attn_q, &b.attn_k, &b.attn_v]);
         rms_norm_heads(&mut q, hd, Some(&b.attn_q_norm), eps);
         rms_norm_heads(&mut k, hd, Some(&b.attn_k_norm), eps);
         rms_norm_heads(&mut v, hd, None, eps);
@@ -345,8 +372,7 @@ impl VisionTower {
         add(x, &o);
 
         let h = norm_rows(x, n_embd, Some(&b.ln2), eps);
-        let mut gate = b.ffn_gate.apply(isa, file, &h);
-        let up = b.ffn_up.apply(isa, file, &h);
+        let [mut gate, up] = apply_all(isa, file, &h, [&b.ffn_gate, &b.ffn_up]);
         gelu_mul(&mut gate, &up);
         let mut m = b.ffn_down.apply(isa, file, &gate);
         norm_rows_inplace(&mut m, n_embd, Some(&b.ffn_post_norm), eps);
@@ -408,26 +434,29 @@ fn attention_reference(isa: Isa, q: &[f32], k: &[f32], v: &[f32], n_head: usize,
 /// [`attention_reference`] on the 26B-A4B tower (2,304 patches).
 fn attention(isa: Isa, q: &[f32], k: &[f32], v: &[f32], n_head: usize, hd: usize) -> Vec<f32> {
     use ggml::attention::{attention_to, AttnShape, KvRows};
+    use rayon::prelude::*;
     let d = hd.next_multiple_of(16);
     let n = q.len() / (n_head * hd);
-    let (mut kc, mut vc, mut qp) = (vec![0f32; n_head * n * d], vec![0f32; n_head * n * d], vec![0f32; n * n_head * d]);
-    for i in 0..n {
-        for h in 0..n_head {
-            let src = (i * n_head + h) * hd;
-            kc[(h * n + i) * d..][..hd].copy_from_slice(&k[src..src + hd]);
-            vc[(h * n + i) * d..][..hd].copy_from_slice(&v[src..src + hd]);
-            qp[(i * n_head + h) * d..][..hd].copy_from_slice(&q[src..src + hd]);
-        }
-    }
+    // The cache, [n_head][n][d], and the queries, [n][n_head][d].
+    let cache = |x: &[f32]| {
+        let mut c = vec![0f32; n_head * n * d];
+        c.par_chunks_exact_mut(n * d).enumerate().for_each(|(h, c)| {
+            for (i, c) in c.chunks_exact_mut(d).enumerate() {
+                c[..hd].copy_from_slice(&x[(i * n_head + h) * hd..][..hd]);
+            }
+        });
+        c
+    };
+    let (kc, vc) = (cache(k), cache(v));
+    let mut qp = vec![0f32; n * n_head * d];
+    qp.par_chunks_exact_mut(d).zip(q.par_chunks_exact(hd)).for_each(|(p, q)| p[..hd].copy_from_slice(q));
     let shape = AttnShape { n_head, n_kv_head: n_head, head_dim: d, scale: 1.0, window: None };
     let pos: Vec<usize> = (0..n).collect();
     let last = vec![n - 1; n];
     let mut out = vec![0f32; n * n_head * d];
     attention_to(isa, &shape, &qp, &pos, &last, KvRows { k: &kc[..], v: &vc[..], pos: &pos }.into(), &mut out);
     let mut a = vec![0f32; q.len()];
-    for r in 0..n * n_head {
-        a[r * hd..(r + 1) * hd].copy_from_slice(&out[r * d..r * d + hd]);
-    }
+    a.par_chunks_exact_mut(hd).zip(out.par_chunks_exact(d)).for_each(|(a, o)| a.copy_from_slice(&o[..hd]));
     a
 }
 

@@ -413,6 +413,33 @@ fn simd_loads_give_the_stored_values() {
     check_exact(&case, &case.v_row(0), "bf16");
 }
 
+/// The same with batches long enough that a unit of work holds several blocks (one thread:
+/// up to 8 blocks a unit): 150 tokens in one call against calls over parts of it, with and
+/// without a window, and the result against the reference.
+#[test]
+fn outputs_do_not_depend_on_the_blocks_sharing_a_unit() {
+    let one_thread = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    for (group, window) in [(1, None), (2, Some(40)), (8, None)] {
+        let shape = AttnShape { n_head: 2 * group, n_kv_head: 2, head_dim: 64, scale: 1.0, window };
+        let case = Case::<f32>::random(shape, 150, 200, 13, 21);
+        let row = shape.n_head * shape.head_dim;
+        for isa in Isa::available() {
+            let mut all = vec![f32::NAN; case.q.len()];
+            one_thread.install(|| attention(isa, &shape, &case.q, &case.q_pos, case.rows().into(), &mut all));
+            let err = all.iter().zip(case.reference()).map(|(g, w)| (g - w).abs()).fold(0.0f32, f32::max);
+            assert!(err <= 1e-5 * case.max_v(), "{isa:?} group {group} window {window:?}: max error {err}");
+            let mut t0 = 0;
+            for n in [2, 37, 111] {
+                let (q, q_pos) = (&case.q[t0 * row..(t0 + n) * row], &case.q_pos[t0..t0 + n]);
+                let mut part = vec![f32::NAN; n * row];
+                attention(isa, &shape, q, q_pos, case.rows().into(), &mut part);
+                assert_eq!(part[..], all[t0 * row..(t0 + n) * row], "{isa:?} group {group}, tokens {t0}..{}", t0 + n);
+                t0 += n;
+            }
+        }
+    }
+}
+
 /// A token's output is the same bits whichever batch of two or more tokens it comes in: one
 /// call over 17 tokens against calls over 2, 7 and 8 of them (GQA groups of 1, 2 and 8, so
 /// blocks of 16, 8 and 2 tokens split differently).

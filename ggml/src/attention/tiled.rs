@@ -8,19 +8,20 @@
 //! bookkeeping (maximum, `e^(s - max)`, running sum) is one vector operation for all rows, and
 //! each K and V row is widened to f32 once per block instead of once per token.
 //!
-//! Keys go by tiles of [`TILE`] consecutive slots (those no row of the block sees are
-//! skipped): their scores, the tile's maximum per row, one rescale of each row's accumulator
-//! by `e^(old max - new max)`, then `acc += Σ_j p_j · v_j` with four rows sharing each V load.
-//! The mask is the one of [`AttnShape::visible`], computed per key for all lanes from the
-//! positions stored with the slots.
+//! Keys go by tiles of [`TILE`] consecutive slots: their scores, the tile's maximum per row,
+//! one rescale of each row's accumulator by `e^(old max - new max)`, then `acc += Σ_j p_j ·
+//! v_j` with four rows sharing each V load. The mask is the one of [`AttnShape::visible`],
+//! computed per key for all lanes from the positions stored with the slots. A unit of parallel
+//! work is a few consecutive blocks: each tile's K and V rows are read and widened once for
+//! all of them, and a block skips the tiles none of its rows sees.
 //!
-//! **Batch invariance.** A row's result does not depend on the other rows of its block, so a
-//! token gets the same bits in any prompt batch of two or more tokens (a rewound cache
-//! re-running part of a prompt matches a fresh run exactly): every operation is per lane,
-//! the tiles are fixed slot ranges, and in a tile a row sees nothing of (or a key it does not
-//! see) its weights are exactly 0, its maximum stays and its rescale is `e^0 = 1`. (A V row
-//! holding ±inf would turn the 0 weights of the rows that do not see it into NaN; an f16
-//! cache overflows only past 65504.)
+//! **Batch invariance.** A row's result does not depend on the other rows of its block or
+//! unit, so a token gets the same bits in any prompt batch of two or more tokens (a rewound
+//! cache re-running part of a prompt matches a fresh run exactly): every operation is per
+//! lane, the tiles are fixed slot ranges, and in a tile a row sees nothing of (or a key it
+//! does not see) its weights are exactly 0, its maximum stays and its rescale is `e^0 = 1`.
+//! (A V row holding ±inf would turn the 0 weights of the rows that do not see it into NaN;
+//! an f16 cache overflows only past 65504.)
 //!
 //! The portable streaming path of `mod.rs` is the reference this is tested against (with the
 //! f64 [`super::attention_reference`]); both reach the same sums in a different order.
@@ -41,8 +42,22 @@ pub(super) fn usable(shape: &AttnShape, n_tokens: usize) -> bool {
     n_tokens > 1 && shape.group() <= LANES && shape.head_dim.is_multiple_of(16)
 }
 
-/// [`super::attention`] for a call [`usable`] accepts, with blocks as units of parallel work:
-/// each unit is the tokens of one block and all their heads, a contiguous run of `out`.
+/// The query rows' state (`qᵀ` and the accumulators) that a unit of work may hold: its blocks'
+/// K and V tiles are read and widened once for all of them. On the vision tower's 2,304
+/// patches (16 heads of 80) one block per unit took 245 ms, four 188, eight 170: each head's K
+/// and V (1.5 MiB) are read from L3 once per unit rather than once per block.
+const UNIT_STATE_BYTES: usize = 256 << 10;
+
+/// Blocks per unit of work for `n_blocks` blocks of rows `d` wide: as many as
+/// [`UNIT_STATE_BYTES`] holds, up to 8, while every thread still gets about four units.
+fn blocks_per_unit(n_blocks: usize, d: usize) -> usize {
+    let most = (UNIT_STATE_BYTES / (2 * d * LANES * 4)).clamp(1, 8);
+    (n_blocks / (4 * crate::parallel::threads())).clamp(1, most)
+}
+
+/// [`super::attention`] for a call [`usable`] accepts, with runs of blocks as units of parallel
+/// work: each unit is the tokens of a few consecutive blocks and all their heads, a contiguous
+/// run of `out`.
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA, F16C and AVX-512 F/BW/VL/VNNI.
@@ -56,17 +71,17 @@ pub(super) unsafe fn attention<K: KvElem, V: KvElem>(
     out: &mut [f32],
 ) {
     let tokens_per_block = LANES / shape.group();
-    for_each_chunk_mut(out, tokens_per_block * shape.n_head * shape.head_dim, |b, out| {
+    let tokens_per_unit = tokens_per_block * blocks_per_unit(q_pos.len().div_ceil(tokens_per_block), shape.head_dim);
+    for_each_chunk_mut(out, tokens_per_unit * shape.n_head * shape.head_dim, |u, out| {
         // SAFETY: the caller checked the CPU's features.
-        unsafe { block_tokens(shape, q, q_pos, q_last, kv, capacity, b * tokens_per_block, out) }
+        unsafe { unit_tokens(shape, q, q_pos, q_last, kv, capacity, u * tokens_per_unit, out) }
     });
 }
 
-/// The query rows of one block, its KV head's rows and scratch for one tile.
-struct Block<'a, K, V> {
-    shape: &'a AttnShape,
-    k: &'a [K],
-    v: &'a [V],
+/// The query rows of one block and their running state.
+struct Block {
+    /// Rows in use (the rest of the lanes are padding).
+    rows: usize,
     /// `qᵀ`, `[d][LANES]`: element `e` of every row's query (times the scale), 0 in unused lanes.
     qt: Vec<f32>,
     /// The last position each row's token sees (its own, or its image's last one in a
@@ -79,21 +94,26 @@ struct Block<'a, K, V> {
     /// The running maximum and sum of `e^(s - max)` per lane.
     max: __m512,
     sum: __m512,
-    /// One tile: its keys and values widened to f32 (`[TILE][d]`), its slots and masks, and the
-    /// weights `p` per key (`[TILE][LANES]`).
-    k_tile: Vec<f32>,
-    v_tile: Vec<f32>,
-    slots: Vec<(usize, __mmask16)>,
+    /// Which lanes see each slot of the tile in hand.
+    masks: [__mmask16; TILE],
+}
+
+/// One tile of keys, shared by the blocks of a unit: its K and V rows widened to f32
+/// (`[TILE][d]`, zero rows after the last slot up to a multiple of four), and the weights `p`
+/// of the block in hand per key (`[TILE][LANES]`).
+struct Tile {
+    k: Vec<f32>,
+    v: Vec<f32>,
     p: Vec<f32>,
 }
 
-/// Tokens `t0..` (as many as `out` holds, at most a block's worth) and all heads.
+/// Tokens `t0..` (as many as `out` holds: a few blocks' worth) and all heads.
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA, F16C and AVX-512 F/BW/VL/VNNI.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 #[allow(clippy::too_many_arguments)]
-fn block_tokens<K: KvElem, V: KvElem>(
+fn unit_tokens<K: KvElem, V: KvElem>(
     shape: &AttnShape,
     q: &[f32],
     q_pos: &[usize],
@@ -104,105 +124,117 @@ fn block_tokens<K: KvElem, V: KvElem>(
     out: &mut [f32],
 ) {
     let (d, group, n_head) = (shape.head_dim, shape.group(), shape.n_head);
+    let tokens_per_block = LANES / group;
     let n_tokens = out.len() / (n_head * d);
-    let rows = n_tokens * group;
     let (k_head, v_head) = (capacity * K::units(d), capacity * V::units(d));
-    let mut block = Block {
-        shape,
-        k: &[],
-        v: &[],
-        qt: vec![0.0; d * LANES],
-        q_pos: _mm512_set1_epi32(-1),
-        lowest: _mm512_set1_epi32(-1),
-        acc: vec![0.0; LANES * d],
-        max: _mm512_set1_ps(f32::NEG_INFINITY),
-        sum: _mm512_setzero_ps(),
-        k_tile: vec![0.0; TILE * d],
-        v_tile: vec![0.0; TILE * d],
-        slots: Vec::with_capacity(TILE),
-        p: vec![0.0; TILE * LANES],
-    };
-    // Row `i` of a block is token `t0 + i / group`, query head `kv_head · group + i % group`.
-    let lanes = |of: &[usize]| -> [i32; LANES] {
-        std::array::from_fn(|i| {
-            if i < rows {
-                i32::try_from(of[t0 + i / group]).expect("positions fit an i32")
-            } else {
-                -1
+    let (kr, vr) = (K::units(d), V::units(d));
+    let window = shape.window.map_or(i32::MAX, |w| i32::try_from(w).unwrap_or(i32::MAX));
+    // Block `b` holds tokens `t0 + b · tokens_per_block ..`; its row `i` is token
+    // `t0 + b · tokens_per_block + i / group`, query head `kv_head · group + i % group`.
+    let mut blocks: Vec<Block> = (0..n_tokens.div_ceil(tokens_per_block))
+        .map(|b| {
+            let first = t0 + b * tokens_per_block;
+            let rows = (n_tokens - b * tokens_per_block).min(tokens_per_block) * group;
+            let lanes = |of: &[usize]| -> [i32; LANES] {
+                std::array::from_fn(|i| {
+                    if i < rows {
+                        i32::try_from(of[first + i / group]).expect("positions fit an i32")
+                    } else {
+                        -1
+                    }
+                })
+            };
+            let (lane_pos, lane_last) = (lanes(q_pos), lanes(q_last));
+            // SAFETY: 16 i32 each; unaligned loads.
+            let (pos, last) = unsafe {
+                (_mm512_loadu_si512(lane_pos.as_ptr().cast()), _mm512_loadu_si512(lane_last.as_ptr().cast()))
+            };
+            Block {
+                rows,
+                qt: vec![0.0; d * LANES],
+                q_pos: last,
+                // q_pos - window, saturating at -1 (below every key).
+                lowest: _mm512_max_epi32(_mm512_sub_epi32(pos, _mm512_set1_epi32(window)), _mm512_set1_epi32(-1)),
+                acc: vec![0.0; LANES * d],
+                max: _mm512_set1_ps(f32::NEG_INFINITY),
+                sum: _mm512_setzero_ps(),
+                masks: [0; TILE],
             }
         })
-    };
-    let (lane_pos, lane_last) = (lanes(q_pos), lanes(q_last));
-    // SAFETY: 16 i32 each; unaligned loads.
-    let pos = unsafe { _mm512_loadu_si512(lane_pos.as_ptr().cast()) };
-    block.q_pos = unsafe { _mm512_loadu_si512(lane_last.as_ptr().cast()) };
-    let window = shape.window.map_or(i32::MAX, |w| i32::try_from(w).unwrap_or(i32::MAX));
-    // q_pos - window, saturating at -1 (below every key).
-    block.lowest = _mm512_max_epi32(_mm512_sub_epi32(pos, _mm512_set1_epi32(window)), _mm512_set1_epi32(-1));
+        .collect();
+    let mut tile = Tile { k: vec![0.0; TILE * d], v: vec![0.0; TILE * d], p: vec![0.0; TILE * LANES] };
     for kv_head in 0..shape.n_kv_head {
-        let row = |i: usize| ((t0 + i / group) * n_head + kv_head * group + i % group) * d;
-        block.qt.fill(0.0);
-        for i in 0..rows {
-            for (e, &x) in q[row(i)..row(i) + d].iter().enumerate() {
-                block.qt[e * LANES + i] = x * shape.scale;
-            }
-        }
-        block.k = &kv.k[kv_head * k_head..(kv_head + 1) * k_head];
-        block.v = &kv.v[kv_head * v_head..(kv_head + 1) * v_head];
-        block.acc.fill(0.0);
-        block.max = _mm512_set1_ps(f32::NEG_INFINITY);
-        block.sum = _mm512_setzero_ps();
-        // Tiles are fixed runs of TILE slots, whatever the block holds, so that each row's
-        // sums come out the same bits in any batch (see the module notes).
-        for first in (0..kv.pos.len()).step_by(TILE) {
-            for slot in first..(first + TILE).min(kv.pos.len()) {
-                let k_pos = _mm512_set1_epi32(kv.pos[slot] as i32);
-                let mask = _mm512_cmple_epi32_mask(k_pos, block.q_pos) & _mm512_cmpgt_epi32_mask(k_pos, block.lowest);
-                if mask != 0 {
-                    block.slots.push((slot, mask));
+        let row =
+            |b: usize, i: usize| ((t0 + b * tokens_per_block + i / group) * n_head + kv_head * group + i % group) * d;
+        for (b, block) in blocks.iter_mut().enumerate() {
+            block.qt.fill(0.0);
+            for i in 0..block.rows {
+                for (e, &x) in q[row(b, i)..row(b, i) + d].iter().enumerate() {
+                    block.qt[e * LANES + i] = x * shape.scale;
                 }
             }
-            if !block.slots.is_empty() {
-                block.tile();
+            block.acc.fill(0.0);
+            block.max = _mm512_set1_ps(f32::NEG_INFINITY);
+            block.sum = _mm512_setzero_ps();
+        }
+        let (k, v) = (&kv.k[kv_head * k_head..(kv_head + 1) * k_head], &kv.v[kv_head * v_head..(kv_head + 1) * v_head]);
+        // Tiles are fixed runs of TILE slots, whatever the blocks hold, so that each row's
+        // sums come out the same bits in any batch (see the module notes).
+        for first in (0..kv.pos.len()).step_by(TILE) {
+            let slots = first..(first + TILE).min(kv.pos.len());
+            let mut seen = false;
+            for block in blocks.iter_mut() {
+                for (j, slot) in slots.clone().enumerate() {
+                    let k_pos = _mm512_set1_epi32(kv.pos[slot] as i32);
+                    block.masks[j] =
+                        _mm512_cmple_epi32_mask(k_pos, block.q_pos) & _mm512_cmpgt_epi32_mask(k_pos, block.lowest);
+                    seen |= block.masks[j] != 0;
+                }
+            }
+            if !seen {
+                continue;
+            }
+            // Widen the tile's K and V rows once for every block; a partial tile's last group
+            // of four keys is padded with zero rows (their lanes are masked off).
+            let n = slots.len();
+            for (j, slot) in slots.enumerate() {
+                widen(&k[slot * kr..(slot + 1) * kr], &mut tile.k[j * d..(j + 1) * d]);
+                widen(&v[slot * vr..(slot + 1) * vr], &mut tile.v[j * d..(j + 1) * d]);
+            }
+            tile.k[n * d..n.next_multiple_of(4) * d].fill(0.0);
+            for block in blocks.iter_mut().filter(|b| b.masks[..n].iter().any(|&m| m != 0)) {
+                block.tile(&mut tile, n, d);
             }
         }
         // out = acc / sum (0 for a row that saw no key).
-        let mut sums = [0f32; LANES];
-        // SAFETY: 16 f32; unaligned store.
-        unsafe { _mm512_storeu_ps(sums.as_mut_ptr(), block.sum) };
-        for (i, (&sum, acc)) in sums.iter().zip(block.acc.chunks_exact(d)).enumerate().take(rows) {
-            let o = row(i) - t0 * n_head * d;
-            let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
-            for (o, &a) in out[o..o + d].iter_mut().zip(acc) {
-                *o = a * inv;
+        for (b, block) in blocks.iter().enumerate() {
+            let mut sums = [0f32; LANES];
+            // SAFETY: 16 f32; unaligned store.
+            unsafe { _mm512_storeu_ps(sums.as_mut_ptr(), block.sum) };
+            for (i, (&sum, acc)) in sums.iter().zip(block.acc.chunks_exact(d)).enumerate().take(block.rows) {
+                let o = row(b, i) - t0 * n_head * d;
+                let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
+                for (o, &a) in out[o..o + d].iter_mut().zip(acc) {
+                    *o = a * inv;
+                }
             }
         }
     }
 }
 
-impl<K: KvElem, V: KvElem> Block<'_, K, V> {
-    /// The keys in `slots` (the visible ones of a tile's slots) against every row, then
-    /// `slots` is emptied.
+impl Block {
+    /// The `n` keys of `tile` against every row; a key no lane of a row sees (its mask bit is
+    /// clear) weighs exactly 0 there, which leaves the row's sums as they were.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    fn tile(&mut self) {
-        let d = self.shape.head_dim;
-        let (kr, vr) = (K::units(d), V::units(d));
-        let n = self.slots.len();
-        // Widen the tile's K and V rows; a partial tile's last group of four keys is padded
-        // with zero rows (their lanes are masked off below).
+    fn tile(&mut self, tile: &mut Tile, n: usize, d: usize) {
         let padded = n.next_multiple_of(4);
-        for (j, &(slot, _)) in self.slots.iter().enumerate() {
-            widen(&self.k[slot * kr..(slot + 1) * kr], &mut self.k_tile[j * d..(j + 1) * d]);
-            widen(&self.v[slot * vr..(slot + 1) * vr], &mut self.v_tile[j * d..(j + 1) * d]);
-        }
-        self.k_tile[n * d..padded * d].fill(0.0);
 
         // Scores, four keys at a time: s_j = Σ_e k_j[e] · qᵀ[e], in two chains per key.
         let neg_inf = _mm512_set1_ps(f32::NEG_INFINITY);
         let mut scores = [neg_inf; TILE];
         for j0 in (0..padded).step_by(4) {
             let mut acc = [[_mm512_setzero_ps(); 2]; 4];
-            let k = self.k_tile[j0 * d..(j0 + 4) * d].as_ptr();
+            let k = tile.k[j0 * d..(j0 + 4) * d].as_ptr();
             let qt = self.qt.as_ptr();
             for e in (0..d).step_by(2) {
                 // SAFETY: e + 1 < d (d is even): rows e and e + 1 of qᵀ ([d][LANES]) and
@@ -218,8 +250,7 @@ impl<K: KvElem, V: KvElem> Block<'_, K, V> {
                 }
             }
             for (j, acc) in acc.iter().enumerate().take(n.saturating_sub(j0)) {
-                let mask = self.slots[j0 + j].1;
-                scores[j0 + j] = _mm512_mask_mov_ps(neg_inf, mask, _mm512_add_ps(acc[0], acc[1]));
+                scores[j0 + j] = _mm512_mask_mov_ps(neg_inf, self.masks[j0 + j], _mm512_add_ps(acc[0], acc[1]));
             }
         }
 
@@ -232,11 +263,11 @@ impl<K: KvElem, V: KvElem> Block<'_, K, V> {
         let had = _mm512_cmp_ps_mask::<_CMP_NEQ_OQ>(self.max, neg_inf);
         let rescale = _mm512_maskz_mov_ps(had, exp(_mm512_sub_ps(self.max, shift)));
         let mut sum = _mm512_mul_ps(self.sum, rescale);
-        for (j, &(_, mask)) in self.slots.iter().enumerate() {
+        for (j, &mask) in self.masks[..n].iter().enumerate() {
             let p = _mm512_maskz_mov_ps(mask, exp(_mm512_sub_ps(scores[j], shift)));
             sum = _mm512_add_ps(sum, p);
             // SAFETY: 16 f32 at row j of the [TILE][LANES] weights; unaligned store.
-            unsafe { _mm512_storeu_ps(self.p[j * LANES..].as_mut_ptr(), p) };
+            unsafe { _mm512_storeu_ps(tile.p[j * LANES..].as_mut_ptr(), p) };
         }
         self.sum = sum;
         self.max = new_max;
@@ -250,7 +281,7 @@ impl<K: KvElem, V: KvElem> Block<'_, K, V> {
 
         // acc_i = acc_i · rescale_i + Σ_j p_j[i] · v_j, four rows at a time sharing each V
         // load. Unused lanes have p = 0 and stay 0.
-        let (v, p) = (self.v_tile.as_ptr(), self.p.as_ptr());
+        let (v, p) = (tile.v.as_ptr(), tile.p.as_ptr());
         for i0 in (0..LANES).step_by(4) {
             for c in (0..d).step_by(16) {
                 let acc = self.acc[i0 * d + c..].as_mut_ptr();
@@ -274,7 +305,6 @@ impl<K: KvElem, V: KvElem> Block<'_, K, V> {
                 }
             }
         }
-        self.slots.clear();
     }
 }
 

@@ -14,11 +14,16 @@ pub fn dot_scalar(w: &[f16], a: &[f16]) -> f32 {
 }
 
 #[cfg(target_arch = "x86_64")]
-pub use x86::{dot_avx2, dot_avx512};
+pub use x86::{dot_avx2, dot_avx512, group_avx512};
+
+/// The tile kernels take the activations as they are.
+pub const TILE_ACTS: Option<crate::kernels::tile::PrepareFn<half::f16>> = None;
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
+
+    use crate::kernels::tile::{group_float_avx512, ROWS};
 
     use super::f16;
     use crate::kernels::x86::{f16_to_f32, hsum_f32x8};
@@ -94,6 +99,15 @@ mod x86 {
         };
         acc[2] = _mm512_fmadd_ps(_mm512_cvtph_ps(x), _mm512_cvtph_ps(y), acc[2]);
         _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])))
+    }
+
+    /// [`ROWS`] weight rows against every token (see [`group_float_avx512`]).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA, F16C and AVX-512 F/BW/VL/VNNI.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub fn group_avx512(w: &[&[f16]; ROWS], a: &[f16], n_tokens: usize, out: &mut [f32]) {
+        group_float_avx512(w, a, n_tokens, out)
     }
 }
 

@@ -11,11 +11,16 @@ pub fn dot_scalar(w: &[f32], a: &[f32]) -> f32 {
 }
 
 #[cfg(target_arch = "x86_64")]
-pub use x86::{dot_avx2, dot_avx512};
+pub use x86::{dot_avx2, dot_avx512, group_avx512};
+
+/// The tile kernels take the activations as they are.
+pub const TILE_ACTS: Option<crate::kernels::tile::PrepareFn<f32>> = None;
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
+
+    use crate::kernels::tile::{group_float_avx512, ROWS};
 
     use crate::kernels::x86::hsum_f32x8;
 
@@ -81,6 +86,15 @@ mod x86 {
         let (x, y) = unsafe { (_mm512_maskz_loadu_ps(mask, x.as_ptr()), _mm512_maskz_loadu_ps(mask, y.as_ptr())) };
         acc[2] = _mm512_fmadd_ps(x, y, acc[2]);
         _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])))
+    }
+
+    /// [`ROWS`] weight rows against every token (see [`group_float_avx512`]).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA, F16C and AVX-512 F/BW/VL/VNNI.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub fn group_avx512(w: &[&[f32]; ROWS], a: &[f32], n_tokens: usize, out: &mut [f32]) {
+        group_float_avx512(w, a, n_tokens, out)
     }
 }
 

@@ -79,16 +79,16 @@ macro_rules! dot_kernels {
             }
         }
 
-        /// `by_row[r * n_tokens + t] = W[r] · acts[t]` for `rows` weight rows and the
-        /// `n_tokens` rows of `acts` (its prompt rows on the tiles): the kernel is chosen and the
-        /// operands are cast once, then rows are split across threads.
+        /// `W[r] · acts[t]` for `rows` weight rows and the `n_tokens` rows of `acts` (its
+        /// prompt rows on the tiles) into `out`: the kernel is chosen and the operands are cast
+        /// once, then rows are split across threads.
         pub(crate) fn dot_rows(
             ty: GgmlType,
             isa: Isa,
             w: &[u8],
             rows: usize,
             acts: &matmul::QuantizedActs,
-            by_row: &mut [f32],
+            out: matmul::Products<'_>,
         ) -> Result<(), QuantError> {
             let (n_tokens, tiled) = (acts.n_rows, acts.tiled);
             match ty {
@@ -98,7 +98,7 @@ macro_rules! dot_kernels {
                     let a: &[$a] = cast_blocks(a_ty, acts.bytes())?;
                     check_pair(ty, w.len() / rows.max(1), a_ty, a.len() / n_tokens.max(1))?;
                     let tiles: Option<tile::Tiles<$w, $a>> = pick_tile!($module, isa $(, $tiled)?);
-                    matmul::dot_rows_with(pick!($module, isa), tiles, w, rows, a, n_tokens, tiled, by_row);
+                    matmul::dot_rows_with(pick!($module, isa), tiles, w, rows, a, n_tokens, tiled, out);
                     Ok(())
                 } )*
                 _ => Err(QuantError::Unsupported(ty)),
@@ -156,9 +156,9 @@ dot_kernels! {
     Q5_1 => q5_1 (crate::quants::q5_1::BlockQ5_1, crate::quants::q8_1::BlockQ8_1),
     IQ4_NL => iq4_nl (crate::quants::iq4_nl::BlockIQ4NL, crate::quants::q8_0::BlockQ8_0),
     MXFP4 => mxfp4 (crate::quants::mxfp4::BlockMXFP4, crate::quants::q8_0::BlockQ8_0),
-    F32 => f32 (f32, f32),
-    F16 => f16 (half::f16, half::f16),
-    BF16 => bf16 (half::bf16, half::bf16),
+    F32 => f32 (f32, f32) [tiled],
+    F16 => f16 (half::f16, half::f16) [tiled],
+    BF16 => bf16 (half::bf16, half::bf16) [tiled],
 }
 
 /// Weights and activations must cover the same number of elements.

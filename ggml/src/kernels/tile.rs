@@ -7,8 +7,8 @@
 //! them, stay on the plain dot kernels ([`super::matmul::QuantizedActs`]).
 //!
 //! So far on AVX-512 VNNI: for the weight types whose dot type is Q8_0 and whose blocks decode
-//! to 32 signed bytes and one f16 scale (Q8_0, Q5_0: [`group_q8_avx512`]), and for Q4_K and
-//! Q6_K (in `q4_k.rs`, `q6_k.rs`).
+//! to 32 signed bytes and one f16 scale (Q8_0, Q5_0: [`group_q8_avx512`]), for Q4_K and Q6_K
+//! (in `q4_k.rs`, `q6_k.rs`), and for the float types F32, F16 and BF16 ([`group_float_avx512`]).
 
 /// Weight rows per group.
 pub const ROWS: usize = 4;
@@ -64,7 +64,7 @@ pub fn prepare_q8_0_acts(blocks: &mut [crate::quants::q8_0::BlockQ8_0], n: usize
 }
 
 #[cfg(target_arch = "x86_64")]
-pub(crate) use x86::{group_q8_avx512, store_sums, SignedBytes};
+pub(crate) use x86::{group_float_avx512, group_q8_avx512, store_sums, SignedBytes};
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
@@ -205,6 +205,139 @@ mod x86 {
         store_sums(&acc, t0, n_tokens, out);
     }
 
+    /// Float elements that widen to sixteen f32 lanes at a time, exactly.
+    pub(crate) trait Floats: Copy {
+        /// `p[..16]` as f32.
+        ///
+        /// # Safety
+        /// 16 elements must be readable at `p`; the CPU must support AVX-512 F/BW/VL.
+        unsafe fn widen(p: *const Self) -> __m512;
+        /// `p[..k]` (`k < 16`) as f32, zero in the lanes after.
+        ///
+        /// # Safety
+        /// `k` elements must be readable at `p`; the CPU must support AVX-512 F/BW/VL.
+        unsafe fn widen_first(p: *const Self, k: usize) -> __m512;
+    }
+
+    impl Floats for f32 {
+        #[inline]
+        #[target_feature(enable = "avx512f")]
+        unsafe fn widen(p: *const f32) -> __m512 {
+            // SAFETY: the caller's: 16 f32 at `p`; unaligned load.
+            unsafe { _mm512_loadu_ps(p) }
+        }
+
+        #[inline]
+        #[target_feature(enable = "avx512f")]
+        unsafe fn widen_first(p: *const f32, k: usize) -> __m512 {
+            // SAFETY: only the first `k` lanes are read (masked-off lanes are not).
+            unsafe { _mm512_maskz_loadu_ps(((1u32 << k) - 1) as u16, p) }
+        }
+    }
+
+    impl Floats for half::f16 {
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
+        unsafe fn widen(p: *const half::f16) -> __m512 {
+            // SAFETY: the caller's: 16 f16 (32 bytes) at `p`; unaligned load.
+            _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(p.cast()) })
+        }
+
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
+        unsafe fn widen_first(p: *const half::f16, k: usize) -> __m512 {
+            // SAFETY: only the first `k` 16-bit lanes are read; the rest load as +0.
+            _mm512_cvtph_ps(unsafe { _mm256_maskz_loadu_epi16(((1u32 << k) - 1) as u16, p.cast()) })
+        }
+    }
+
+    impl Floats for half::bf16 {
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+        unsafe fn widen(p: *const half::bf16) -> __m512 {
+            // SAFETY: the caller's: 16 bf16 (32 bytes) at `p`; unaligned load. A bf16 is the
+            // top half of its f32.
+            let x = unsafe { _mm256_loadu_si256(p.cast()) };
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(x)))
+        }
+
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+        unsafe fn widen_first(p: *const half::bf16, k: usize) -> __m512 {
+            // SAFETY: only the first `k` 16-bit lanes are read; the rest load as +0.
+            let x = unsafe { _mm256_maskz_loadu_epi16(((1u32 << k) - 1) as u16, p.cast()) };
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(x)))
+        }
+    }
+
+    thread_local! {
+        /// The row group in hand widened to f32, sixteen elements of each row in turn:
+        /// `[step][ROWS]` (a 4304-wide row is 269 steps, 69 KiB).
+        static WIDENED: RefCell<Vec<__m512>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// The row-group kernel for float weights against activations of the same type (F32, F16,
+    /// BF16): the rows are widened to f32 once, then each (row, token) pair keeps one 16-lane
+    /// FMA accumulator over the row, summed at the end by [`store_sums`]. Every product is exact
+    /// in f32 (the reference sums in f64 and differs by the f32 additions alone).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA, F16C and AVX-512 F/BW/VL/VNNI.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(crate) fn group_float_avx512<E: Floats>(w: &[&[E]; ROWS], a: &[E], n_tokens: usize, out: &mut [f32]) {
+        let n = w[0].len();
+        assert!(w.iter().all(|row| row.len() == n) && a.len() == n * n_tokens && out.len() == ROWS * n_tokens);
+        WIDENED.with_borrow_mut(|widened| {
+            widened.clear();
+            let (whole, rest) = (n / 16, n % 16);
+            for s in 0..whole {
+                // SAFETY: 16 elements from 16s < n of each row.
+                widened.extend(w.iter().map(|row| unsafe { E::widen(row.as_ptr().add(16 * s)) }));
+            }
+            if rest > 0 {
+                // SAFETY: the last `rest` elements of each row.
+                widened.extend(w.iter().map(|row| unsafe { E::widen_first(row.as_ptr().add(16 * whole), rest) }));
+            }
+            by_tiles(n_tokens, |t, whole| match whole {
+                true => float_tokens::<TOKENS, E>(widened, a, n, t, n_tokens, out),
+                false => float_tokens::<1, E>(widened, a, n, t, n_tokens, out),
+            });
+        });
+    }
+
+    /// Tokens `t0..t0 + T` (rows of `n` elements of `a`) against the widened rows.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    fn float_tokens<const T: usize, E: Floats>(
+        widened: &[__m512],
+        a: &[E],
+        n: usize,
+        t0: usize,
+        n_tokens: usize,
+        out: &mut [f32],
+    ) {
+        let a: [&[E]; T] = std::array::from_fn(|t| &a[(t0 + t) * n..][..n]);
+        let (whole, rest) = (n / 16, n % 16);
+        let mut acc = [[_mm512_setzero_ps(); T]; ROWS];
+        let mut step = |s: usize, x: [__m512; T]| {
+            let w = &widened[s * ROWS..(s + 1) * ROWS];
+            for (acc, &w) in acc.iter_mut().zip(w) {
+                for (acc, &x) in acc.iter_mut().zip(&x) {
+                    *acc = _mm512_fmadd_ps(w, x, *acc);
+                }
+            }
+        };
+        for s in 0..whole {
+            // SAFETY: 16 elements from 16s < n of each token's row.
+            step(s, std::array::from_fn(|t| unsafe { E::widen(a[t].as_ptr().add(16 * s)) }));
+        }
+        if rest > 0 {
+            // SAFETY: the last `rest` elements of each token's row.
+            step(whole, std::array::from_fn(|t| unsafe { E::widen_first(a[t].as_ptr().add(16 * whole), rest) }));
+        }
+        store_sums(&acc, t0, n_tokens, out);
+    }
+
     /// `out[r * n_tokens + t0 + t] = Σ acc[r][t]` through [`sums_16`] (unused vectors zero),
     /// so each sum is the same bits whatever `T` is.
     #[inline]
@@ -227,7 +360,7 @@ mod x86 {
 mod tests {
     use super::*;
     use crate::kernels::testing::{assert_close, magnitude, random_blocks};
-    use crate::kernels::{cpu, q4_k, q5_0, q6_k, q8_0, DotFn};
+    use crate::kernels::{bf16, cpu, f16, f32, q4_k, q5_0, q6_k, q8_0, DotFn};
     use crate::quants::q8_0::BlockQ8_0;
     use crate::GgmlType;
 
@@ -244,7 +377,9 @@ mod tests {
             return;
         }
         let a_ty = crate::kernels::dot_type(ty).unwrap();
-        for n_blocks in [1, 3, 11] {
+        // Float rows (blocks of one) also in 16-lane steps, whole and with a tail.
+        let sizes: &[usize] = if ty.block_size() == 1 { &[1, 3, 11, 16, 17, 48, 101] } else { &[1, 3, 11] };
+        for &n_blocks in sizes {
             let n = n_blocks * ty.block_size();
             let w: Vec<Vec<W>> = (0..ROWS as u64).map(|r| random_blocks(ty, n, 50 + r)).collect();
             let w: [&[W]; ROWS] = std::array::from_fn(|r| &w[r][..]);
@@ -281,6 +416,9 @@ mod tests {
         check_group(GgmlType::Q5_0, q5_0::group_avx512, q5_0::TILE_ACTS, q5_0::dot_scalar);
         check_group(GgmlType::Q4_K, q4_k::group_avx512, q4_k::TILE_ACTS, q4_k::dot_scalar);
         check_group(GgmlType::Q6_K, q6_k::group_avx512, q6_k::TILE_ACTS, q6_k::dot_scalar);
+        check_group(GgmlType::F32, f32::group_avx512, f32::TILE_ACTS, f32::dot_scalar);
+        check_group(GgmlType::F16, f16::group_avx512, f16::TILE_ACTS, f16::dot_scalar);
+        check_group(GgmlType::BF16, bf16::group_avx512, bf16::TILE_ACTS, bf16::dot_scalar);
     }
 
     #[test]
