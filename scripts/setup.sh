@@ -58,8 +58,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || [ ! -f "$root/models/tiny-gem
 fi
 
 # The tiny Gemma 4 with a vision tower (scripts/tiny-gemma4-vision.py): its checkpoint folder, its
-# text GGUF, the test images, the HF processor's pixels for them and the mmproj files (F32, F16;
-# the mmproj step checks them against llama.cpp's converter's record); all rewritten when a script
+# text GGUF, the test images, the HF processor's pixels for them and the mmproj files (F32, F16,
+# Q8_0; the mmproj step checks them against llama.cpp's converter's record); all rewritten when a script
 # or fixture they come from or a pinned version changed since they were written, when one is
 # missing, or when the checkpoint's or the GGUF's sha256 differs from the fixture's.
 m="$root/models"
@@ -74,7 +74,8 @@ vision_ok() {
         [ "$(sha "$m/tiny-gemma4-vision-hf/model.safetensors")" = "$(vwant safetensors_sha256)" ] &&
         [ "$(sha "$m/tiny-gemma4-vision.gguf")" = "$(vwant gguf_sha256)" ] &&
         [ -f "$m/vision-images/pixels.json" ] &&
-        [ -f "$m/tiny-gemma4-vision-mmproj-f32.gguf" ] && [ -f "$m/tiny-gemma4-vision-mmproj-f16.gguf" ]
+        [ -f "$m/tiny-gemma4-vision-mmproj-f32.gguf" ] && [ -f "$m/tiny-gemma4-vision-mmproj-f16.gguf" ] &&
+        [ -f "$m/tiny-gemma4-vision-mmproj-q8_0.gguf" ]
 }
 if ! vision_ok; then
     echo "setup: writing the tiny Gemma 4 with a vision tower, its test images and their pixels"

@@ -66,18 +66,21 @@ FIXTURES: `tiny-gemma4-vision.json` (versions, sha256 of the checkpoint and the 
 with their images, budgets, the processor's expanded input_ids and soft token counts),
 `tiny-gemma4-vision.NAME.emb.f32` (the projector's output, [n_soft][256], for square.png at 70,
 wide.png at 70, rgba.png at 140), `tiny-gemma4-vision.square.vit.f32` (the tower's standardized
-output before `embed_vision`, [n_soft][64]) and `tiny-gemma4-vision.prompt.logits.f32` (logits
+output before `embed_vision`, [n_soft][64]), `tiny-gemma4-vision.prompt.logits.f32` (logits
 [n_tokens][1024] of a prompt with text, square.png, text, rgba.png, text, both at budget 70, run
 with the processor's mm_token_type_ids so that the sliding layers get the bidirectional image
-mask). It prints the fraction of values each clamp bound cuts and how far the logits move without
+mask) and `tiny-gemma4-vision.squares.logits.f32` (the same prompt with square.png and one.png,
+64 soft tokens each in both HF and llama.cpp's mtmd: the comparison with llama.cpp); and the
+expanded input_ids of a chat turn with square.png through the processor's chat template. It prints the fraction of values each clamp bound cuts and how far the logits move without
 the bidirectional mask.
 
-`mmproj` writes `tiny-gemma4-vision-mmproj-f32.gguf` and `-f16.gguf` (the vision tower and
-projector, llama.cpp's mmproj format) from the checkpoint with gguf-py, byte-identical to what
-llama.cpp's `convert_hf_to_gguf.py --mmproj --outtype f32 / f16` writes (the same metadata keys in
-the same order with the same value types, tensors in the checkpoint's name order with the
-converter's names, shapes and types, float16 by numpy's round to nearest even), and checks every
-tensor's sha256 and the metadata against the converter's record,
+`mmproj` writes `tiny-gemma4-vision-mmproj-f32.gguf`, `-f16.gguf` and `-q8_0.gguf` (the vision
+tower and projector, llama.cpp's mmproj format) from the checkpoint with gguf-py, byte-identical
+to what llama.cpp's `convert_hf_to_gguf.py --mmproj --outtype f32 / f16 / q8_0` writes (the same
+metadata keys in the same order with the same value types, tensors in the checkpoint's name order
+with the converter's names, shapes and types, float16 by numpy's round to nearest even, Q8_0 by
+gguf-py's quantizer, the converter's), and checks every tensor's sha256 and the metadata against
+the converter's record,
 `quantize/tests/fixtures/tiny-gemma4-vision.mmproj.convert.json`.
 
 `check` runs the vision tower and projector again in float64 numpy (`numpy_tower`, an executable
@@ -380,6 +383,10 @@ MMPROJ_NAMES = {
 MMPROJ_GENERAL = {"name": "Tiny Gemma4 Vision Hf", "finetune": "vision-hf", "basename": "tiny-gemma4"}
 
 
+# The mmproj files the `mmproj` step writes.
+MMPROJ_OUTTYPES = ("f32", "f16", "q8_0")
+
+
 def mmproj_name(hf):
     if hf in MMPROJ_NAMES:
         return MMPROJ_NAMES[hf]
@@ -389,13 +396,16 @@ def mmproj_name(hf):
     return f"v.blk.{il}.{MMPROJ_LAYER_NAMES[rest]}"
 
 
-def mmproj_tensor(name, a, f16):
-    """One tensor as the converter writes it: scalars (the clamp bounds) become [1]; the patch
-    embedding [hidden][16 * 16 * 3] (HF's patch layout: rows, columns, channels) becomes
-    [hidden][3][16][16]; in an F16 file the matrices named *.weight become float16 (numpy's
-    astype: round to nearest even), except the position embedding, which the converter keeps F32
-    (as every 1-D tensor: norms, clamp bounds, std_bias, std_scale). The patch embedding is F16 in
-    an F16 file (the converter keeps it F32 only in BF16 and Q8_0 files)."""
+def mmproj_tensor(name, a, outtype):
+    """One tensor as the converter writes it for OUTTYPE (f32, f16 or q8_0), as (data, GGML type or
+    None for numpy's): scalars (the clamp bounds) become [1]; the patch embedding [hidden][16 * 16
+    * 3] (HF's patch layout: rows, columns, channels) becomes [hidden][3][16][16]; in an F16 file
+    the matrices named *.weight become float16 (numpy's astype: round to nearest even), except the
+    position embedding, which the converter keeps F32 (as every 1-D tensor: norms, clamp bounds,
+    std_bias, std_scale). The patch embedding is F16 in an F16 file; in a Q8_0 file it stays F32
+    with the position embedding, and the other matrices become Q8_0."""
+    import gguf
+
     a = np.asarray(a, dtype=np.float32)
     if a.ndim == 0:
         a = a.reshape(1)
@@ -403,12 +413,16 @@ def mmproj_tensor(name, a, f16):
         p = VISION_CONFIG["patch_size"]
         a = a.reshape(a.shape[0], p, p, 3).transpose(0, 3, 1, 2)
     a = np.ascontiguousarray(a)
-    if f16 and a.ndim >= 2 and name.endswith(".weight") and name != "v.position_embd.weight":
-        return a.astype(np.float16)
-    return a
+    matrix = a.ndim >= 2 and name.endswith(".weight") and name != "v.position_embd.weight"
+    if outtype == "f16" and matrix:
+        return a.astype(np.float16), None
+    if outtype == "q8_0" and matrix and name != "v.patch_embd.weight":
+        q8 = gguf.GGMLQuantizationType.Q8_0
+        return gguf.quants.quantize(a, q8), q8
+    return a, None
 
 
-def write_mmproj_file(path, hf_tensors, f16):
+def write_mmproj_file(path, hf_tensors, outtype):
     import gguf
 
     w = gguf.GGUFWriter(path + ".tmp", "clip")
@@ -418,13 +432,19 @@ def write_mmproj_file(path, hf_tensors, f16):
         if hf.startswith("model.language_model."):
             continue
         name = mmproj_name(hf)
-        w.add_tensor(name, mmproj_tensor(name, a, f16))
+        data, ty = mmproj_tensor(name, a, outtype)
+        if ty is None:
+            w.add_tensor(name, data)
+        else:
+            w.add_tensor(name, data, raw_shape=data.shape, raw_dtype=ty)
     w.add_type("mmproj")
     w.add_string("general.name", MMPROJ_GENERAL["name"])
     w.add_string("general.finetune", MMPROJ_GENERAL["finetune"])
     w.add_string("general.basename", MMPROJ_GENERAL["basename"])
     w.add_string("general.size_label", gguf.size_label(*w.get_total_parameter_count()))
-    w.add_uint32("general.file_type", int(gguf.LlamaFileType.MOSTLY_F16 if f16 else gguf.LlamaFileType.ALL_F32))
+    file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+                 "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[outtype]
+    w.add_uint32("general.file_type", int(file_type))
     c, image = VISION_CONFIG, processor_config()["image_processor"]
     w.add_bool("clip.has_vision_encoder", True)
     w.add_uint32("clip.vision.projection_dim", tiny.HIDDEN)
@@ -448,13 +468,13 @@ def write_mmproj_file(path, hf_tensors, f16):
 
 
 def write_mmproj(models, out=None, verify=True):
-    """Writes OUT (default MODELS_DIR)/tiny-gemma4-vision-mmproj-{f32,f16}.gguf from the checkpoint
-    in MODELS_DIR and, with verify, checks them against CONVERT_JSON."""
+    """Writes OUT (default MODELS_DIR)/tiny-gemma4-vision-mmproj-{f32,f16,q8_0}.gguf from the
+    checkpoint in MODELS_DIR and, with verify, checks them against CONVERT_JSON."""
     hf = read_safetensors(os.path.join(models, NAME + "-hf", "model.safetensors"))
     paths = []
-    for outtype in ("f32", "f16"):
+    for outtype in MMPROJ_OUTTYPES:
         path = os.path.join(out or models, f"{NAME}-mmproj-{outtype}.gguf")
-        write_mmproj_file(path, hf, outtype == "f16")
+        write_mmproj_file(path, hf, outtype)
         print(f"{path}: {os.path.getsize(path)} bytes, sha256 {tiny.sha256(path)}")
         paths.append(path)
     if verify:
@@ -466,7 +486,8 @@ def verify_mmproj(models):
     """The mmproj files' metadata (keys in order, value types, values) and tensors (order, names,
     types, shapes, sha256 of the data) against the converter's, recorded in CONVERT_JSON."""
     want = json.load(open(CONVERT_JSON))
-    for ty, outtype in (("F32", "f32"), ("F16", "f16")):
+    for outtype in MMPROJ_OUTTYPES:
+        ty = outtype.upper()
         path = os.path.join(models, f"{NAME}-mmproj-{outtype}.gguf")
         meta, tensors = tiny_hf.read_gguf(path)
         meta, tensors = json.loads(json.dumps(meta)), json.loads(json.dumps(tensors))
@@ -821,6 +842,37 @@ def make_reference(models, fixtures):
                   "num_soft_tokens": n_per_image, "text": text, "input_ids": ids, "mm_token_type_ids": mm,
                   "logits": f"{NAME}.prompt.logits.f32",
                   "bidirectional_vs_causal_max_abs_diff": float(diff.max())})
+
+    # A prompt whose images llama.cpp's mtmd resizes to the same soft token count as the HF
+    # processor (square ones: 8x8 at budget 70), for the comparison with llama.cpp.
+    files = ["square.png", "one.png"]
+    inputs = run_processor(text, files, 70)
+    ids = inputs["input_ids"][0].tolist()
+    with torch.no_grad():
+        logits = model(**inputs).logits[0].numpy()
+    logits.astype("<f4").tofile(os.path.join(fixtures, f"{NAME}.squares.logits.f32"))
+    n_per_image = [int(x) for x in processor.image_processor(
+        [open_image(os.path.join(images, f)) for f in files], max_soft_tokens=70)["num_soft_tokens_per_image"]]
+    assert n_per_image == [64, 64], n_per_image
+    print(f"squares prompt: {len(ids)} tokens {segment(ids)}")
+    cases.append({"name": "squares", "kind": "logits", "images": files, "budget": 70,
+                  "num_soft_tokens": n_per_image, "text": text, "input_ids": ids,
+                  "mm_token_type_ids": inputs["mm_token_type_ids"][0].tolist(),
+                  "logits": f"{NAME}.squares.logits.f32"})
+
+    # A chat turn with an image, as the processor's chat template builds it: what `gemma run
+    # --chat --image` must build.
+    user = "What is in the picture?"
+    messages = [{"role": "user", "content": [{"type": "image", "image": open_image(os.path.join(images, "square.png"))},
+                                             {"type": "text", "text": user}]}]
+    inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,
+                                           processor_kwargs={"images_kwargs": {"max_soft_tokens": 70}})
+    ids = [int(t) for t in inputs["input_ids"][0]]
+    assert ids.count(IMAGE) == 64 and ids.count(2) == 1, ids
+    print(f"chat turn with an image: {len(ids)} tokens {segment(ids)}")
+    cases.append({"name": "chat", "kind": "chat", "images": ["square.png"], "budget": 70, "user": user,
+                  "text": processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False),
+                  "input_ids": ids})
 
     st = os.path.join(folder, "model.safetensors")
     meta = {

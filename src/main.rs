@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use gemma::bench::{self, Bench, BenchOptions};
-use gemma::chat::{ChatTemplate, Message, RenderOptions};
+use gemma::chat::{ChatTemplate, Content, Message, Part, RenderOptions};
 use gemma::info::ModelInfo;
 use gemma::jsonl::{self, JsonlError, JsonlOptions};
 use gemma::kv_cache::{KvType, KvTypes};
@@ -20,6 +20,7 @@ use gemma::run::{Generator, Prompt, RunError, RunOptions};
 use gemma::sample::SamplerConfig;
 use gemma::session::Session;
 use gemma::tokenizer::Tokenizer;
+use gemma::vision::prompt::ImageTokens;
 use gemma::vision::{Images, PromptImage, VisionError, VisionTower};
 use ggml::gguf::GgufFile;
 use ggml::output::PendingFile;
@@ -491,6 +492,13 @@ struct ServeArgs {
     /// The model's name in /v1/models and responses (default: the file name without .gguf)
     #[arg(long = "alias", value_name = "NAME")]
     alias: Option<String>,
+    /// The vision encoder for images in messages (an mmproj GGUF; default: the mmproj*.gguf
+    /// beside the model, if any)
+    #[arg(long, value_name = "FILE")]
+    mmproj: Option<PathBuf>,
+    /// Soft tokens per image: 70, 140, 280, 560 or 1120
+    #[arg(long = "image-tokens", value_name = "N", default_value_t = 280)]
+    image_tokens: usize,
     /// No log line per request
     #[arg(short = 'q', long)]
     quiet: bool,
@@ -741,12 +749,11 @@ fn run_command(args: RunArgs) -> Result<()> {
     };
     let gguf = GgufFile::open(&model)?;
     let prompt = match prompt {
-        Prompt::Text(text) if args.chat => Prompt::Text(chat_prompt(&gguf, args.system, text, args.think)?),
+        Prompt::Text(text) if args.chat => {
+            Prompt::Text(chat_prompt(&gguf, args.system, text, args.think, &args.images)?)
+        }
         prompt => prompt,
     };
-    if !args.images.is_empty() && args.chat {
-        return Err(UsageError("--image with --chat is not supported yet: put <|image|> in a raw prompt".into()).into());
-    }
     let vision = match args.images.is_empty() {
         true => None,
         false => Some(load_vision(args.mmproj.as_deref(), &model, args.image_tokens, args.quiet)?),
@@ -976,10 +983,30 @@ fn serve_command(args: ServeArgs) -> Result<()> {
         return Err(UsageError(format!("-c {ctx} split across {slots} slots leaves less than 2 positions each")).into());
     }
     let kv_types = kv.types();
+    // Images in messages: the mmproj given, or the one beside the model, if any.
+    let tower = match (&args.mmproj, beside(&model)?) {
+        (None, None) => None,
+        (mmproj, _) => Some(load_vision(mmproj.as_deref(), &model, args.image_tokens, args.quiet)?),
+    };
+    // An image runs whole in one pass, beside the other slots' decode tokens.
+    let batch_size = match tower {
+        Some(_) => batch_size.max(args.image_tokens + slots),
+        None => batch_size,
+    };
     let engine = gemma::serve::engine_options(ctx, slots, batch_size, kv_types);
     let offload = gpu.offload(batch_size, engine.slot_context, kv_types)?;
     let gguf = GgufFile::open(&model)?;
     let tokenizer = Tokenizer::from_gguf(&gguf.header).with_context(|| model.display().to_string())?;
+    let vision = match tower {
+        None => None,
+        Some(tower) => {
+            let arch = gguf.header.architecture().unwrap_or("gemma4").to_string();
+            let n_embd = gguf.header.get_u64(&format!("{arch}.embedding_length"))? as usize;
+            let images = Images::new(tower, n_embd, args.image_tokens)?;
+            let tokens = ImageTokens::find(&tokenizer)?;
+            Some(gemma::serve::Vision { images: std::sync::Mutex::new(images), tokens })
+        }
+    };
     let n_vocab = tokenizer.n_tokens();
     let template = chat_template(&gguf);
     let model_name = args.alias.unwrap_or_else(|| {
@@ -1001,7 +1028,7 @@ fn serve_command(args: ServeArgs) -> Result<()> {
     let quiet = args.quiet;
     let path = model.display().to_string();
     let load_model = move || load(gguf, false, &offload, quiet).map_err(|e| format!("{path}: {e}"));
-    Ok(gemma::serve::serve(options, tokenizer, n_vocab, template, load_model)?)
+    Ok(gemma::serve::serve(options, tokenizer, n_vocab, template, vision, load_model)?)
 }
 
 /// Loads the model, with a spinner on stderr while it loads when `progress` and stderr is a
@@ -1200,10 +1227,25 @@ fn chat_template(gguf: &GgufFile) -> jsonl::Template {
 
 /// `text` as one user turn (after an optional system message) in the model's chat template,
 /// ending with the model's turn opened.
-fn chat_prompt(gguf: &GgufFile, system: Option<String>, text: String, think: bool) -> Result<String> {
+fn chat_prompt(
+    gguf: &GgufFile,
+    system: Option<String>,
+    text: String,
+    think: bool,
+    images: &[PathBuf],
+) -> Result<String> {
     let template = ChatTemplate::from_gguf(&gguf.header)?;
     let (bos_token, eos_token) = ChatTemplate::bos_eos(&gguf.header)?;
-    let messages: Vec<Message> = system.map(Message::system).into_iter().chain([Message::user(text)]).collect();
+    // The images go before the text of the user turn, as ollama and llama.cpp put them.
+    let user = match images.is_empty() {
+        true => Message::user(text),
+        false => Message::user(Content::Parts(
+            (images.iter().map(|p| Part::Image { path: p.display().to_string() }))
+                .chain([Part::Text { text }])
+                .collect(),
+        )),
+    };
+    let messages: Vec<Message> = system.map(Message::system).into_iter().chain([user]).collect();
     let options =
         RenderOptions { add_generation_prompt: true, enable_thinking: think, tools: None, bos_token, eos_token };
     Ok(template.render(&messages, &options)?)

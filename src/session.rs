@@ -407,7 +407,7 @@ pub fn images_reusable(cached: &[ImageChunk], prompt: &[ImageChunk], keep: usize
 /// an image it would cut, or, when the pass starts at that image (or one token before it), after
 /// it, which may be past the batch size ([`Session::run_prompt`] refuses an image larger than
 /// the batch: the sliding rings hold one batch beside the window).
-fn image_chunk_end(images: &[ImageChunk], pos: usize, end: usize) -> usize {
+pub fn image_chunk_end(images: &[ImageChunk], pos: usize, end: usize) -> usize {
     let mut end = end;
     for c in images {
         let rows = c.rows();

@@ -139,6 +139,16 @@ fn a_tool_round_trip_renders_as_the_gemma4_template_wants() {
     server.assert_clean_log(&[200]);
 }
 
+/// Images in chat messages on the tiny vision model (see `check_images`), two slots.
+#[test]
+fn images_in_chat_messages() {
+    let mmproj = model("tiny-gemma4-vision-mmproj-f32.gguf");
+    let flags = ["--parallel", "2", "-c", "1024", "--mmproj", &mmproj, "--image-tokens", "70"];
+    let server = Server::start("tiny-gemma4-vision.gguf", &flags);
+    assert!(server.check("images", &["--mmproj", &mmproj]).contains("images ok"));
+    server.assert_clean_log(&[200, 400]);
+}
+
 /// Every error case gets its status and an OpenAI-shaped JSON error, and the server goes on.
 #[test]
 fn errors_are_openai_json_with_their_status() {

@@ -11,9 +11,11 @@ served one request at a time, or from OpenAI's documented shapes; nothing is har
 """
 
 import argparse
+import base64
 import concurrent.futures as futures
 import http.client
 import json
+import os
 import random
 import subprocess
 import sys
@@ -200,6 +202,10 @@ def check_errors(args):
     expect_error(raw, "POST", "/v1/completions", {"prompt": "word " * 400, "max_tokens": 2}, 400, contains="context")
     expect_error(raw, "POST", chat, {**ok, "messages": [{"role": "user", "content": "word " * 400}]}, 400,
                  contains="context")
+    # No mmproj beside this model: images are a 400 that says what to do.
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+    expect_error(raw, "POST", chat, {**ok, "messages": [{"role": "user", "content": [image]}]}, 400,
+                 contains="--mmproj")
     expect_error(raw, "GET", "/v1/nothing", None, 404)
     expect_error(raw, "GET", chat, None, 405)
     expect_error(raw, "POST", chat, b"{" + b" " * (2 << 20) + b"}", 413)
@@ -265,6 +271,75 @@ def check_batching(args):
         with futures.ThreadPoolExecutor(n) as pool:
             texts = list(pool.map(ask, range(n)))
     print(json.dumps(texts))
+
+
+def data_url(path):
+    with open(path, "rb") as f:
+        return "data:image/png;base64," + base64.b64encode(f.read()).decode()
+
+
+def image_message(path, text):
+    return {"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(path)}},
+                                        {"type": "text", "text": text}]}
+
+
+def check_images(args):
+    """Images in chat messages (the tiny vision model, --image-tokens 70): the prompt is the HF
+    processor's chat prompt (the fixture's `chat` case: its token count) and the reply `gemma run
+    --chat --image`'s; two image requests at once each get their own reply; a repeated request
+    reuses the cached image, and another image at the same place does not; bad images are 400s
+    naming the problem."""
+    images = os.path.join(os.path.dirname(args.model), "vision-images")
+    fixture = json.load(open(os.path.join(os.path.dirname(__file__), "fixtures", "tiny-gemma4-vision.json")))
+    case = next(c for c in fixture["cases"] if c["name"] == "chat")
+    c = client(args)
+    def ask(file, text=case["user"]):
+        r = c.chat.completions.create(model="m", messages=[image_message(os.path.join(images, file), text)],
+                                      temperature=0, max_tokens=6)
+        return r.choices[0].message.content, r.usage
+    def alone(file, text=case["user"]):
+        cmd = [args.gemma, "run", "-m", args.model, "-q", "--json", "-t", "2", "--chat", "--mmproj", args.mmproj,
+               "--image", os.path.join(images, file), "--image-tokens", "70", "-n", "6", "--temp", "0", "-p", text]
+        out = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+        return out["text"], len(out["prompt_ids"])
+    text, usage = ask("square.png")
+    want, n_prompt = alone("square.png")
+    check(usage.prompt_tokens == len(case["input_ids"]) == n_prompt,
+          f"prompt tokens {usage.prompt_tokens}, HF's {len(case['input_ids'])}, gemma run's {n_prompt}")
+    check(text == want, f"{text!r} vs gemma run --chat --image {want!r}")
+    # Again: the whole prompt but its last token comes from the slot's cache.
+    text2, usage2 = ask("square.png")
+    cached = usage2.prompt_tokens_details.cached_tokens
+    check(text2 == text and cached >= usage2.prompt_tokens - 2, f"repeat: {text2!r}, cached {cached} of {usage2.prompt_tokens}")
+    # Another image at the same place: nothing of the first image is reused.
+    boi = case["input_ids"].index(fixture["boi_token_id"])
+    other, usage3 = ask("one.png")
+    cached = usage3.prompt_tokens_details.cached_tokens
+    check(cached <= boi + 1, f"another image reused {cached} tokens (the image starts after {boi + 1})")
+    check(other == alone("one.png")[0], f"one.png: {other!r}")
+    # Two at once (two slots): each its own reply.
+    with futures.ThreadPoolExecutor(2) as pool:
+        a, b = pool.map(lambda f: ask(f, "Describe it.")[0], ["square.png", "one.png"])
+    check((a, b) == (alone("square.png", "Describe it.")[0], alone("one.png", "Describe it.")[0]),
+          f"at once: {a!r}, {b!r}")
+    raw = Raw(args.base, args.key)
+    chat = "/v1/chat/completions"
+    def body(url):
+        return {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}],
+                "max_tokens": 2}
+    expect_error(raw, "POST", chat, body("https://example.com/cat.png"), 400, contains="only data: URLs")
+    expect_error(raw, "POST", chat, body("file:///etc/passwd"), 400, contains="only data: URLs")
+    expect_error(raw, "POST", chat, body("data:image/png;base64,@@@"), 400, contains="base64")
+    truncated = data_url(os.path.join(images, "square.png"))[:200]
+    expect_error(raw, "POST", chat, body(truncated), 400, contains="image")
+    not_image = "data:image/png;base64," + base64.b64encode(b"just some text").decode()
+    expect_error(raw, "POST", chat, body(not_image), 400, contains="image")
+    expect_error(raw, "POST", chat, {"messages": [{"role": "assistant", "content": [
+        {"type": "image_url", "image_url": {"url": data_url(os.path.join(images, "one.png"))}}]}], "max_tokens": 2},
+        400, contains="user messages")
+    # And it still serves.
+    check(ask("square.png")[0] == text, "served after errors")
+    print("images ok")
 
 
 def rss_kib(pid):
@@ -389,9 +464,11 @@ def main():
     parser.add_argument("--pid", type=int)
     parser.add_argument("--key")
     parser.add_argument("--sequential", action="store_true")
+    parser.add_argument("--mmproj")
     args = parser.parse_args()
     checks = {"api": check_api, "tools": check_tools, "errors": check_errors, "busy": check_busy,
-              "batching": check_batching, "load": check_load, "disconnect": check_disconnect}
+              "batching": check_batching, "load": check_load, "disconnect": check_disconnect,
+              "images": check_images}
     checks[args.check](args)
 
 

@@ -7,47 +7,12 @@
 //! - the logits of a prompt with two images (soft tokens in place, the bidirectional mask on
 //!   sliding layers) against transformers' `Gemma4ForConditionalGeneration`.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-
-use gemma::kv_cache::KvType;
-use gemma::model::{ImageRows, Logits, Model};
 use gemma::vision::image::{decode, preprocess};
-use gemma::vision::{PromptImage, VisionTower};
+use gemma::vision::VisionTower;
 use ggml::gguf::GgufFile;
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn models() -> PathBuf {
-    root().join("models")
-}
-
-fn json(path: &Path) -> serde_json::Value {
-    let text =
-        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e} (run scripts/setup.sh)", path.display()));
-    serde_json::from_str(&text).unwrap()
-}
-
-fn f32s(path: &Path) -> Vec<f32> {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
-}
-
-fn max_abs(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
-}
-
-fn fixture() -> serde_json::Value {
-    json(&root().join("tests/fixtures/tiny-gemma4-vision.json"))
-}
-
-fn tower(name: &str) -> VisionTower {
-    let path = models().join(name);
-    VisionTower::load(GgufFile::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
-}
+mod common;
+use common::vision::{f32s, fixture, json, max_abs, models, prompt_logits, root, tower};
 
 /// Decodes and preprocesses every test image of `formats` at every budget and compares with
 /// the HF processor's pixels: the largest difference per image and budget.
@@ -144,51 +109,9 @@ fn f16_mmproj_embeddings_stay_close() {
 #[test]
 fn prompt_with_images_matches_transformers() {
     let f = fixture();
-    let case = f["cases"].as_array().unwrap().iter().find(|c| c["kind"] == "logits").unwrap();
-    let ids: Vec<u32> = case["input_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    let case = f["cases"].as_array().unwrap().iter().find(|c| c["name"] == "prompt").unwrap();
     let want = f32s(&root().join("tests/fixtures").join(case["logits"].as_str().unwrap()));
-    let vision = tower("tiny-gemma4-vision-mmproj-f32.gguf");
-    let budget = case["budget"].as_u64().unwrap() as usize;
-    let images: Vec<Arc<PromptImage>> = (case["images"].as_array().unwrap().iter())
-        .map(|file| {
-            let file = file.as_str().unwrap();
-            let bytes = std::fs::read(models().join("vision-images").join(file)).unwrap();
-            let embd = vision.encode(&preprocess(&decode(file, &bytes).unwrap(), 16, 3, budget)).unwrap();
-            Arc::new(PromptImage { n_soft: embd.len() / 256, embd, hash: 0, size: (0, 0), resized: (0, 0) })
-        })
-        .collect();
-    // The soft tokens' runs in the prompt.
-    let mut runs = Vec::new();
-    let mut i = 0;
-    while i < ids.len() {
-        if ids[i] == 7 {
-            let start = i;
-            while i < ids.len() && ids[i] == 7 {
-                i += 1;
-            }
-            runs.push(start..i);
-        } else {
-            i += 1;
-        }
-    }
-    assert_eq!(runs.iter().map(|r| r.len()).collect::<Vec<_>>(), images.iter().map(|i| i.n_soft).collect::<Vec<_>>());
-
-    let gguf = GgufFile::open(models().join("tiny-gemma4-vision.gguf")).unwrap();
-    let mut model = Model::load(gguf).unwrap();
-    let n_vocab = model.n_vocab();
-    let mut cache = model.new_cache_of(256, KvType::F32).unwrap();
-    // Passes: text up to the first image's boi, then from there past the image, and so on.
-    let cuts = [0, runs[0].start - 3, runs[0].end + 4, runs[1].end + 1, ids.len()];
-    let mut ours = Vec::new();
-    for w in cuts.windows(2) {
-        let (a, b) = (w[0], w[1]);
-        let rows: Vec<ImageRows> = (runs.iter().zip(&images))
-            .filter(|(r, _)| r.start >= a && r.end <= b)
-            .map(|(r, img)| ImageRows { rows: r.start - a..r.end - a, embd: &img.embd })
-            .collect();
-        let never = std::sync::atomic::AtomicBool::new(false);
-        ours.extend(model.forward_images(&ids[a..b], &rows, a, &mut cache, Logits::All, &never).unwrap());
-    }
+    let (ours, n_vocab) = prompt_logits(case, "tiny-gemma4-vision-mmproj-f32.gguf");
     assert_eq!(ours.len(), want.len());
     let argmax = |x: &[f32]| (0..x.len()).fold(0, |m, i| if x[i] > x[m] { i } else { m });
     let (mut top1, mut worst) = (0, 0f32);
@@ -196,8 +119,9 @@ fn prompt_with_images_matches_transformers() {
         worst = worst.max(max_abs(a, b));
         top1 += usize::from(argmax(a) == argmax(b));
     }
-    println!("prompt with 2 images, {} positions: top-1 {top1}/{}, max |logit diff| {worst:.2e}", ids.len(), ids.len());
-    assert_eq!(top1, ids.len());
+    let n = ours.len() / n_vocab;
+    println!("prompt with 2 images, {n} positions: top-1 {top1}/{n}, max |logit diff| {worst:.2e}");
+    assert_eq!(top1, n);
     assert!(worst <= 5e-3, "max |logit diff| {worst}");
 }
 
@@ -243,6 +167,29 @@ fn gemma_run_with_images_matches_transformers() {
     let err = max_abs(&f32s(&logits), &want);
     println!("gemma run with 2 images: max |logit diff| {err:.2e}");
     assert!(err <= 5e-3, "{err}");
+}
+
+/// `gemma run --chat --image`: the image goes into the user turn through the chat template,
+/// before the text; the expanded prompt equals the HF processor's `apply_chat_template` with
+/// the same image and text (the fixture's `chat` case).
+#[test]
+fn gemma_run_chat_with_an_image_builds_the_processors_prompt() {
+    let f = fixture();
+    let case = f["cases"].as_array().unwrap().iter().find(|c| c["name"] == "chat").unwrap();
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_gemma"))
+        .args(["run", "--chat", "-m"])
+        .arg(models().join("tiny-gemma4-vision.gguf"))
+        .arg("--mmproj")
+        .arg(models().join("tiny-gemma4-vision-mmproj-f32.gguf"))
+        .arg("--image")
+        .arg(models().join("vision-images").join(case["images"][0].as_str().unwrap()))
+        .args(["--image-tokens", "70", "-n", "1", "--json", "-p", case["user"].as_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    let done: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(done["prompt_ids"], case["input_ids"]);
 }
 
 /// An image without an mmproj beside the model, a prompt whose markers do not match the

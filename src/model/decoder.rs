@@ -453,7 +453,7 @@ impl Decoder {
         #[cfg(feature = "vulkan")]
         if self.gpu.is_some() {
             return (seqs.iter_mut())
-                .map(|s| self.forward_cancellable(s.tokens, s.pos, s.cache, s.which, &Never))
+                .map(|s| self.forward_images(s.tokens, &s.images, s.pos, s.cache, s.which, &Never))
                 .collect();
         }
         // In the stream: prompt chunks whose every row wants logits, then the other prompt
@@ -478,8 +478,19 @@ impl Decoder {
         }
         let prompt: usize = seqs.iter().filter(|s| class(s) < 2).map(|s| s.tokens.len()).sum();
         let mut x = self.embed(&tokens);
+        // Every sequence's images, as rows of the stream.
+        let mut images = Vec::new();
+        for (s, span) in seqs.iter().zip(&spans) {
+            for image in &s.images {
+                assert!(image.rows.end <= s.tokens.len(), "image rows {:?} past {} tokens", image.rows, s.tokens.len());
+                assert_eq!(image.embd.len(), image.rows.len() * self.n_embd, "one embedding row per soft token");
+                let rows = span.rows.start + image.rows.start..span.rows.start + image.rows.end;
+                x[rows.start * self.n_embd..rows.end * self.n_embd].copy_from_slice(image.embd);
+                images.push(ImageRows { rows, embd: image.embd });
+            }
+        }
         let mut caches: Vec<&mut KvCache> = seqs.iter_mut().map(|s| &mut *s.cache).collect();
-        self.cpu_layers(&mut x, &spans, &[], prompt, &rope_full, &rope_swa, &mut caches, &Never)?;
+        self.cpu_layers(&mut x, &spans, &images, prompt, &rope_full, &rope_swa, &mut caches, &Never)?;
 
         // The rows each sequence wants logits of, through the output head together (in stream
         // order: the rows of `Logits::All` chunks first, the head's prompt rows).
@@ -516,8 +527,8 @@ impl Decoder {
     }
 
     /// The layers the CPU runs, on the stream `x: [n_tokens][n_embd]` of the sequences `spans`
-    /// (one cache each; `rope_*`: one angle set per row; `images`: rows that are soft tokens,
-    /// of a single sequence). A cancel rewinds every cache to its span's first position.
+    /// (one cache each; `rope_*`: one angle set per row; `images`: rows of the stream that are
+    /// an image's soft tokens). A cancel rewinds every cache to its span's first position.
     #[allow(clippy::too_many_arguments)]
     fn cpu_layers(
         &self,
@@ -695,6 +706,9 @@ pub struct Seq<'a> {
     pub pos: usize,
     pub cache: &'a mut KvCache,
     pub which: Logits,
+    /// Rows of `tokens` that are images' soft tokens (each image whole), as in
+    /// [`Decoder::forward_images`].
+    pub images: Vec<ImageRows<'a>>,
 }
 
 /// Rows of a pass that are one image's soft tokens ([`Decoder::forward_images`]).
@@ -769,6 +783,63 @@ mod tests {
         Model::load(GgufFile::open(&path).unwrap()).unwrap()
     }
 
+    /// Sequences holding images (soft-token rows with their own embeddings and the
+    /// bidirectional mask on sliding layers) in one pass beside a decode token give each the
+    /// logits it gets alone through `forward_images`, to the bit.
+    #[test]
+    fn sequences_with_images_batched_together_match_each_alone() {
+        let mut m = model("tiny-gemma4-moe.gguf");
+        let (n_vocab, n_embd) = (m.n_vocab() as u32, m.n_embd());
+        let ids = |seed: u32, n: usize| -> Vec<u32> {
+            (0..n as u32).map(|i| (seed * 7919 + i * 104_729) % n_vocab).collect()
+        };
+        let embd = |seed: u32, n: usize| -> Vec<f32> {
+            (0..n * n_embd)
+                .map(|i| (((i as u32).wrapping_mul(2_654_435_761) ^ seed) % 1000) as f32 / 250.0 - 2.0)
+                .collect()
+        };
+        // (prefix in the cache, tokens of this pass, image rows), and the images' embeddings.
+        let cases = [(ids(1, 0), ids(2, 8), 2..6), (ids(3, 5), ids(4, 1), 0..0), (ids(5, 9), ids(6, 6), 1..4)];
+        let embds = [embd(1, 4), Vec::new(), embd(2, 3)];
+        fn rows<'e>(r: &std::ops::Range<usize>, e: &'e [f32]) -> Vec<ImageRows<'e>> {
+            match r.is_empty() {
+                true => Vec::new(),
+                false => vec![ImageRows { rows: r.clone(), embd: e }],
+            }
+        }
+        let primed = |m: &mut Model, prefix: &[u32]| {
+            let mut cache = m.new_cache_of(64, KvType::F32).unwrap();
+            if !prefix.is_empty() {
+                m.forward(prefix, 0, &mut cache, Logits::Last);
+            }
+            cache
+        };
+        let mut alone = Vec::new();
+        for ((prefix, tokens, r), e) in cases.iter().zip(&embds) {
+            let mut cache = primed(&mut m, prefix);
+            let never = std::sync::atomic::AtomicBool::new(false);
+            alone.push(m.forward_images(tokens, &rows(r, e), prefix.len(), &mut cache, Logits::All, &never).unwrap());
+        }
+        let mut caches: Vec<KvCache> = cases.iter().map(|(prefix, ..)| primed(&mut m, prefix)).collect();
+        let mut seqs: Vec<Seq> = (cases.iter().zip(&embds).zip(caches.iter_mut()))
+            .map(|(((prefix, tokens, r), e), cache)| Seq {
+                tokens,
+                pos: prefix.len(),
+                cache,
+                which: Logits::All,
+                images: rows(r, e),
+            })
+            .collect();
+        let together = m.forward_seqs(&mut seqs).unwrap();
+        for (i, (a, b)) in alone.iter().zip(&together).enumerate() {
+            assert_eq!(a.len(), b.len(), "sequence {i}");
+            assert!(a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()), "sequence {i}");
+        }
+        // The images changed the logits: the soft tokens were not run as their token ids.
+        let mut cache = primed(&mut m, &cases[0].0);
+        assert_ne!(m.forward(&cases[0].1, 0, &mut cache, Logits::All), together[0]);
+    }
+
     /// Three sequences in one pass — a prompt chunk from position 0, one decode token after a
     /// 5-token prefix, a 3-token chunk after a 9-token prefix — give each sequence the logits
     /// and cache it gets in a pass of its own, to the bit, on both architectures. (When a lone
@@ -803,7 +874,13 @@ mod tests {
                 }
                 let mut caches: Vec<KvCache> = cases.iter().map(|(prefix, ..)| primed(&mut m, prefix)).collect();
                 let mut seqs: Vec<Seq> = (cases.iter().zip(caches.iter_mut()))
-                    .map(|((prefix, tokens, which), cache)| Seq { tokens, pos: prefix.len(), cache, which: *which })
+                    .map(|((prefix, tokens, which), cache)| Seq {
+                        tokens,
+                        pos: prefix.len(),
+                        cache,
+                        which: *which,
+                        images: Vec::new(),
+                    })
                     .collect();
                 let together = m.forward_seqs(&mut seqs).unwrap();
                 for (i, ((logits, cache), batched)) in alone.iter().zip(&together).enumerate() {

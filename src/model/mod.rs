@@ -279,6 +279,11 @@ impl Matrix {
         Matrix { n_in, n_out: total / n_in, ..self }
     }
 
+    /// The matrix's bytes in the mapped file.
+    pub fn data<'a>(&self, file: &'a [u8]) -> &'a [u8] {
+        &file[self.bytes.clone()]
+    }
+
     /// Row `r` dequantized into `out: [n_in]` (the embedding lookup: one row, never the matrix).
     pub fn dequantize_row(&self, file: &[u8], r: usize, out: &mut [f32]) {
         let row_bytes = self.bytes.len() / self.n_out;

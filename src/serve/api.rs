@@ -1,8 +1,11 @@
 //! The endpoints, in OpenAI's request and response shapes (and llama-server's for
 //! `/tokenize`, `/detokenize`, `/health`, `/metrics`).
 //!
-//! Chat messages become the model's chat template input: content parts are joined text; an
-//! assistant's `tool_calls` keep their arguments as objects; on Gemma 4, whose template reads
+//! Chat messages become the model's chat template input: content parts are joined text, except
+//! in a user message with images (`image_url` parts holding `data:` URLs; the server fetches
+//! nothing and reads no files), which keeps its parts in order for the template, and whose
+//! images the vision encoder (`--mmproj`) turns into soft tokens where the template puts them;
+//! an assistant's `tool_calls` keep their arguments as objects; on Gemma 4, whose template reads
 //! tool results from the assistant message that made the calls (`tool_responses`), each
 //! `tool` message is folded into that message, named by its `tool_call_id`. Thinking is on
 //! with `chat_template_kwargs.enable_thinking: true` or a `reasoning_effort` other than
@@ -10,7 +13,8 @@
 //! calls as `tool_calls` with `finish_reason: "tool_calls"` ([`ReplyParser`]).
 //!
 //! Fields that would change the answer in a way this server cannot honour (`n` > 1,
-//! `logprobs`, a `response_format` other than text, images) are a 400 naming the field;
+//! `logprobs`, a `response_format` other than text, images without an mmproj) are a 400 naming
+//! the field;
 //! other unknown fields are ignored, as OpenAI's clients send many.
 
 use std::sync::Arc;
@@ -32,9 +36,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::engine::Done;
 use super::{log_line, ApiError, AppState, Event, Job, LoggedTokens, LogsItself};
 use crate::chat::reply::{Delta, ReplyParser, ToolCall};
-use crate::chat::{Message, RenderOptions};
+use crate::chat::{Content as ChatContent, ImageUrl, Message, Part, RenderOptions};
 use crate::run::{prompt_ids, StopReason};
 use crate::sample::SamplerConfig;
+use crate::vision::prompt::expand;
+use crate::vision::ImageChunk;
 
 type Shared = State<Arc<AppState>>;
 
@@ -299,9 +305,14 @@ impl Content {
                 for (j, part) in parts.iter().enumerate() {
                     match (part.get("type").and_then(Value::as_str), part.get("text").and_then(Value::as_str)) {
                         (Some("text"), Some(t)) => text.push_str(t),
-                        (Some(kind @ ("image_url" | "image" | "input_audio" | "file")), _) => {
+                        (Some("image_url"), _) => {
                             return Err(ApiError::bad_request(format!(
-                                "messages[{at}].content[{j}]: {kind} parts are not supported yet (text only)"
+                                "messages[{at}].content[{j}]: images go in user messages"
+                            )))
+                        }
+                        (Some(kind @ ("image" | "input_audio" | "file")), _) => {
+                            return Err(ApiError::bad_request(format!(
+                                "messages[{at}].content[{j}]: {kind} parts are not supported (text, and images as image_url data: URLs)"
                             )))
                         }
                         _ => {
@@ -317,6 +328,39 @@ impl Content {
     }
 }
 
+impl Content {
+    /// A user message's content as the chat template takes it: its text, or, when it holds
+    /// images, its text and image parts in order (each image a `data:` URL).
+    fn user(content: Option<Content>, at: usize) -> Result<ChatContent, ApiError> {
+        let Some(Content::Parts(parts)) = content else { return Ok(ChatContent::Text(Content::text(content, at)?)) };
+        if !parts.iter().any(|p| p.get("type").and_then(Value::as_str) == Some("image_url")) {
+            return Ok(ChatContent::Text(Content::text(Some(Content::Parts(parts)), at)?));
+        }
+        let mut out = Vec::with_capacity(parts.len());
+        for (j, part) in parts.iter().enumerate() {
+            if part.get("type").and_then(Value::as_str) != Some("image_url") {
+                let text = Content::text(Some(Content::Parts(vec![part.clone()])), at)
+                    .map_err(|e| ApiError::bad_request(e.message.replace("content[0]", &format!("content[{j}]"))))?;
+                out.push(Part::Text { text });
+                continue;
+            }
+            let url = part.get("image_url").and_then(|u| u.get("url").and_then(Value::as_str).or(u.as_str()));
+            let Some(url) = url else {
+                return Err(ApiError::bad_request(format!(
+                    "messages[{at}].content[{j}].image_url: {{\"url\": \"data:image/png;base64,...\"}}"
+                )));
+            };
+            if !url.starts_with("data:") {
+                return Err(ApiError::bad_request(format!(
+                    "messages[{at}].content[{j}].image_url: only data: URLs are read (the server fetches no URL and reads no file)"
+                )));
+            }
+            out.push(Part::ImageUrl { image_url: ImageUrl { url: url.to_string() } });
+        }
+        Ok(ChatContent::Parts(out))
+    }
+}
+
 /// The conversation as the chat template takes it (see the module docs for tools).
 fn template_messages(messages: Vec<ChatMessage>, fold_tool_results: bool) -> Result<Vec<Message>, ApiError> {
     if messages.is_empty() {
@@ -324,9 +368,13 @@ fn template_messages(messages: Vec<ChatMessage>, fold_tool_results: bool) -> Res
     }
     let mut out: Vec<Message> = Vec::with_capacity(messages.len());
     for (i, m) in messages.into_iter().enumerate() {
+        if m.role == "user" {
+            out.push(Message::new(m.role, Content::user(m.content, i)?));
+            continue;
+        }
         let content = Content::text(m.content, i)?;
         match m.role.as_str() {
-            "system" | "developer" | "user" => out.push(Message::new(m.role, content)),
+            "system" | "developer" => out.push(Message::new(m.role, content)),
             "assistant" => {
                 let calls = match m.tool_calls {
                     None => None,
@@ -453,7 +501,8 @@ pub async fn chat_completions(State(state): Shared, body: Result<Bytes, BytesRej
     };
     let text = template.render(&messages, &opts).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let prompt = prompt_ids(&state.tokenizer, &text, true);
-    let events = start(&state, prompt, &knobs, sampling, max_tokens, stop)?;
+    let (prompt, images) = with_images(&state, prompt, &messages).await?;
+    let events = start(&state, prompt, images, &knobs, sampling, max_tokens, stop)?;
     let id = state.response_id("chatcmpl");
     if knobs.stream == Some(true) {
         let usage = knobs.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
@@ -532,7 +581,7 @@ pub async fn completions(State(state): Shared, body: Result<Bytes, BytesRejectio
         _ => return Err(ApiError::bad_request("prompt: one prompt per request (a list must hold exactly one)")),
     };
     check_ids(&prompt, state.n_vocab)?;
-    let events = start(&state, prompt, &knobs, sampling, max_tokens, stop)?;
+    let events = start(&state, prompt, Vec::new(), &knobs, sampling, max_tokens, stop)?;
     let id = state.response_id("cmpl");
     if knobs.stream == Some(true) {
         let usage = knobs.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
@@ -553,11 +602,64 @@ pub async fn completions(State(state): Shared, body: Result<Bytes, BytesRejectio
     }
 }
 
+/// The prompt with the messages' images in it: each image part encoded (the same image's
+/// encoding is kept and reused) and each `<|image|>` the template wrote expanded into the
+/// image's soft tokens; the prompt as it is when there are none.
+async fn with_images(
+    state: &Arc<AppState>,
+    prompt: Vec<u32>,
+    messages: &[Message],
+) -> Result<(Vec<u32>, Vec<ImageChunk>), ApiError> {
+    let parts: Vec<Part> = (messages.iter())
+        .filter_map(|m| match &m.content {
+            ChatContent::Parts(parts) => Some(parts.iter().filter(|p| matches!(p, Part::ImageUrl { .. })).cloned()),
+            ChatContent::Text(_) => None,
+        })
+        .flatten()
+        .collect();
+    if parts.is_empty() {
+        return Ok((prompt, Vec::new()));
+    }
+    let Some(vision) = state.vision.as_ref() else {
+        return Err(ApiError::bad_request(
+            "this server has no vision encoder for images: start it with --mmproj (or an mmproj*.gguf beside the model)",
+        ));
+    };
+    if state.gpu_layers.load(std::sync::atomic::Ordering::Acquire) {
+        return Err(ApiError::bad_request(
+            "images need every layer on the CPU for now (the GPU's attention has no image mask): start the server with -ngl 0",
+        ));
+    }
+    let (shared, n) = (Arc::clone(vision), parts.len());
+    let encoded = tokio::task::spawn_blocking(move || {
+        let mut images = shared.images.lock().unwrap_or_else(|e| e.into_inner());
+        parts.iter().map(|p| images.encode_part(p, std::path::Path::new("."))).collect::<Result<Vec<_>, _>>()
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding the images: {e}")))?
+    .map_err(|e| ApiError::bad_request(format!("image: {e}")))?;
+    let (ids, chunks) = expand(&prompt, &encoded, vision.tokens, state.tokenizer.bos()).map_err(|e| {
+        ApiError::bad_request(format!("{e} (the template wrote one per image part; is there one in the text?)"))
+    })?;
+    debug_assert_eq!(chunks.len(), n);
+    let room = state.options.engine.batch.saturating_sub(state.options.engine.slots - 1);
+    if let Some(big) = chunks.iter().find(|c| c.image.n_soft + 1 > room) {
+        return Err(ApiError::bad_request(format!(
+            "an image of {} soft tokens needs batches of {} tokens (-b) beside the other slots' tokens",
+            big.image.n_soft,
+            big.image.n_soft + state.options.engine.slots
+        )));
+    }
+    Ok((ids, chunks))
+}
+
 /// Checks the prompt against a slot and queues it; the engine's events come back on the
 /// receiver.
+#[allow(clippy::too_many_arguments)]
 fn start(
     state: &AppState,
     prompt: Vec<u32>,
+    images: Vec<ImageChunk>,
     knobs: &Sampling,
     sampling: SamplerConfig,
     max_tokens: Option<usize>,
@@ -575,7 +677,7 @@ fn start(
     }
     let (tx, rx) = unbounded_channel();
     let ignore_eos = knobs.ignore_eos.unwrap_or(false);
-    state.submit(Job { prompt, sampling, max_tokens, stop, ignore_eos, events: tx })?;
+    state.submit(Job { prompt, images, sampling, max_tokens, stop, ignore_eos, events: tx })?;
     state.metrics.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Ok(rx)
 }
@@ -834,9 +936,24 @@ mod tests {
 
         let orphan = messages(json!([{"role": "tool", "tool_call_id": "x", "content": "1"}]));
         assert!(template_messages(orphan, true).unwrap_err().message.contains("must follow an assistant"));
-        let image =
-            messages(json!([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:"}}]}]));
-        assert!(template_messages(image, true).unwrap_err().message.contains("messages[0].content[0]: image_url"));
+        // Images: parts kept in order in a user message; only data: URLs; only in user messages.
+        let part = |url: &str| json!({"type": "image_url", "image_url": {"url": url}});
+        let text = json!({"type": "text", "text": "What is it?"});
+        let image = messages(json!([{"role": "user", "content": [part("data:image/png;base64,AA=="), text]}]));
+        let out = template_messages(image, true).unwrap();
+        assert_eq!(
+            out[0].content,
+            ChatContent::Parts(vec![
+                Part::ImageUrl { image_url: ImageUrl { url: "data:image/png;base64,AA==".into() } },
+                Part::Text { text: "What is it?".into() }
+            ])
+        );
+        let remote = messages(json!([{"role": "user", "content": [text, part("https://x.org/a.png")]}]));
+        let err = template_messages(remote, true).unwrap_err().message;
+        assert!(err.contains("messages[0].content[1].image_url: only data: URLs"), "{err}");
+        let assistant = messages(json!([{"role": "assistant", "content": [part("data:,")]}]));
+        let err = template_messages(assistant, true).unwrap_err().message;
+        assert!(err.contains("messages[0].content[0]: images go in user messages"), "{err}");
         let role = messages(json!([{"role": "robot", "content": "hi"}]));
         assert_eq!(template_messages(role, true).unwrap_err().status, StatusCode::BAD_REQUEST);
     }

@@ -27,18 +27,22 @@ use std::time::Instant;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::kv_cache::{KvCache, KvTypes};
-use crate::model::{Logits, Model, Seq};
+use crate::model::{ImageRows, Logits, Model, Seq};
 use crate::run::{Generator, StopReason};
 use crate::sample::{Sampler, SamplerConfig};
-use crate::session::{common_prefix, prompt_chunk, reusable};
+use crate::session::{common_prefix, image_chunk_end, images_reusable, prompt_chunk, reusable};
 use crate::stop::StopStrings;
 use crate::tokenizer::{Detokenizer, Tokenizer};
+use crate::vision::ImageChunk;
 
 /// One request, as the engine runs it.
 pub struct Job {
     /// The prompt's token ids (non-empty, shorter than a slot's context, inside the
     /// vocabulary: the HTTP side checks).
     pub prompt: Vec<u32>,
+    /// Where the prompt's images are: their soft tokens are in `prompt`, their embeddings
+    /// here (each at most a batch, less the other slots' decode tokens: the HTTP side checks).
+    pub images: Vec<ImageChunk>,
     pub sampling: SamplerConfig,
     /// Tokens to generate at most (`None`: until the slot's context is full).
     pub max_tokens: Option<usize>,
@@ -123,6 +127,8 @@ struct Slot<'t> {
     cache: KvCache,
     /// The tokens whose keys and values are in `cache`.
     ids: Vec<u32>,
+    /// The images among `ids` (which image a run of soft tokens was).
+    images: Vec<ImageChunk>,
     task: Option<Task<'t>>,
     /// When it last took a request (a step count), for choosing between equal prefixes.
     last_used: u64,
@@ -152,7 +158,7 @@ impl Engine {
         let mut slots: Vec<Slot> = Vec::with_capacity(self.options.slots);
         for _ in 0..self.options.slots {
             match self.model.new_cache_for(self.options.slot_context, self.options.kv_types, Some(self.options.batch)) {
-                Ok(cache) => slots.push(Slot { cache, ids: Vec::new(), task: None, last_used: 0 }),
+                Ok(cache) => slots.push(Slot { cache, ids: Vec::new(), images: Vec::new(), task: None, last_used: 0 }),
                 Err(e) => {
                     eprintln!("gemma serve: allocating a slot's KV cache: {e}");
                     std::process::exit(1);
@@ -204,9 +210,10 @@ impl Engine {
         let slot = (slots.iter_mut().filter(|s| s.task.is_none()))
             .max_by_key(|s| (common_prefix(&s.ids, &job.prompt), std::cmp::Reverse(s.last_used)))
             .expect("a free slot");
-        let keep = reusable(&slot.ids, &job.prompt);
+        let keep = images_reusable(&slot.images, &job.images, reusable(&slot.ids, &job.prompt));
         let kept = slot.cache.truncate(keep);
         slot.ids.truncate(kept);
+        slot.images.retain(|c| c.rows().end <= kept);
         slot.last_used = step;
         let sampler = match Sampler::new(job.sampling) {
             Ok(s) => s,
@@ -258,8 +265,14 @@ impl Engine {
             if n == 0 {
                 continue;
             }
-            room -= n;
-            *w = Some(Work::Prompt(from..from + n));
+            // An image runs whole in one pass; one that does not fit beside this pass's other
+            // work waits for the next.
+            let end = image_chunk_end(&task.job.images, from, from + n);
+            if end - from > room {
+                continue;
+            }
+            room -= end - from;
+            *w = Some(Work::Prompt(from..end));
         }
         if work.iter().all(Option::is_none) {
             return;
@@ -271,12 +284,21 @@ impl Engine {
             let mut seqs: Vec<Seq> = Vec::new();
             for (slot, w) in slots.iter_mut().zip(&work) {
                 let (Some(w), Some(task)) = (w, &slot.task) else { continue };
-                let tokens: &[u32] = match w {
-                    Work::Prompt(range) => &task.job.prompt[range.clone()],
-                    Work::Token(_) => std::slice::from_ref(task.next.as_ref().expect("a next token")),
+                let (tokens, images): (&[u32], Vec<ImageRows>) = match w {
+                    Work::Prompt(range) => (
+                        &task.job.prompt[range.clone()],
+                        (task.job.images.iter())
+                            .filter(|c| range.contains(&c.start))
+                            .map(|c| ImageRows {
+                                rows: c.start - range.start..c.rows().end - range.start,
+                                embd: &c.image.embd,
+                            })
+                            .collect(),
+                    ),
+                    Work::Token(_) => (std::slice::from_ref(task.next.as_ref().expect("a next token")), Vec::new()),
                 };
                 tokens_run += tokens.len();
-                seqs.push(Seq { tokens, pos: slot.ids.len(), cache: &mut slot.cache, which: Logits::Last });
+                seqs.push(Seq { tokens, pos: slot.ids.len(), cache: &mut slot.cache, which: Logits::Last, images });
             }
             self.model.forward_seqs(&mut seqs)
         };
@@ -296,6 +318,7 @@ impl Engine {
                         }
                         slot.cache.clear();
                         slot.ids.clear();
+                        slot.images.clear();
                     }
                 }
                 return;
@@ -310,6 +333,7 @@ impl Engine {
             match w {
                 Work::Prompt(range) => {
                     m.prompt_tokens_run.fetch_add(range.len() as u64, Ordering::Relaxed);
+                    slot.images.extend(task.job.images.iter().filter(|c| range.contains(&c.start)).cloned());
                     slot.ids.extend_from_slice(&task.job.prompt[range]);
                     if slot.ids.len() < task.job.prompt.len() {
                         continue;

@@ -34,6 +34,8 @@ use crate::kv_cache::KvTypes;
 use crate::run::Generator;
 use crate::sample::SamplerConfig;
 use crate::tokenizer::Tokenizer;
+use crate::vision::prompt::ImageTokens;
+use crate::vision::Images;
 pub use engine::{EngineOptions, Event, Job, Metrics};
 
 #[derive(Debug, Error)]
@@ -81,6 +83,18 @@ pub struct AppState {
     pub started: Instant,
     /// For response ids.
     pub next_id: AtomicU64,
+    /// The vision encoder for images in messages (`--mmproj`), if any.
+    pub vision: Option<Arc<Vision>>,
+    /// Some layers run on a GPU (set once the model is loaded): images are refused there.
+    pub gpu_layers: AtomicBool,
+}
+
+/// The vision encoder and its cache of encoded images (by content), shared by the handlers: one
+/// image is encoded at a time, on a blocking thread beside the engine.
+pub struct Vision {
+    pub images: std::sync::Mutex<Images>,
+    /// The model's image tokens, that a prompt's `<|image|>` expands into.
+    pub tokens: ImageTokens,
 }
 
 impl AppState {
@@ -179,6 +193,7 @@ pub fn serve(
     tokenizer: Tokenizer,
     n_vocab: usize,
     template: Result<(ChatTemplate, String, String), String>,
+    vision: Option<Vision>,
     load: impl FnOnce() -> Result<Generator, String> + Send + 'static,
 ) -> Result<(), ServeError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -198,6 +213,8 @@ pub fn serve(
         metrics: Arc::clone(&metrics),
         started: Instant::now(),
         next_id: AtomicU64::new(0),
+        vision: vision.map(Arc::new),
+        gpu_layers: AtomicBool::new(false),
     });
     let addr = format!("{}:{}", options.host, options.port);
     let listener = runtime
@@ -224,6 +241,7 @@ pub fn serve(
                     return;
                 }
             };
+            engine_state.gpu_layers.store(generator.model.vram_bytes().is_some(), Ordering::Release);
             engine_state.ready.store(true, Ordering::Release);
             let _ = loaded_tx.send(Ok(()));
             engine::run(generator, queue, engine_options, metrics);

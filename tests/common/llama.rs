@@ -67,25 +67,59 @@ impl Llama {
     /// Decodes `tokens` at positions `pos ..` and returns the logits of every one of them:
     /// `[n_tokens][n_vocab]`.
     pub fn decode(&mut self, tokens: &[u32], pos: usize) -> Vec<f32> {
-        let n = tokens.len();
-        let mut logits = Vec::with_capacity(n * self.n_vocab);
-        // SAFETY: the batch is allocated for `n` tokens of one sequence and filled within
-        // those bounds; each logits row llama.cpp returns holds n_vocab floats.
+        // SAFETY: the batch holds `tokens.len()` tokens; `run` fills the rest within bounds.
         unsafe {
-            let batch = sys::llama_batch_init(n as i32, 0, 1);
+            let batch = sys::llama_batch_init(tokens.len() as i32, 0, 1);
             for (i, &t) in tokens.iter().enumerate() {
                 *batch.token.add(i) = t as i32;
+            }
+            self.run(batch, tokens.len(), pos)
+        }
+    }
+
+    /// The model, for mtmd (which encodes images for it).
+    pub fn model(&self) -> *mut sys::llama_model {
+        self.model
+    }
+
+    /// Decodes the input embeddings `embd` (`[n][n_embd]`: an image's soft tokens as mtmd gives
+    /// them) at positions `pos ..`, with causal attention or not, as mtmd's helper decodes an
+    /// image, and returns the logits of every row.
+    pub fn decode_embd(&mut self, embd: &[f32], n_embd: usize, pos: usize, causal: bool) -> Vec<f32> {
+        let n = embd.len() / n_embd;
+        // SAFETY: the batch holds `n` rows of `n_embd` floats; `run` fills the rest within
+        // bounds. The attention mode is restored after the call.
+        unsafe {
+            let batch = sys::llama_batch_init(n as i32, n_embd as i32, 1);
+            std::ptr::copy_nonoverlapping(embd.as_ptr(), batch.embd, n * n_embd);
+            sys::llama_set_causal_attn(self.ctx, causal);
+            let logits = self.run(batch, n, pos);
+            sys::llama_set_causal_attn(self.ctx, true);
+            logits
+        }
+    }
+
+    /// Runs `batch` (its first `n` tokens or embeddings set) at positions `pos ..` in sequence
+    /// 0 with every row's logits, frees it, and returns the logits: `[n][n_vocab]`.
+    ///
+    /// # Safety
+    /// `batch` must come from `llama_batch_init` for at least `n` rows of one sequence.
+    unsafe fn run(&mut self, mut batch: sys::llama_batch, n: usize, pos: usize) -> Vec<f32> {
+        let mut logits = Vec::with_capacity(n * self.n_vocab);
+        // SAFETY: the caller's: the batch has room for `n` rows; each logits row llama.cpp
+        // returns holds n_vocab floats.
+        unsafe {
+            for i in 0..n {
                 *batch.pos.add(i) = (pos + i) as i32;
                 *batch.n_seq_id.add(i) = 1;
                 *(*batch.seq_id.add(i)) = 0;
                 *batch.logits.add(i) = 1;
             }
-            let mut batch = batch;
             batch.n_tokens = n as i32;
             assert_eq!(sys::llama_decode(self.ctx, batch), 0, "llama_decode failed");
             for i in 0..n {
                 let row = sys::llama_get_logits_ith(self.ctx, i as i32);
-                assert!(!row.is_null(), "no logits for token {i}");
+                assert!(!row.is_null(), "no logits for row {i}");
                 logits.extend_from_slice(std::slice::from_raw_parts(row, self.n_vocab));
             }
             sys::llama_batch_free(batch);

@@ -3,3 +3,4 @@
 #[cfg(feature = "oracle")]
 pub mod llama;
 pub mod tiny;
+pub mod vision;
