@@ -205,9 +205,6 @@ fn answer(
                 .collect::<Result<Vec<_>, String>>()?;
             let generator = session.generator();
             let ids = ImageTokens::find(&generator.tokenizer).map_err(|e| e.to_string())?;
-            if generator.model.vram_bytes().is_some() {
-                return Err("images need every layer on the CPU for now: use -ngl 0".into());
-            }
             expand(&prompt, &encoded, ids, generator.tokenizer.bos())?
         }
     };

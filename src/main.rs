@@ -698,6 +698,9 @@ fn run_command(args: RunArgs) -> Result<()> {
     let ModelArgs { model, ctx_size, batch_size, kv, gpu, .. } = args.model;
     let ctx_size = ctx_size.unwrap_or(DEFAULT_CONTEXT);
     let kv_types = kv.types();
+    // An image runs whole in one pass: batches (and the GPU's rings) hold one.
+    let wants_images = !args.images.is_empty() || args.mmproj.is_some() || (args.jsonl && beside(&model)?.is_some());
+    let batch_size = image_batch(batch_size, wants_images, args.image_tokens);
     let offload = gpu.offload(batch_size, ctx_size, kv_types)?;
     if args.jsonl {
         let gguf = GgufFile::open(&model)?;
@@ -938,6 +941,9 @@ fn chat_command(args: ChatArgs) -> Result<()> {
     let ModelArgs { model, ctx_size, batch_size, kv, gpu, .. } = args.model;
     let ctx_size = ctx_size.unwrap_or(DEFAULT_CONTEXT);
     let kv_types = kv.types();
+    // An image runs whole in one pass: batches (and the GPU's rings) hold one.
+    let wants_images = args.mmproj.is_some() || beside(&model)?.is_some();
+    let batch_size = image_batch(batch_size, wants_images, args.image_tokens);
     let offload = gpu.offload(batch_size, ctx_size, kv_types)?;
     let gguf = GgufFile::open(&model)?;
     let template = ChatTemplate::from_gguf(&gguf.header).with_context(|| model.display().to_string())?;

@@ -194,12 +194,6 @@ impl Generator {
         let (prompt, images) = match options.images.is_empty() {
             true => (prompt, Vec::new()),
             false => {
-                if self.model.vram_bytes().is_some() {
-                    return Err(RunError::Images(
-                        "images need every layer on the CPU for now (the GPU's attention has no image mask): use -ngl 0"
-                            .into(),
-                    ));
-                }
                 let ids = ImageTokens::find(&self.tokenizer)?;
                 expand(&prompt, &options.images, ids, self.tokenizer.bos()).map_err(RunError::Images)?
             }

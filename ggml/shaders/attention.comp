@@ -2,7 +2,9 @@
 // Attention of each (query token, head) over a layer's cache, one pass with an online softmax
 // (ggml/src/attention/mod.rs, `attention`; its f64 `attention_reference` is the oracle):
 // scores s = scale · q · k for the visible slots (a slot holds position kpos >= 0 with
-// kpos <= qpos, and qpos - kpos < window on sliding layers), out = Σ e^(s - max) v / Σ e^(s - max).
+// kpos <= qlast, the last position the query sees: its own, or on a sliding layer its image's
+// last; and kpos + window > qpos on sliding layers: `AttnShape::visible_to`),
+// out = Σ e^(s - max) v / Σ e^(s - max).
 //
 // One workgroup per (token, head), 128 lanes: per tile of 128 slots each lane scores one slot,
 // the tile's maximum and sum meet in shared memory, and each lane accumulates its head_dim / 128
@@ -10,7 +12,7 @@
 //
 // Bindings: 0 q `[n_tokens][n_head][head_dim]`, 1 K of type K_TYPE, 2 V of type V_TYPE (kv.glsl),
 // 3 kpos `[capacity]` (i32, -1: unused), 4 qpos `[n_tokens]` (i32), 5 out `[n_tokens][n_head]
-// [head_dim]`. A block type's rotation (of q and the stored K, of the output against the stored
+// [head_dim]`, 6 qlast `[n_tokens]` (i32). A block type's rotation (of q and the stored K, of the output against the stored
 // V) is the caller's (hadamard.comp).
 
 #extension GL_EXT_control_flow_attributes : enable
@@ -25,6 +27,7 @@ layout(binding = 2) readonly buffer V { uint vc[]; };
 layout(binding = 3) readonly buffer KPos { int kpos[]; };
 layout(binding = 4) readonly buffer QPos { int qpos[]; };
 layout(binding = 5) writeonly buffer Out { float o[]; };
+layout(binding = 6) readonly buffer QLast { int qlast[]; };
 
 layout(push_constant) uniform Params {
     uint n_head;
@@ -84,7 +87,7 @@ void main() {
         qs[d] = q[qbase + d];
     }
     barrier();
-    int qp = qpos[t];
+    int qp = qpos[t], ql = qlast[t];
     float m = -1.0 / 0.0, l = 0.0;
     float acc[MAX_DIM / LANES];
     [[unroll]] for (uint j = 0u; j < MAX_DIM / LANES; j++) {
@@ -96,7 +99,7 @@ void main() {
         float score = -1.0 / 0.0;
         if (s < p.n_slots) {
             int kp = kpos[s];
-            bool seen = kp >= 0 && kp <= qp && (p.window == 0u || uint(qp - kp) < p.window);
+            bool seen = kp >= 0 && kp <= ql && (p.window == 0u || kp + int(p.window) > qp);
             if (seen) {
                 float dot_ = 0.0;
                 for (uint d = 0u; d < p.head_dim; d += 2u) {

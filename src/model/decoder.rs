@@ -390,9 +390,8 @@ impl Decoder {
 
     /// [`forward_cancellable`](Self::forward_cancellable) with some rows an image's soft
     /// tokens: their input is the image's embeddings instead of the tokens', and on sliding
-    /// layers they also see the later soft tokens of their image (GEMMA4.md 1.3). Each image
-    /// must be whole in the pass. Images need every layer on the CPU (the GPU's attention has
-    /// no such mask yet): the callers refuse images with `-ngl` before they get here.
+    /// layers they also see the later soft tokens of their image (GEMMA4.md 1.3), on the CPU's
+    /// layers and the GPU's alike. Each image must be whole in the pass.
     pub fn forward_images(
         &mut self,
         tokens: &[u32],
@@ -406,10 +405,10 @@ impl Decoder {
             assert!(image.rows.end <= tokens.len(), "image rows {:?} past a pass of {}", image.rows, tokens.len());
             assert_eq!(image.embd.len(), image.rows.len() * self.n_embd, "one embedding row per soft token");
         }
-        #[cfg(feature = "vulkan")]
-        assert!(images.is_empty() || self.gpu.is_none(), "images with GPU layers are refused before the pass");
         if let Some(max) = cache.max_batch().filter(|&m| tokens.len() > m) {
-            // A GPU layer's ring holds one batch of at most `max` beside its window.
+            // A GPU layer's ring holds one batch of at most `max` beside its window. (Callers
+            // keep an image within a batch: `Session` refuses a larger one.)
+            assert!(images.is_empty(), "a pass with images of {} tokens, past the batch of {max}", tokens.len());
             return in_pieces(tokens, pos, cache, which, max, |t, p, c, w| {
                 self.forward_cancellable(t, p, c, w, cancel)
             });
@@ -432,7 +431,11 @@ impl Decoder {
                 let prompt = prompt_rows(h.len() / layers[il].attn_norm.len());
                 expert_ffn(isa, file, layers[il].moe.as_ref().expect("an MoE layer"), h, choices, prompt)
             };
-            match g.forward(&x, pos, cache, &rope_full, &rope_swa, which, file, &cpu_experts, cancel)? {
+            let mut q_last: Vec<usize> = (pos..pos + n_tokens).collect();
+            for image in images {
+                q_last[image.rows.clone()].fill(pos + image.rows.end - 1);
+            }
+            match g.forward(&x, pos, &q_last, cache, &rope_full, &rope_swa, which, file, &cpu_experts, cancel)? {
                 super::gpu::Out::Logits(logits) => return Ok(logits),
                 super::gpu::Out::Stream(out) => x = out,
             }
@@ -783,23 +786,39 @@ mod tests {
         Model::load(GgufFile::open(&path).unwrap()).unwrap()
     }
 
+    /// `n` token ids of `m`'s vocabulary, spread by `seed`.
+    fn ids(m: &Model, seed: u32, n: usize) -> Vec<u32> {
+        let n_vocab = m.n_vocab() as u32;
+        (0..n as u32).map(|i| (seed * 7919 + i * 104_729) % n_vocab).collect()
+    }
+
+    /// A cache of 64 f32 positions holding `prefix`.
+    fn primed(m: &mut Model, prefix: &[u32]) -> KvCache {
+        let mut cache = m.new_cache_of(64, KvType::F32).unwrap();
+        if !prefix.is_empty() {
+            m.forward(prefix, 0, &mut cache, Logits::Last);
+        }
+        cache
+    }
+
     /// Sequences holding images (soft-token rows with their own embeddings and the
     /// bidirectional mask on sliding layers) in one pass beside a decode token give each the
     /// logits it gets alone through `forward_images`, to the bit.
     #[test]
     fn sequences_with_images_batched_together_match_each_alone() {
         let mut m = model("tiny-gemma4-moe.gguf");
-        let (n_vocab, n_embd) = (m.n_vocab() as u32, m.n_embd());
-        let ids = |seed: u32, n: usize| -> Vec<u32> {
-            (0..n as u32).map(|i| (seed * 7919 + i * 104_729) % n_vocab).collect()
-        };
+        let n_embd = m.n_embd();
         let embd = |seed: u32, n: usize| -> Vec<f32> {
             (0..n * n_embd)
                 .map(|i| (((i as u32).wrapping_mul(2_654_435_761) ^ seed) % 1000) as f32 / 250.0 - 2.0)
                 .collect()
         };
         // (prefix in the cache, tokens of this pass, image rows), and the images' embeddings.
-        let cases = [(ids(1, 0), ids(2, 8), 2..6), (ids(3, 5), ids(4, 1), 0..0), (ids(5, 9), ids(6, 6), 1..4)];
+        let cases = [
+            (ids(&m, 1, 0), ids(&m, 2, 8), 2..6),
+            (ids(&m, 3, 5), ids(&m, 4, 1), 0..0),
+            (ids(&m, 5, 9), ids(&m, 6, 6), 1..4),
+        ];
         let embds = [embd(1, 4), Vec::new(), embd(2, 3)];
         fn rows<'e>(r: &std::ops::Range<usize>, e: &'e [f32]) -> Vec<ImageRows<'e>> {
             match r.is_empty() {
@@ -807,13 +826,6 @@ mod tests {
                 false => vec![ImageRows { rows: r.clone(), embd: e }],
             }
         }
-        let primed = |m: &mut Model, prefix: &[u32]| {
-            let mut cache = m.new_cache_of(64, KvType::F32).unwrap();
-            if !prefix.is_empty() {
-                m.forward(prefix, 0, &mut cache, Logits::Last);
-            }
-            cache
-        };
         let mut alone = Vec::new();
         for ((prefix, tokens, r), e) in cases.iter().zip(&embds) {
             let mut cache = primed(&mut m, prefix);
@@ -848,23 +860,12 @@ mod tests {
     fn sequences_batched_together_match_each_alone() {
         for name in ["tiny-gemma4-moe.gguf", "gemma-3-270m-q4_k_m.gguf"] {
             let mut m = model(name);
-            let n_vocab = m.n_vocab() as u32;
-            let ids = |seed: u32, n: usize| -> Vec<u32> {
-                (0..n as u32).map(|i| (seed * 7919 + i * 104_729) % n_vocab).collect()
-            };
             // (prefix already in the cache, tokens of this pass, which logits)
             let cases = [
-                (ids(1, 0), ids(2, 7), Logits::All),
-                (ids(3, 5), ids(4, 1), Logits::Last),
-                (ids(5, 9), ids(6, 3), Logits::Last),
+                (ids(&m, 1, 0), ids(&m, 2, 7), Logits::All),
+                (ids(&m, 3, 5), ids(&m, 4, 1), Logits::Last),
+                (ids(&m, 5, 9), ids(&m, 6, 3), Logits::Last),
             ];
-            let primed = |m: &mut Model, prefix: &[u32]| {
-                let mut cache = m.new_cache_of(64, KvType::F32).unwrap();
-                if !prefix.is_empty() {
-                    m.forward(prefix, 0, &mut cache, Logits::Last);
-                }
-                cache
-            };
             {
                 let mut alone = Vec::new();
                 for (prefix, tokens, which) in &cases {

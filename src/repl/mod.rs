@@ -488,11 +488,6 @@ impl Chat<'_> {
                 return Ok(Flow::Continue);
             }
         };
-        if !chunks.is_empty() && self.session.generator().model.vram_bytes().is_some() {
-            self.conversation.messages.pop();
-            self.note("error: images need every layer on the CPU for now: use -ngl 0");
-            return Ok(Flow::Continue);
-        }
         let (prompt, chunks) = if prompt.len() >= self.session.context() {
             match self.make_room(prompt.len(), editor)? {
                 Some(_) => match self.prompt() {

@@ -625,11 +625,6 @@ async fn with_images(
             "this server has no vision encoder for images: start it with --mmproj (or an mmproj*.gguf beside the model)",
         ));
     };
-    if state.gpu_layers.load(std::sync::atomic::Ordering::Acquire) {
-        return Err(ApiError::bad_request(
-            "images need every layer on the CPU for now (the GPU's attention has no image mask): start the server with -ngl 0",
-        ));
-    }
     let (shared, n) = (Arc::clone(vision), parts.len());
     let encoded = tokio::task::spawn_blocking(move || {
         let mut images = shared.images.lock().unwrap_or_else(|e| e.into_inner());

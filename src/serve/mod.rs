@@ -85,8 +85,6 @@ pub struct AppState {
     pub next_id: AtomicU64,
     /// The vision encoder for images in messages (`--mmproj`), if any.
     pub vision: Option<Arc<Vision>>,
-    /// Some layers run on a GPU (set once the model is loaded): images are refused there.
-    pub gpu_layers: AtomicBool,
 }
 
 /// The vision encoder and its cache of encoded images (by content), shared by the handlers: one
@@ -214,7 +212,6 @@ pub fn serve(
         started: Instant::now(),
         next_id: AtomicU64::new(0),
         vision: vision.map(Arc::new),
-        gpu_layers: AtomicBool::new(false),
     });
     let addr = format!("{}:{}", options.host, options.port);
     let listener = runtime
@@ -241,7 +238,6 @@ pub fn serve(
                     return;
                 }
             };
-            engine_state.gpu_layers.store(generator.model.vram_bytes().is_some(), Ordering::Release);
             engine_state.ready.store(true, Ordering::Release);
             let _ = loaded_tx.send(Ok(()));
             engine::run(generator, queue, engine_options, metrics);

@@ -424,7 +424,9 @@ impl<'g> Commands<'g> {
         self.dispatch("hadamard", &[x], &[u(n), u(len / n), scale.to_bits()], len / n, 1)
     }
 
-    /// Attention of `q: [n_tokens][n_head][head_dim]` at positions `qpos: [n_tokens]` (i32) over
+    /// Attention of `q: [n_tokens][n_head][head_dim]` at positions `qpos: [n_tokens]` (i32),
+    /// each seeing up to `qlast: [n_tokens]` (i32: its own position, or on a sliding layer its
+    /// image's last; `AttnShape::visible_to`), over
     /// the first `n_slots` slots of `cache`, whose positions are `kpos: [capacity]` (i32),
     /// into `out` (the shape of `q`); where the cache's types are rotated, `q` is rotated in
     /// place first and the output rotated back. CPU twin: `LayerCache::attend` (the rotations
@@ -435,6 +437,7 @@ impl<'g> Commands<'g> {
         shape: &crate::attention::AttnShape,
         q: &Buffer,
         qpos: &Buffer,
+        qlast: &Buffer,
         cache: &KvBuffers,
         kpos: &Buffer,
         n_slots: usize,
@@ -457,6 +460,7 @@ impl<'g> Commands<'g> {
         self.fits(q, n_tokens * n_head * hd, "queries")?;
         self.fits(out, n_tokens * n_head * hd, "attention output")?;
         self.fits(qpos, n_tokens, "query positions")?;
+        self.fits(qlast, n_tokens, "the last positions the queries see")?;
         self.fits(kpos, n_slots, "slot positions")?;
         let name = ATTENTION[kv_index(cache.k_type)][kv_index(cache.v_type)];
         let len = n_tokens * n_head * hd;
@@ -473,7 +477,7 @@ impl<'g> Commands<'g> {
             u(shape.window.unwrap_or(0)),
             u(n_tokens),
         ];
-        self.dispatch(name, &[q, &cache.k, &cache.v, kpos, qpos, out], &push, n_tokens * n_head, 1)?;
+        self.dispatch(name, &[q, &cache.k, &cache.v, kpos, qpos, out, qlast], &push, n_tokens * n_head, 1)?;
         match cache.rot_v {
             Some(n) => self.hadamard(out, len, n),
             None => Ok(()),

@@ -443,7 +443,8 @@ fn stored<T: KvElem>(rows: &[f32], d: usize, rot: Option<usize>) -> Vec<T> {
 /// the rows the GPU stores (rotated and quantized where the types are) equal the CPU's store of
 /// the same values byte for byte, and the output equals the f64 reference over the stored cache
 /// (with the queries rotated as K and the output rotated back as V, as `LayerCache::attend`
-/// does).
+/// does). On a sliding layer the new tokens 1..4 are an image's soft tokens, which see each
+/// other both ways (`q_last`).
 fn check_attention<K: KvElem + bytemuck::Pod, V: KvElem + bytemuck::Pod>(
     n_head: usize,
     n_kv_head: usize,
@@ -487,15 +488,21 @@ fn check_attention<K: KvElem + bytemuck::Pod, V: KvElem + bytemuck::Pod>(
     let q_pos: Vec<usize> = (140..140 + n_new).collect();
     let kpos: Vec<i32> = pos.iter().map(|&p| p as i32).collect();
     let qpos: Vec<i32> = q_pos.iter().map(|&p| p as i32).collect();
+    let q_last: Vec<usize> = match window {
+        Some(_) => q_pos.iter().enumerate().map(|(t, &p)| if (1..4).contains(&t) { q_pos[3] } else { p }).collect(),
+        None => q_pos.clone(),
+    };
+    let qlast: Vec<i32> = q_last.iter().map(|&p| p as i32).collect();
     let b = |x: &[f32]| gpu.buffer_from(x, "t").unwrap();
     let (kb, vb, qb) = (b(&new_k), b(&new_v), b(&q));
     let slots = gpu.buffer_from(&new_slots, "slots").unwrap();
     let (kposb, qposb) = (gpu.buffer_from(&kpos, "kpos").unwrap(), gpu.buffer_from(&qpos, "qpos").unwrap());
+    let qlastb = gpu.buffer_from(&qlast, "qlast").unwrap();
     let out = zeros(gpu, q.len());
     let shape = crate::attention::AttnShape { n_head, n_kv_head, head_dim, scale: 1.0, window };
     let mut c = gpu.commands().unwrap();
     c.kv_store(&cache, &kb, &vb, &slots, n_new).unwrap();
-    c.attention(&shape, &qb, &qposb, &cache, &kposb, n_old, n_new, &out).unwrap();
+    c.attention(&shape, &qb, &qposb, &qlastb, &cache, &kposb, n_old, n_new, &out).unwrap();
     c.finish().unwrap();
     // The stored cache equals the CPU's store of the same values, bit for bit.
     fn download<T: KvElem + bytemuck::Pod>(gpu: &Gpu, x: &Buffer, n: usize) -> Vec<T> {
@@ -516,7 +523,7 @@ fn check_attention<K: KvElem + bytemuck::Pod, V: KvElem + bytemuck::Pod>(
     }
     let mut want = vec![0f32; q.len()];
     let slots_ref = crate::attention::KvSlots::new(&k_got, &v_got, &pos);
-    crate::attention::attention_reference(&shape, &q_rot, &q_pos, slots_ref, &mut want);
+    crate::attention::attention_reference_to(&shape, &q_rot, &q_pos, &q_last, slots_ref, &mut want);
     if let Some(n) = rot_v {
         rotate(&mut want, n);
     }

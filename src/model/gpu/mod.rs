@@ -127,8 +127,10 @@ struct Scratch {
     /// `[n_tokens][2][n_rot / 2]` cos and sin of the full and the sliding layers.
     cs_full: Buffer,
     cs_swa: Buffer,
-    /// `[n_tokens]` i32 positions, and the cache slots of every GPU layer `[layer][n_tokens]`.
+    /// `[n_tokens]` i32 positions, the last position each token sees on sliding layers (its
+    /// own, or its image's last), and the cache slots of every GPU layer `[layer][n_tokens]`.
     qpos: Buffer,
+    qlast: Buffer,
     slots: Vec<Buffer>,
 }
 
@@ -316,12 +318,14 @@ impl GpuDecoder {
     /// positions `pos ..`, their keys and values going to `cache`. Returns the logits
     /// `[n_rows][n_vocab]` when the head is here, else the stream as `x` (all rows, for the
     /// CPU's head). `rope_full`/`rope_swa`: each token's angles for the two layer types.
-    /// `cpu_experts` runs the experts of the layers that keep them in RAM.
+    /// `q_last`: the last position each token sees on sliding layers (its own, or the last of
+    /// its image). `cpu_experts` runs the experts of the layers that keep them in RAM.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn forward(
         &mut self,
         x: &[f32],
         pos: usize,
+        q_last: &[usize],
         cache: &mut KvCache,
         rope_full: &[RopeCache],
         rope_swa: &[RopeCache],
@@ -343,7 +347,7 @@ impl GpuDecoder {
         }
         // A GPU that fails mid-pass (lost, hung) leaves nothing to continue with: an error that
         // says what it said, not a hang or a wrong answer.
-        let out = self.run(x, pos, cache, rope_full, rope_swa, which, &slots, file, cpu_experts);
+        let out = self.run(x, pos, q_last, cache, rope_full, rope_swa, which, &slots, file, cpu_experts);
         let out = out.map_err(|e| Stopped::Device(e.to_string()))?;
         Ok(match self.output.is_some() {
             true => Out::Logits(out),
@@ -356,6 +360,7 @@ impl GpuDecoder {
         &mut self,
         x: &[f32],
         pos: usize,
+        q_last: &[usize],
         cache: &KvCache,
         rope_full: &[RopeCache],
         rope_swa: &[RopeCache],
@@ -381,6 +386,9 @@ impl GpuDecoder {
         c.update(&s.x, 0, bytemuck::cast_slice(x))?;
         let qpos: Vec<i32> = (pos..pos + n_tokens).map(|p| p as i32).collect();
         c.update(&s.qpos, 0, bytemuck::cast_slice(&qpos))?;
+        assert_eq!(q_last.len(), n_tokens, "one last position per token");
+        let qlast: Vec<i32> = q_last.iter().map(|&p| p as i32).collect();
+        c.update(&s.qlast, 0, bytemuck::cast_slice(&qlast))?;
         for (table, buf) in [(rope_full, &s.cs_full), (rope_swa, &s.cs_swa)] {
             let cs: Vec<f32> = table.iter().flat_map(|c| c.cos.iter().chain(&c.sin).copied()).collect();
             if !cs.is_empty() {
@@ -427,7 +435,8 @@ impl GpuDecoder {
                 window: l.window,
             };
             let kpos = l.kpos.as_ref().expect("uploaded above");
-            c.attention(&shape, &s.q, &s.qpos, kv, kpos, lc.positions().len(), n_tokens, &s.a)?;
+            let sees = if l.window.is_some() { &s.qlast } else { &s.qpos };
+            c.attention(&shape, &s.q, &s.qpos, sees, kv, kpos, lc.positions().len(), n_tokens, &s.a)?;
             c.matvec(&l.attn_output, &s.a, q_width, &s.o, n_embd, n_tokens)?;
             c.rms_norm(&s.o, &s.o, Some(&l.post_attention_norm), n_embd, n_tokens, eps)?;
             c.add(&s.x, &s.o, n_tokens * n_embd)?;
@@ -603,6 +612,7 @@ impl GpuDecoder {
             cs_full: f(t * ROPE_TABLE, "rope angles")?,
             cs_swa: f(t * ROPE_TABLE, "rope angles")?,
             qpos: f(t, "positions")?,
+            qlast: f(t, "last positions seen")?,
             slots,
         });
         Ok(())
