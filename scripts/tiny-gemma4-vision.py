@@ -278,13 +278,7 @@ def vocabulary(models):
     field = lambda k: r.fields[k].contents()
     real_tokens, real_types = field("tokenizer.ggml.tokens"), field("tokenizer.ggml.token_type")
     tokens, types = real_tokens[:N_VOCAB], real_types[:N_VOCAB]
-    known = set(tokens)
-    merges = []
-    for m in field("tokenizer.ggml.merges"):
-        i = m.index(" ", 1)
-        left, right = m[:i], m[i + 1:]
-        if left in known and right in known and left + right in known:
-            merges.append(m)
+    merges = tiny.merges_among(field("tokenizer.ggml.merges"), tokens)
     for i, (name, real) in MM_TOKENS.items():
         assert tokens[i].startswith("<unused") and real_tokens[real] == name, (i, tokens[i], real_tokens[real])
         assert not any(tokens[i] in m.split(" ") or name in m.split(" ") for m in merges)

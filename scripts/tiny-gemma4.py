@@ -166,6 +166,18 @@ def gguf_name(hf):
     return f"blk.{il}.{LAYER_NAMES[rest]}"
 
 
+def merges_among(merges, tokens):
+    """The merges ("left right") whose two sides and result are all among `tokens`."""
+    known = set(tokens)
+    kept = []
+    for m in merges:
+        i = m.index(" ", 1)
+        left, right = m[:i], m[i + 1:]
+        if left in known and right in known and left + right in known:
+            kept.append(m)
+    return kept
+
+
 def vocabulary(vocab_path):
     """The first N_VOCAB tokens of the real Gemma 4 vocabulary and the merges among them."""
     from gguf import GGUFReader
@@ -173,18 +185,11 @@ def vocabulary(vocab_path):
     r = GGUFReader(vocab_path)
     field = lambda k: r.fields[k].contents()
     tokens = field("tokenizer.ggml.tokens")[:N_VOCAB]
-    known = set(tokens)
-    merges = []
-    for m in field("tokenizer.ggml.merges"):
-        i = m.index(" ", 1)
-        left, right = m[:i], m[i + 1:]
-        if left in known and right in known and left + right in known:
-            merges.append(m)
     return {
         "tokens": tokens,
         "scores": field("tokenizer.ggml.scores")[:N_VOCAB],
         "types": field("tokenizer.ggml.token_type")[:N_VOCAB],
-        "merges": merges,
+        "merges": merges_among(field("tokenizer.ggml.merges"), tokens),
         "chat_template": field("tokenizer.chat_template"),
     }
 
